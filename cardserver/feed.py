@@ -1,0 +1,144 @@
+"""Turns index changes into hub messages, and answers "what is the state now" for a new
+subscriber. Topics, in the user's words:
+
+    flows                                     every flow with its newest run
+    runs/<flow>                               the runs of one flow, newest first
+    run/<flow>/<run>                          one run: summary, steps, tasks with their cards
+    card/<flow>/<run>/<step>/<task>/<card>    one card: its render version and data update
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .hub import SNAPSHOT, Hub, Message
+from .index import Changes, Index, update_dict
+from .layout import CardKey, RunKey, card_key_from_parts, is_name
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    kind: str  # flows | runs | run | card
+    flow: str | None = None
+    run: RunKey | None = None
+    card: CardKey | None = None
+
+    def __str__(self) -> str:
+        if self.card is not None:
+            return f"card/{self.card}"
+        if self.run is not None:
+            return f"run/{self.run}"
+        if self.flow is not None:
+            return f"runs/{self.flow}"
+        return "flows"
+
+
+def parse_topic(text: str) -> Topic | None:
+    if len(text) > 1024:
+        return None
+    kind, _, rest = text.partition("/")
+    parts = rest.split("/") if rest else []
+    if kind == "flows" and not parts:
+        return Topic("flows")
+    if kind == "runs" and len(parts) == 1 and is_name(parts[0]):
+        return Topic("runs", flow=parts[0])
+    if kind == "run" and len(parts) == 2 and all(is_name(p) for p in parts):
+        return Topic("run", run=RunKey(parts[0], parts[1]))
+    if kind == "card":
+        key = card_key_from_parts(parts)
+        return Topic("card", card=key) if key else None
+    return None
+
+
+def card_topic(key: CardKey) -> str:
+    return f"card/{key}"
+
+
+def encode(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def message(topic: str, entity: str, kind: str, **fields: Any) -> Message:
+    return Message(topic, entity, encode({"topic": topic, "type": kind, **fields}))
+
+
+class Feed:
+    def __init__(self, index: Index, hub: Hub) -> None:
+        self.index = index
+        self.hub = hub
+
+    # --- the state now, for a new subscriber ----------------------------------------------
+
+    def initial(self, topic: Topic) -> list[Message]:
+        name = str(topic)
+        if topic.kind == "flows":
+            return [self._flows()]
+        if topic.flow is not None:
+            runs = [r.summary() for r in self.index.runs(topic.flow)]
+            return [message(name, SNAPSHOT, "runs", flow=topic.flow, runs=runs)]
+        if topic.run is not None:
+            detail = self.index.run_detail(topic.run)
+            return [message(name, SNAPSHOT, "run-detail", exists=detail is not None, **(detail or {}))]
+        assert topic.card is not None
+        return self._card_messages(topic.card, render=True, update=True)
+
+    # --- changes -> messages ---------------------------------------------------------------
+
+    def publish(self, changes: Changes) -> None:
+        if changes.reset:
+            self._republish_all()
+            return
+        if changes.flows and self.hub.has_subscribers("flows"):
+            self.hub.publish(self._flows())
+        for key in changes.runs:
+            self._publish_run_summary(key)
+        for task_key in changes.tasks:
+            topic = f"run/{task_key.run_key}"
+            task = self.index.task(task_key)
+            if task is not None and self.hub.has_subscribers(topic):
+                self.hub.publish(message(topic, f"task/{task_key.step}/{task_key.task}", "task",
+                                         task=task.summary()))
+        for card_key in changes.renders | changes.updates:
+            if self.hub.has_subscribers(card_topic(card_key)):
+                for msg in self._card_messages(
+                    card_key, render=card_key in changes.renders, update=card_key in changes.updates
+                ):
+                    self.hub.publish(msg)
+
+    def _republish_all(self) -> None:
+        for name in self.hub.topics:
+            topic = parse_topic(name)
+            if topic is not None:
+                for msg in self.initial(topic):
+                    self.hub.publish(msg)
+
+    def _flows(self) -> Message:
+        return message("flows", SNAPSHOT, "flows", flows=self.index.flow_summaries())
+
+    def _publish_run_summary(self, key: RunKey) -> None:
+        run = self.index.run(key)
+        if run is None:
+            return
+        runs_topic, run_topic = f"runs/{key.flow}", f"run/{key}"
+        if not (self.hub.has_subscribers(runs_topic) or self.hub.has_subscribers(run_topic)):
+            return
+        summary = run.summary()
+        self.hub.publish(message(runs_topic, key.run, "run", run=summary))
+        self.hub.publish(message(run_topic, "run", "run", run=summary, steps=run.steps()))
+
+    def _card_messages(self, key: CardKey, render: bool, update: bool) -> list[Message]:
+        topic = card_topic(key)
+        detail = self.index.card_detail(key)
+        out = []
+        if render:
+            if detail is None:
+                out.append(message(topic, "card", "card", exists=False))
+            else:
+                summary = {k: v for k, v in detail.items() if k != "update"}
+                out.append(message(topic, "card", "card", exists=True, card=summary))
+        card = self.index.card(key)
+        if update and card is not None and card.update is not None:
+            out.append(message(topic, "update", "update", **(update_dict(card.update) or {})))
+        return out

@@ -1,0 +1,393 @@
+"""The in-memory model of flows, runs, steps, tasks and cards, with their status.
+
+Built from the events of one scan, then kept current by the watcher's events. `apply` says what
+changed so the feed can tell subscribers; every query is answered from memory. No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import (
+    CardRemoved,
+    CardWritten,
+    DataUpdate,
+    DataWritten,
+    Event,
+    Reset,
+    RunWritten,
+    TaskMetaWritten,
+    TaskRemoved,
+)
+from .layout import CardKey, MetaKind, RunKey, TaskKey, parse_card_name
+from .status import (
+    Status,
+    TaskFacts,
+    TaskState,
+    failure_time,
+    finished_at,
+    record,
+    run_status,
+    shown_status,
+    task_status,
+)
+
+
+@dataclass(slots=True)
+class Card:
+    key: CardKey
+    legacy: bool = False
+    version: str | None = None  # None until the HTML itself has been seen
+    mtime: float = 0.0
+    size: int = 0
+    data_mtime: float | None = None  # a data update exists on disk
+    update: DataUpdate | None = None  # the merged newest state, once read
+
+    def summary(self) -> dict[str, Any]:
+        name = parse_card_name(self.key.name)
+        return {
+            "name": self.key.name,
+            "type": name.type if name else None,
+            "id": name.id if name else None,
+            "version": self.version,
+        }
+
+
+@dataclass(slots=True)
+class Task:
+    key: TaskKey
+    facts: TaskFacts = field(default_factory=TaskFacts)
+    cards: dict[str, Card] = field(default_factory=dict)
+    last_activity: float = 0.0
+    status: Status = Status.PENDING  # from the task's own files
+    shown: Status = Status.PENDING  # in the context of its run (a silent task of a failed run)
+
+    def state(self) -> TaskState:
+        return TaskState(self.key.step, self.status, self.last_activity, finished_at(self.facts))
+
+    def summary(self) -> dict[str, Any]:
+        attempts = self.facts.attempts
+        latest = attempts[max(attempts)] if attempts else None
+        return {
+            "step": self.key.step,
+            "task": self.key.task,
+            "status": self.shown.value,
+            "attempt": latest.number if latest else None,
+            "started": started_at(self.facts),
+            "finished": finished_at(self.facts),
+            "cards": [c.summary() for c in sorted(self.cards.values(), key=card_order)],
+        }
+
+
+@dataclass(slots=True)
+class Run:
+    key: RunKey
+    created: float | None = None
+    user: str | None = None
+    tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
+    status: Status = Status.PENDING
+    first_seen: float = 0.0
+    failed_tasks: int = 0
+
+    @property
+    def started(self) -> float | None:
+        return self.created or self.first_seen or None
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        cards = 0
+        for task in self.tasks.values():
+            counts[task.shown.value] = counts.get(task.shown.value, 0) + 1
+            cards += len(task.cards)
+        return {
+            "flow": self.key.flow,
+            "run": self.key.run,
+            "status": self.status.value,
+            "started": self.started,
+            "user": self.user,
+            "tasks": len(self.tasks),
+            "cards": cards,
+            "counts": counts,
+        }
+
+    def steps(self) -> list[str]:
+        """Steps in the order they first ran, which is the flow's order for linear flows."""
+        first: dict[str, float] = {}
+        for task in self.tasks.values():
+            begun = started_at(task.facts) or task.last_activity or float("inf")
+            step = task.key.step
+            first[step] = min(first.get(step, float("inf")), begun)
+        return sorted(first, key=lambda s: (first[s], s))
+
+
+@dataclass(slots=True)
+class Flow:
+    name: str
+    runs: dict[str, Run] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Changes:
+    """What one batch of events changed, for the feed to publish."""
+
+    reset: bool = False
+    flows: bool = False
+    runs: set[RunKey] = field(default_factory=set)  # a run's summary (status, counts) changed
+    tasks: set[TaskKey] = field(default_factory=set)
+    renders: set[CardKey] = field(default_factory=set)  # a card's HTML changed
+    updates: set[CardKey] = field(default_factory=set)  # a card's data update changed
+
+    def __bool__(self) -> bool:
+        return bool(self.reset or self.flows or self.runs or self.tasks or self.renders or self.updates)
+
+
+def started_at(facts: TaskFacts) -> float | None:
+    starts = [a.started for a in facts.attempts.values() if a.started is not None]
+    return min(starts) if starts else facts.created
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural(text: str) -> tuple[Any, ...]:
+    """Sort `2` before `10`: Metaflow ids are numbers written as text."""
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(text))
+
+
+def card_order(card: Card) -> tuple[Any, ...]:
+    return (card.mtime or float("inf"), card.key.name)
+
+
+def run_order(run: Run) -> tuple[Any, ...]:
+    return (run.started or 0.0, natural(run.key.run))
+
+
+class Index:
+    def __init__(self) -> None:
+        self.flows: dict[str, Flow] = {}
+        self._dirty_runs: set[RunKey] = set()
+        self._generation = 0  # bumped by a reset
+        self._revisions: dict[RunKey, int] = {}  # bumped whenever a run's detail changes
+
+    # --- updates ---------------------------------------------------------------------------
+
+    def apply(self, events: Iterable[Event]) -> Changes:
+        changes = Changes()
+        for event in events:
+            self._apply_one(event, changes)
+        for key in self._dirty_runs:
+            self._settle_run(key, changes)
+        self._dirty_runs.clear()
+        if changes.reset:
+            self._generation += 1
+            self._revisions.clear()
+        for run_key in changes.runs | {t.run_key for t in changes.tasks}:
+            self._revisions[run_key] = self._revisions.get(run_key, 0) + 1
+        return changes
+
+    def revision(self, key: RunKey) -> tuple[int, int]:
+        """Changes whenever `run_detail(key)` would: lets callers cache its serialization."""
+        return self._generation, self._revisions.get(key, 0)
+
+    def _apply_one(self, event: Event, changes: Changes) -> None:
+        match event:
+            case Reset(events=events):
+                self.flows.clear()
+                self._dirty_runs.clear()
+                for inner in events:
+                    self._apply_one(inner, changes)
+                changes.reset = True
+            case RunWritten(key=key, created=created, user=user):
+                run = self._run(key, changes)
+                run.created, run.user = created or run.created, user or run.user
+                changes.runs.add(key)
+            case TaskMetaWritten(key=key, kind=kind, ts=ts, doc=doc):
+                task = self._task(key, changes)
+                if record(task.facts, kind, ts, doc) and kind is not MetaKind.TASK_SELF:
+                    self._touch(task, ts / 1000)
+                self._dirty_runs.add(key.run_key)
+                changes.tasks.add(key)
+            case CardWritten(key=key):
+                card = self._card(key, changes)
+                if card.version != event.version:
+                    card.legacy, card.version = event.legacy, event.version
+                    card.mtime, card.size = event.mtime, event.size
+                    changes.renders.add(key)
+                    changes.tasks.add(key.task)
+                self._touch(self._task(key.task, changes), event.mtime)
+            case DataWritten(key=key):
+                card = self._card(key, changes)
+                card.legacy = event.legacy
+                card.data_mtime = event.mtime
+                if event.update is not None:
+                    card.update = merge(card.update, event.update)
+                    changes.updates.add(key)
+                self._touch(self._task(key.task, changes), event.mtime)
+            case CardRemoved(key=key):
+                owner = self._find_task(key.task)
+                if owner is not None and owner.cards.pop(key.name, None) is not None:
+                    changes.tasks.add(key.task)
+                    changes.runs.add(key.run_key)
+                    changes.renders.add(key)
+            case TaskRemoved(key=key):
+                parent = self.run(key.run_key)
+                if parent is not None and parent.tasks.pop((key.step, key.task), None) is not None:
+                    self._dirty_runs.add(key.run_key)
+                    changes.runs.add(key.run_key)
+
+    def _touch(self, task: Task, when: float) -> None:
+        if when > task.last_activity:
+            task.last_activity = when
+            run = self.run(task.key.run_key)
+            if run is not None and run.failed_tasks:  # activity only matters to "killed"
+                self._dirty_runs.add(run.key)
+
+    def _run(self, key: RunKey, changes: Changes) -> Run:
+        flow = self.flows.get(key.flow)
+        if flow is None:
+            flow = self.flows[key.flow] = Flow(key.flow)
+            changes.flows = True
+        run = flow.runs.get(key.run)
+        if run is None:
+            run = flow.runs[key.run] = Run(key)
+            changes.flows = True
+            changes.runs.add(key)
+        return run
+
+    def _task(self, key: TaskKey, changes: Changes) -> Task:
+        run = self._run(key.run_key, changes)
+        task = run.tasks.get((key.step, key.task))
+        if task is None:
+            task = run.tasks[(key.step, key.task)] = Task(key)
+            self._dirty_runs.add(key.run_key)
+            changes.runs.add(key.run_key)
+        return task
+
+    def _card(self, key: CardKey, changes: Changes) -> Card:
+        task = self._task(key.task, changes)
+        card = task.cards.get(key.name)
+        if card is None:
+            card = task.cards[key.name] = Card(key)
+            changes.tasks.add(key.task)
+            changes.runs.add(key.run_key)
+        return card
+
+    def _settle_run(self, key: RunKey, changes: Changes) -> None:
+        """Recompute the run's status and the shown status of its tasks, once per batch."""
+        run = self.run(key)
+        if run is None:
+            return
+        for task in run.tasks.values():
+            task.status = task_status(task.facts)
+        states = [t.state() for t in run.tasks.values()]
+        failed_at = failure_time(states)
+        run.failed_tasks = sum(1 for s in states if s.status is Status.FAILED)
+        for task, state in zip(run.tasks.values(), states, strict=True):
+            shown = shown_status(state, failed_at)
+            if shown is not task.shown:
+                task.shown = shown
+                changes.tasks.add(task.key)
+                changes.runs.add(key)
+        status = run_status(states)
+        if status is not run.status:
+            run.status = status
+            changes.runs.add(key)
+            changes.flows = True
+        if not run.first_seen:
+            run.first_seen = min((s.last_activity for s in states if s.last_activity), default=0.0)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def run(self, key: RunKey) -> Run | None:
+        flow = self.flows.get(key.flow)
+        return flow.runs.get(key.run) if flow else None
+
+    def _find_task(self, key: TaskKey) -> Task | None:
+        run = self.run(key.run_key)
+        return run.tasks.get((key.step, key.task)) if run else None
+
+    def task(self, key: TaskKey) -> Task | None:
+        return self._find_task(key)
+
+    def card(self, key: CardKey) -> Card | None:
+        task = self._find_task(key.task)
+        return task.cards.get(key.name) if task else None
+
+    def runs(self, flow: str) -> list[Run]:
+        """Newest first."""
+        found = self.flows.get(flow)
+        return sorted(found.runs.values(), key=run_order, reverse=True) if found else []
+
+    def newest_run(self, flow: str | None = None) -> Run | None:
+        candidates = [
+            run
+            for name, f in self.flows.items()
+            if flow is None or name == flow
+            for run in f.runs.values()
+        ]
+        return max(candidates, key=run_order, default=None)
+
+    def flow_summaries(self) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(self.flows):
+            newest = self.newest_run(name)
+            out.append(
+                {
+                    "flow": name,
+                    "runs": len(self.flows[name].runs),
+                    "newest": newest.summary() if newest else None,
+                }
+            )
+        return out
+
+    def tasks_in_order(self, run: Run) -> list[Task]:
+        step_rank = {step: i for i, step in enumerate(run.steps())}
+        return sorted(
+            run.tasks.values(),
+            key=lambda t: (step_rank.get(t.key.step, len(step_rank)), natural(t.key.task)),
+        )
+
+    def run_detail(self, key: RunKey) -> dict[str, Any] | None:
+        run = self.run(key)
+        if run is None:
+            return None
+        return {
+            "run": run.summary(),
+            "steps": run.steps(),
+            "tasks": [t.summary() for t in self.tasks_in_order(run)],
+        }
+
+    def card_detail(self, key: CardKey) -> dict[str, Any] | None:
+        card = self.card(key)
+        task = self._find_task(key.task)
+        if card is None or task is None:
+            return None
+        return {
+            "flow": key.task.flow,
+            "run": key.task.run,
+            "step": key.task.step,
+            "task": key.task.task,
+            "task_status": task.shown.value,
+            **card.summary(),
+            "has_html": card.version is not None,
+            "update": update_dict(card.update),
+        }
+
+
+def merge(old: DataUpdate | None, new: DataUpdate) -> DataUpdate:
+    """Newest state per component. An older update (by created_on) never replaces a newer one;
+    a new reload token (a new render) starts from its own update alone."""
+    if old is None or old.token != new.token:
+        return new
+    if new.created_on and old.created_on and new.created_on < old.created_on:
+        return old
+    return DataUpdate(new.token, new.created_on, {**old.data, **new.data})
+
+
+def update_dict(update: DataUpdate | None) -> dict[str, Any] | None:
+    if update is None:
+        return None
+    return {"token": update.token, "created_on": update.created_on, "data": update.data}

@@ -1,0 +1,224 @@
+"""Metaflow's datastore path grammar, both ways: paths <-> keys. Pure: no I/O.
+
+Card files live under the cards root:
+    <Flow>/runs/<run>/steps/<step>/tasks/<task>/cards/<type>[-<id>]-<uuid>.html
+    <Flow>/runs/<run>/steps/<step>/tasks/<task>/runtime/<type>[-<id>]-<uuid>.data.json
+Cards written before mid-2022 have no `steps/<step>/` level; their step is LEGACY_STEP.
+
+Status files live under the datastore root:
+    <Flow>/<run>/_meta/_self.json                     the run exists
+    <Flow>/<run>/<step>/<task>/_meta/_self.json       the task exists
+    <Flow>/<run>/<step>/<task>/_meta/sysmeta_attempt[_ok|-done]_<ts>.json
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import PurePosixPath
+
+LEGACY_STEP = "_"
+PARAMETERS_STEP = "_parameters"  # Metaflow's pseudo step for run parameters: not a user step
+CARD_SUFFIX = ".html"
+DATA_SUFFIX = ".data.json"
+
+# Flow, run, step and task names: what Metaflow produces, and nothing a path could abuse.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+_CARD_NAME = re.compile(
+    r"(?P<type>[A-Za-z0-9_]{1,100})(?:-(?P<id>[A-Za-z0-9_]{1,100}))?-(?P<uuid>[A-Za-z0-9]{1,64})"
+)
+_META_NAME = re.compile(r"sysmeta_(?P<field>attempt|attempt_ok|attempt-done)_(?P<ts>\d{1,20})\.json")
+
+
+def is_name(text: str) -> bool:
+    """A flow, run, step or task name we accept (no separators, no dot-only names)."""
+    return bool(_NAME.fullmatch(text)) and text not in {".", ".."} and ".." not in text
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RunKey:
+    flow: str
+    run: str
+
+    def __str__(self) -> str:
+        return f"{self.flow}/{self.run}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TaskKey:
+    flow: str
+    run: str
+    step: str
+    task: str
+
+    @property
+    def run_key(self) -> RunKey:
+        return RunKey(self.flow, self.run)
+
+    def __str__(self) -> str:
+        return f"{self.flow}/{self.run}/{self.step}/{self.task}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CardKey:
+    task: TaskKey
+    name: str  # file stem: <type>[-<id>]-<uuid>
+
+    @property
+    def run_key(self) -> RunKey:
+        return self.task.run_key
+
+    def __str__(self) -> str:
+        return f"{self.task}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class CardName:
+    type: str
+    id: str | None
+    uuid: str
+
+
+def parse_card_name(stem: str) -> CardName | None:
+    match = _CARD_NAME.fullmatch(stem)
+    if match is None:
+        return None
+    return CardName(match["type"], match["id"], match["uuid"])
+
+
+def card_key_from_parts(parts: list[str]) -> CardKey | None:
+    """Validate URL or API segments `flow/run/step/task/card` into a key."""
+    if len(parts) != 5:
+        return None
+    flow, run, step, task, name = parts
+    if not all(is_name(p) for p in (flow, run, task)):
+        return None
+    if step != LEGACY_STEP and not is_name(step):
+        return None
+    if parse_card_name(name) is None:
+        return None
+    return CardKey(TaskKey(flow, run, step, task), name)
+
+
+# --- files under the cards root ------------------------------------------------------------
+
+
+class CardFileKind(Enum):
+    HTML = "html"
+    DATA = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class CardFile:
+    key: CardKey
+    kind: CardFileKind
+    legacy: bool = False  # written before mid-2022: no steps/<step>/ level
+
+
+def parse_card_path(rel: PurePosixPath) -> CardFile | None:
+    """Classify a path relative to the cards root; None for anything that is not ours."""
+    parts = rel.parts
+    if len(parts) == 9 and parts[1] == "runs" and parts[3] == "steps" and parts[5] == "tasks":
+        flow, _, run, _, step, _, task, folder, file = parts
+    elif len(parts) == 7 and parts[1] == "runs" and parts[3] == "tasks":
+        flow, _, run, _, task, folder, file = parts
+        step = LEGACY_STEP
+    else:
+        return None
+    if folder == "cards" and file.endswith(CARD_SUFFIX):
+        kind, stem = CardFileKind.HTML, file[: -len(CARD_SUFFIX)]
+    elif folder == "runtime" and file.endswith(DATA_SUFFIX):
+        kind, stem = CardFileKind.DATA, file[: -len(DATA_SUFFIX)]
+    else:
+        return None
+    if not (is_name(flow) and is_name(run) and is_name(task)):
+        return None
+    if step != LEGACY_STEP and not is_name(step):
+        return None
+    if parse_card_name(stem) is None:
+        return None
+    return CardFile(CardKey(TaskKey(flow, run, step, task), stem), kind, len(parts) == 7)
+
+
+def card_path(key: CardKey, kind: CardFileKind, legacy: bool) -> PurePosixPath:
+    """Where a card's file lives, relative to the cards root."""
+    t = key.task
+    task_dir = (
+        PurePosixPath(t.flow, "runs", t.run, "tasks", t.task)
+        if legacy
+        else PurePosixPath(t.flow, "runs", t.run, "steps", t.step, "tasks", t.task)
+    )
+    if kind is CardFileKind.HTML:
+        return task_dir / "cards" / f"{key.name}{CARD_SUFFIX}"
+    return task_dir / "runtime" / f"{key.name}{DATA_SUFFIX}"
+
+
+# --- files under the datastore root --------------------------------------------------------
+
+
+class MetaKind(Enum):
+    TASK_SELF = "task"
+    ATTEMPT = "attempt"
+    ATTEMPT_OK = "attempt_ok"
+    ATTEMPT_DONE = "attempt-done"
+
+
+@dataclass(frozen=True, slots=True)
+class RunFile:
+    """`<Flow>/<run>/_meta/_self.json`: a run exists."""
+
+    key: RunKey
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFile:
+    """A status file of one task."""
+
+    key: TaskKey
+    kind: MetaKind
+    ts: int  # ms since the epoch, from the file name; 0 for _self.json
+
+
+def parse_meta_name(name: str) -> tuple[MetaKind, int] | None:
+    if name == "_self.json":
+        return MetaKind.TASK_SELF, 0
+    match = _META_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return MetaKind(match["field"]), int(match["ts"])
+
+
+def parse_datastore_path(rel: PurePosixPath) -> RunFile | TaskFile | None:
+    """Classify a path relative to the datastore root; None for anything that is not ours."""
+    parts = rel.parts
+    if len(parts) == 4 and parts[2] == "_meta" and parts[3] == "_self.json":
+        flow, run = parts[0], parts[1]
+        if is_name(flow) and is_name(run) and run != "data":
+            return RunFile(RunKey(flow, run))
+        return None
+    if len(parts) != 6 or parts[4] != "_meta":
+        return None
+    flow, run, step, task, _, name = parts
+    if step == PARAMETERS_STEP or run == "data":
+        return None
+    if not all(is_name(p) for p in (flow, run, step, task)):
+        return None
+    parsed = parse_meta_name(name)
+    if parsed is None:
+        return None
+    return TaskFile(TaskKey(flow, run, step, task), parsed[0], parsed[1])
+
+
+def run_meta_path(key: RunKey) -> PurePosixPath:
+    return PurePosixPath(key.flow, key.run, "_meta", "_self.json")
+
+
+def task_meta_dir(key: TaskKey) -> PurePosixPath:
+    return PurePosixPath(key.flow, key.run, key.step, key.task, "_meta")
+
+
+def meta_file_name(kind: MetaKind, ts: int) -> str:
+    if kind is MetaKind.TASK_SELF:
+        return "_self.json"
+    return f"sysmeta_{kind.value}_{ts}.json"

@@ -1,0 +1,19 @@
+// The viewer's URLs, all relative to the app root (the page's <base href>).
+
+const enc = encodeURIComponent;
+
+export function runPath(flow, run) {
+  return `run/${enc(flow)}/${enc(run)}`;
+}
+
+export function cardPath(flow, run, card) {
+  return `${runPath(flow, run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
+}
+
+export function cardSource(flow, run, card) {
+  return `card/${enc(flow)}/${enc(run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
+}
+
+export function cardTopic(flow, run, card) {
+  return `card/${flow}/${run}/${card.step}/${card.task}/${card.name}`;
+}

@@ -1,0 +1,154 @@
+"""The JSON API under `api/`: answered from the index in memory, never by walking the tree."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..index import Index, Task
+from ..layout import RunKey, card_key_from_parts, is_name
+from .keys import PIPELINE
+from .security import json_error
+
+MAX_LIMIT = 10_000
+
+
+def dumps(payload: Any) -> str:
+    return json.dumps(payload, separators=(",", ":"), default=str)
+
+
+def reply(payload: Any) -> web.Response:
+    return web.Response(text=dumps(payload), content_type="application/json")
+
+
+def paging(request: web.Request) -> tuple[int, int] | web.Response:
+    try:
+        offset = int(request.query.get("offset", "0"))
+        limit = int(request.query.get("limit", str(MAX_LIMIT)))
+    except ValueError:
+        return json_error(400, "offset and limit must be whole numbers")
+    if offset < 0 or not 0 < limit <= MAX_LIMIT:
+        return json_error(400, f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
+    return offset, limit
+
+
+async def status(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    return reply(
+        {
+            "version": __version__,
+            "datastore": str(pipeline.roots.datastore),
+            "cards": str(pipeline.roots.cards),
+            "watching": pipeline.watcher.describe(),
+            "ready": pipeline.ready.is_set(),
+            "flows": len(pipeline.index.flows),
+            "subscribers": pipeline.hub.subscriber_count(),
+        }
+    )
+
+
+async def flows(request: web.Request) -> web.Response:
+    return reply({"flows": request.app[PIPELINE].index.flow_summaries()})
+
+
+async def runs(request: web.Request) -> web.Response:
+    flow = request.match_info["flow"]
+    page = paging(request)
+    if isinstance(page, web.Response):
+        return page
+    index = request.app[PIPELINE].index
+    if not is_name(flow) or flow not in index.flows:
+        return json_error(404, f"no flow named {flow!r}")
+    found = index.runs(flow)
+    offset, limit = page
+    return reply(
+        {"flow": flow, "total": len(found), "runs": [r.summary() for r in found[offset : offset + limit]]}
+    )
+
+
+class RunCache:
+    """The serialized detail of recently asked runs, valid while the run's revision holds."""
+
+    def __init__(self) -> None:
+        self._entries: dict[RunKey, tuple[tuple[int, int], str]] = {}
+
+    def get(self, index: Index, key: RunKey) -> str | None:
+        revision = index.revision(key)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] == revision:
+            return hit[1]
+        detail = index.run_detail(key)
+        if detail is None:
+            return None
+        text = dumps(detail)
+        if len(self._entries) > 16:
+            self._entries.clear()
+        self._entries[key] = (revision, text)
+        return text
+
+
+RUN_CACHE = web.AppKey("run_cache", RunCache)
+
+
+def matches(task: Task, step: str | None, status: str | None, text: str | None) -> bool:
+    if step and task.key.step != step:
+        return False
+    if status and task.shown.value != status:
+        return False
+    if text:
+        hay = " ".join([task.key.step, task.key.task, *task.cards]).lower()
+        return text.lower() in hay
+    return True
+
+
+async def run(request: web.Request) -> web.Response:
+    key = RunKey(request.match_info["flow"], request.match_info["run"])
+    if not (is_name(key.flow) and is_name(key.run)):
+        return json_error(400, "bad flow or run name")
+    index = request.app[PIPELINE].index
+    found = index.run(key)
+    if found is None:
+        return json_error(404, f"no run {key}")
+    step, state, text = (request.query.get(k) for k in ("step", "status", "q"))
+    page = paging(request)
+    if isinstance(page, web.Response):
+        return page
+    if not (step or state or text or "offset" in request.query or "limit" in request.query):
+        cached = request.app[RUN_CACHE].get(index, key)
+        assert cached is not None
+        return web.Response(text=cached, content_type="application/json")
+    offset, limit = page
+    tasks = [t for t in index.tasks_in_order(found) if matches(t, step, state, text)]
+    return reply(
+        {
+            "run": found.summary(),
+            "steps": found.steps(),
+            "total": len(tasks),
+            "tasks": [t.summary() for t in tasks[offset : offset + limit]],
+        }
+    )
+
+
+async def card(request: web.Request) -> web.Response:
+    parts = [request.match_info[k] for k in ("flow", "run", "step", "task", "card")]
+    key = card_key_from_parts(parts)
+    if key is None:
+        return json_error(400, "bad card path")
+    pipeline = request.app[PIPELINE]
+    await pipeline.load_update(key)
+    detail = pipeline.index.card_detail(key)
+    if detail is None:
+        return json_error(404, f"no card {key}")
+    return reply(detail)
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    app[RUN_CACHE] = RunCache()
+    app.router.add_get(f"{base}api/status", status)
+    app.router.add_get(f"{base}api/flows", flows)
+    app.router.add_get(f"{base}api/flows/{{flow}}/runs", runs)
+    app.router.add_get(f"{base}api/runs/{{flow}}/{{run}}", run)
+    app.router.add_get(f"{base}api/cards/{{flow}}/{{run}}/{{step}}/{{task}}/{{card}}", card)

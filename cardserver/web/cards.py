@@ -1,0 +1,118 @@
+"""Card pages: a card's own HTML with the live runtime injected, sandboxed, compressed once.
+
+A card URL is a complete live card on its own (tab, iframe, notebook). The HTML is untrusted:
+it is served with a CSP `sandbox` so it runs in an opaque origin even when opened directly,
+and it may follow only its own card over the websocket, with a capability signed into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..config import Limits, Roots
+from ..index import Card
+from ..layout import CardFileKind, CardKey, card_path
+from .security import Guard
+
+CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at right now
+# From a card URL `card/F/R/S/T/C`, five levels up is the app root.
+SOCKET_FROM_CARD = "../../../../../ws"
+
+
+class CardUnavailable(Exception):
+    """Why a card cannot be served; the message is safe to show."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class CardPage:
+    body: bytes
+    gzipped: bytes
+    etag: str
+
+
+def load_runtime() -> str:
+    return resources.files("cardserver").joinpath("static/card-runtime.js").read_text("utf-8")
+
+
+def inject(html: bytes, snippet: bytes) -> bytes:
+    """Before the *last* `</body>`: Metaflow's bundle has `</body>` inside its JS strings."""
+    lower = html.lower()
+    at = lower.rfind(b"</body>")
+    if at < 0:
+        at = lower.rfind(b"</html>")
+    return html + snippet if at < 0 else html[:at] + snippet + html[at:]
+
+
+def script_json(value: object) -> str:
+    """JSON that is safe inside <script>: no `</` to close it early."""
+    return json.dumps(value).replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+class CardPages:
+    def __init__(self, roots: Roots, limits: Limits, guard: Guard) -> None:
+        self.roots = roots
+        self.limits = limits
+        self.guard = guard
+        self.runtime = load_runtime().replace("</", "<\\/")
+        self.instance = secrets.token_hex(4)  # capabilities change per start: so do ETags
+        self._cache: OrderedDict[tuple[CardKey, str], CardPage] = OrderedDict()
+
+    def etag(self, card: Card) -> str:
+        return f'"{card.version}-{self.instance}"'
+
+    async def page(self, card: Card) -> CardPage:
+        if card.version is None:
+            raise CardUnavailable(404, "card not rendered yet")
+        slot = (card.key, card.version)
+        cached = self._cache.get(slot)
+        if cached is not None:
+            self._cache.move_to_end(slot)
+            return cached
+        page = await asyncio.to_thread(self._build, card)
+        self._cache[slot] = page
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return page
+
+    def _build(self, card: Card) -> CardPage:
+        html = self.read(card)
+        topic = f"card/{card.key}"
+        config = {"topic": topic, "cap": self.guard.capability(topic), "socket": SOCKET_FROM_CARD,
+                  "version": card.version}
+        snippet = (
+            f"<script>window.__cardserver = {script_json(config)};</script>"
+            f"<script>{self.runtime}</script>"
+        ).encode()
+        body = inject(html, snippet)
+        return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), self.etag(card))
+
+    def path(self, card: Card) -> Path:
+        """The card file, proven inside the cards root (no `..`, no symlink out)."""
+        root = self.roots.cards.resolve()
+        candidate = (self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy)).resolve()
+        if not candidate.is_relative_to(root):
+            raise CardUnavailable(404, "card not found")
+        return candidate
+
+    def read(self, card: Card) -> bytes:
+        path = self.path(card)
+        try:
+            with path.open("rb") as handle:
+                html = handle.read(self.limits.max_card_bytes + 1)
+        except OSError:
+            raise CardUnavailable(404, "card not found") from None
+        if len(html) > self.limits.max_card_bytes:
+            cap_mb = self.limits.max_card_bytes // (1024 * 1024)
+            raise CardUnavailable(413, f"card file too large to serve (over {cap_mb} MB)")
+        return html

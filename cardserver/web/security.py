@@ -1,0 +1,200 @@
+"""The defenses every request passes: Host allowlist, token, Origin rules, response headers.
+
+Localhost is not a trust boundary: any web page the user opens can send requests to
+127.0.0.1, and DNS rebinding can make them look same-origin. So we check the Host header,
+require a token whenever we listen beyond loopback, refuse foreign Origins on the API and the
+websocket, and serve card HTML (untrusted code) into an opaque-origin sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import web
+
+from ..config import LOOPBACK_HOSTS, Config
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CARD_CSP = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
+VIEWER_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
+)
+CARD_IFRAME_SANDBOX = "allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Everything the checks need, derived once from the config."""
+
+    allowed_hosts: frozenset[str]
+    allow_any_host: bool
+    allowed_origins: frozenset[str]
+    token: str | None
+    secret: bytes  # signs card capabilities and the session cookie; new every start
+    cookie_name: str
+    cookie_path: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> Guard:
+        hosts = {h.lower().strip("[]") for h in (*LOOPBACK_HOSTS, config.host, *config.allow_hosts)}
+        return cls(
+            allowed_hosts=frozenset(hosts),
+            allow_any_host=config.allow_any_host,
+            allowed_origins=frozenset(o.rstrip("/").lower() for o in config.allow_origins),
+            token=config.token,
+            secret=secrets.token_bytes(32),
+            cookie_name=f"cardserver-{config.port}",
+            cookie_path=config.base_url,
+        )
+
+    # --- Host ------------------------------------------------------------------------------
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if self.allow_any_host:
+            return True
+        name = host_name(host_header or "")
+        return name is not None and name in self.allowed_hosts
+
+    # --- token -----------------------------------------------------------------------------
+
+    def session_value(self) -> str:
+        """What the cookie holds: derived from the token, so the token itself never sits there."""
+        assert self.token is not None
+        return hmac.new(self.secret, b"session:" + self.token.encode(), hashlib.sha256).hexdigest()
+
+    def token_ok(self, candidate: str | None) -> bool:
+        return (
+            self.token is not None
+            and candidate is not None
+            and hmac.compare_digest(candidate.encode(), self.token.encode())
+        )
+
+    def authenticated(self, request: web.Request) -> bool | None:
+        """True: valid credentials. False: credentials given but wrong. None: none given."""
+        if self.token is None:
+            return True
+        cookie = request.cookies.get(self.cookie_name)
+        if cookie is not None and hmac.compare_digest(cookie.encode(), self.session_value().encode()):
+            return True
+        auth = request.headers.get("Authorization", "")
+        offered = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        offered = offered or request.query.get("token")
+        if offered is None:
+            return False if cookie is not None else None
+        return self.token_ok(offered)
+
+    # --- Origin ----------------------------------------------------------------------------
+
+    def origin_kind(self, request: web.Request) -> str:
+        """`none` (no Origin: not a browser), `same`, `allowed`, `opaque` (a sandboxed card
+        page), or `foreign`."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return "none"
+        if origin == "null":
+            return "opaque"
+        parts = urlsplit(origin)
+        host = request.headers.get("Host", "")
+        if parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower() and host:
+            return "same"
+        if origin.rstrip("/").lower() in self.allowed_origins:
+            return "allowed"
+        return "foreign"
+
+    # --- card capabilities -----------------------------------------------------------------
+
+    def capability(self, topic: str) -> str:
+        """Signed into a card page: lets that page (Origin `null`) follow its own card only."""
+        return hmac.new(self.secret, b"topic:" + topic.encode(), hashlib.sha256).hexdigest()[:40]
+
+    def capability_ok(self, topic: str, offered: object) -> bool:
+        return isinstance(offered, str) and hmac.compare_digest(
+            offered.encode(), self.capability(topic).encode()
+        )
+
+
+def host_name(header: str) -> str | None:
+    """`Host` header -> lower-case name without port; None when malformed."""
+    header = header.strip().lower()
+    if not header or any(c in header for c in "/\\@ \t"):
+        return None
+    if header.startswith("["):
+        end = header.find("]")
+        if end < 0 or (len(header) > end + 1 and not header[end + 1 :].startswith(":")):
+            return None
+        return header[1:end]
+    name, _, port = header.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name or None
+
+
+def plain_error(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", content_type="text/plain")
+
+
+def json_error(status: int, text: str) -> web.Response:
+    return web.json_response({"error": text}, status=status)
+
+
+def wants_json(request: web.Request) -> bool:
+    return "/api/" in request.path or "application/json" in request.headers.get("Accept", "")
+
+
+def make_middleware(guard: Guard, base_url: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not guard.host_allowed(request.headers.get("Host")):
+            name = host_name(request.headers.get("Host", "")) or "(none)"
+            return plain_error(
+                403, f"Host {name!r} is not allowed: start the server with --allow-host {name}"
+            )
+        is_socket = request.path == f"{base_url}ws"
+        state = guard.authenticated(request)
+        capability_socket = is_socket and guard.origin_kind(request) == "opaque"
+        if state is not True and not capability_socket:
+            return refuse(request, state)
+        # A card URL keeps its ?token=: a notebook's iframe cannot carry our cookie.
+        is_card = request.path.startswith(f"{base_url}card/")
+        if "token" in request.query and guard.token and request.method == "GET" and not (
+            is_socket or is_card
+        ):
+            return drop_token(request, guard)
+        response = await handler(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    return security
+
+
+def refuse(request: web.Request, state: bool | None) -> web.Response:
+    status, text = (
+        (401, "a token is required: open the URL printed by `card server` (it ends in ?token=...)")
+        if state is None
+        else (403, "wrong token")
+    )
+    return json_error(status, text) if wants_json(request) else plain_error(status, text)
+
+
+def drop_token(request: web.Request, guard: Guard) -> web.Response:
+    """First visit with ?token=: keep it in a cookie and take it out of the address bar."""
+    query = {k: v for k, v in request.query.items() if k != "token"}
+    # Relative, so a proxy that strips a path prefix keeps it in the browser's address bar.
+    target = (request.path.rsplit("/", 1)[-1] or "./") + (f"?{urlencode(query)}" if query else "")
+    response = web.Response(status=302, headers={"Location": target})
+    response.set_cookie(
+        guard.cookie_name,
+        guard.session_value(),
+        path=guard.cookie_path,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response

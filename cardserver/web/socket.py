@@ -1,0 +1,165 @@
+"""The websocket: one per page. The page subscribes to topics; the server queues each topic's
+current state, then every change, in a per-socket mailbox drained by one writer task.
+
+Client -> server, JSON text frames of at most a few KiB:
+    {"op": "subscribe", "topic": "card/F/R/S/T/C", "cap": "..."}   (cap: card pages only)
+    {"op": "unsubscribe", "topic": "..."}
+Server -> client: {"type": "hello", ...} first, then feed messages ({"topic", "type", ...}) and
+{"type": "error", "topic", "error"} for a refused subscription.
+Close codes: 4403 capability refused (card page should reload), 4008 too slow (reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..feed import Topic, parse_topic
+from ..hub import Message, Overflow, Subscriber
+from .keys import GUARD, PIPELINE, SOCKET_TASKS, SOCKETS
+from .security import json_error
+
+log = logging.getLogger("cardserver.socket")
+
+CLOSE_CAPABILITY = 4403
+CLOSE_TOO_SLOW = 4008
+VERSION = 1
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    guard, pipeline = request.app[GUARD], request.app[PIPELINE]
+    limits = pipeline.limits
+    origin = guard.origin_kind(request)
+    if origin == "foreign":
+        return json_error(403, f"websocket from origin {request.headers.get('Origin')!r} refused")
+    sockets = request.app[SOCKETS]
+    if len(sockets) >= limits.max_sockets:
+        return json_error(503, "too many open websockets")
+    ws = web.WebSocketResponse(
+        heartbeat=limits.heartbeat_seconds,
+        max_msg_size=limits.max_inbound_message,
+    )
+    await ws.prepare(request)
+    sockets.add(ws)
+    subscriber = Subscriber(limits.mailbox_bytes)
+    writer = asyncio.create_task(write(ws, subscriber, limits.stall_seconds, request))
+    session = Session(request, ws, subscriber, restricted=origin == "opaque")
+    subscriber.mailbox.put(Message("", "hello", json.dumps({"type": "hello", "version": VERSION})))
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                if not await session.handle(msg.data):
+                    break
+            elif msg.type is WSMsgType.BINARY:
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text frames only")
+                break
+            else:
+                break
+    finally:
+        pipeline.hub.leave(subscriber)
+        subscriber.mailbox.close()
+        writer.cancel()
+        with suppress(asyncio.CancelledError):
+            await writer
+        sockets.discard(ws)
+    return ws
+
+
+class Session:
+    """What one socket asked for; checks every request against the socket's rights."""
+
+    def __init__(
+        self, request: web.Request, ws: web.WebSocketResponse, subscriber: Subscriber,
+        restricted: bool,
+    ) -> None:
+        self.app = request.app
+        self.ws = ws
+        self.subscriber = subscriber
+        self.restricted = restricted  # a sandboxed card page: its own card, with its capability
+
+    async def handle(self, text: str) -> bool:
+        """Apply one client message; False when the socket must close."""
+        request = decode(text)
+        if request is None:
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad message")
+            return False
+        op, name = request.get("op"), request.get("topic")
+        topic = parse_topic(name) if isinstance(name, str) else None
+        if op not in ("subscribe", "unsubscribe") or topic is None:
+            self.error(name, "unknown operation or topic")
+            return True
+        if op == "unsubscribe":
+            self.app[PIPELINE].hub.unsubscribe(self.subscriber, str(topic))
+            return True
+        if self.restricted and not self.may_follow(topic, request.get("cap")):
+            await self.ws.close(code=CLOSE_CAPABILITY, message=b"capability refused")
+            return False
+        return self.subscribe(topic)
+
+    def may_follow(self, topic: Topic, capability: object) -> bool:
+        return topic.kind == "card" and self.app[GUARD].capability_ok(str(topic), capability)
+
+    def subscribe(self, topic: Topic) -> bool:
+        pipeline = self.app[PIPELINE]
+        limit = pipeline.limits.max_subscriptions
+        if str(topic) not in self.subscriber.topics and len(self.subscriber.topics) >= limit:
+            self.error(str(topic), f"at most {limit} subscriptions per socket")
+            return True
+        pipeline.hub.subscribe(self.subscriber, str(topic), pipeline.feed.initial(topic))
+        if topic.card is not None:
+            task = asyncio.create_task(pipeline.load_update(topic.card))
+            tasks = self.app[SOCKET_TASKS]
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return True
+
+    def error(self, topic: object, text: str) -> None:
+        payload = json.dumps({"type": "error", "topic": topic if isinstance(topic, str) else None,
+                              "error": text})
+        self.subscriber.mailbox.put(Message("", f"error:{topic}", payload))
+
+
+def decode(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def write(
+    ws: web.WebSocketResponse, subscriber: Subscriber, stall: float, request: web.Request
+) -> None:
+    """The socket's only sender. A client that stops reading is dropped, never buffered."""
+    try:
+        while True:
+            text = await subscriber.mailbox.get()
+            await asyncio.wait_for(ws.send_str(text), stall)
+    except Overflow:
+        if not ws.closed:
+            await close_quickly(ws, CLOSE_TOO_SLOW, b"too slow: reconnect and resync")
+    except TimeoutError:
+        log.info("dropping a websocket client that stopped reading")
+        if request.transport is not None:
+            request.transport.abort()
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+async def close_quickly(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+    with suppress(Exception):
+        await asyncio.wait_for(ws.close(code=code, message=message), 0.5)
+
+
+async def close_all(app: web.Application) -> None:
+    """on_shutdown: tell every page we are going away, without waiting on slow ones."""
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS]
+    await asyncio.gather(
+        *(close_quickly(ws, WSCloseCode.GOING_AWAY, b"server shutdown") for ws in set(sockets))
+    )
