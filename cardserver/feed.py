@@ -10,6 +10,7 @@ subscriber. Topics, in the user's words:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ def parse_topic(text: str) -> Topic | None:
         return None
     kind, _, rest = text.partition("/")
     parts = rest.split("/") if rest else []
-    if kind == "flows" and not parts:
+    if text == "flows":
         return Topic("flows")
     if kind == "runs" and len(parts) == 1 and is_name(parts[0]):
         return Topic("runs", flow=parts[0])
@@ -57,7 +58,21 @@ def card_topic(key: CardKey) -> str:
 
 
 def encode(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str)
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:  # NaN/Infinity: Metaflow writes them in data updates; JSON has neither
+        return json.dumps(finite(payload), separators=(",", ":"), allow_nan=False, default=str)
+
+
+def finite(value: Any) -> Any:
+    """NaN and Infinity become null, as JavaScript's JSON.stringify does."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def message(topic: str, entity: str, kind: str, **fields: Any) -> Message:

@@ -1,0 +1,190 @@
+"""What every benchmark shares: starting servers, reading a process's CPU and memory,
+percentiles and result tables. Benchmarks only ever talk to 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CARDSERVER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+    port: int
+    started: float  # time.monotonic() when launched
+    ready: float  # time.monotonic() when it announced its URL
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_cardserver(root: Path, *extra: str, timeout: float = 60) -> Server:
+    """`card server --root <root>`; returns once it printed its URL (it has scanned by then)."""
+    port = free_port()
+    args = [sys.executable, str(REPO / "cli.py"), "server", "--root", str(root), "--port", str(port),
+            *extra]
+    return _launch(args, port, " at http", timeout, cwd=root.parent)
+
+
+def start_metaflow_server(flow_file: Path, run_id: str | None, *extra: str,
+                          timeout: float = 120, env: dict[str, str] | None = None) -> Server:
+    """Metaflow's own `python flow.py card server` (the baseline we compare against)."""
+    port = free_port()
+    args = [sys.executable, str(flow_file), "card", "server", "--port", str(port), *extra]
+    if run_id:
+        args += ["--run-id", run_id]
+    return _launch(args, port, f":{port}", timeout, cwd=flow_file.parent, env=env,
+                   probe=f"http://127.0.0.1:{port}/")
+
+
+def _launch(args: list[str], port: int, marker: str, timeout: float, cwd: Path,
+            env: dict[str, str] | None = None, probe: str | None = None) -> Server:
+    started = time.monotonic()
+    process = subprocess.Popen(
+        args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", "USERNAME": "bench", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if probe is not None and _answers(port):
+            return Server(process, probe, port, started, time.monotonic(), output)
+        try:
+            line = lines.get(timeout=0.05)
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+            continue
+        if probe is None and marker in line:
+            url = line.rsplit(" at ", 1)[1].strip()
+            return Server(process, url, port, started, time.monotonic(), output)
+    process.kill()
+    raise RuntimeError(f"server did not start: {' '.join(args)}\n{''.join(output)[-2000:]}")
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.05)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- CPU and memory of a process (Linux /proc) ------------------------------------------------
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time of a process (and its reaped children), in seconds."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as handle:
+        return int(handle.read().split()[1]) * PAGE / 1e6
+
+
+# --- numbers -----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile, p in [0, 100]."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary_ms(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else float("nan"),
+        "mean": statistics.fmean(values) if values else float("nan"),
+    }
+
+
+def table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain-text table, printed by every benchmark."""
+    cells = [[str(h) for h in header]] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells[1:]]
+    return "\n".join(lines)
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used (all cores, from /proc/stat): with
+    our own processes' CPU subtracted, what else competed for the cores during a run."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK

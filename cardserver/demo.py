@@ -1,0 +1,868 @@
+"""Writes live Metaflow runs to disk, file for file as Metaflow 2.19 does, without Metaflow.
+
+Used by `card demo` (a flow that keeps changing) and as test and benchmark fixtures. Every file
+is written the way Metaflow writes it: a `tmpXXXXXXXX` file from `mkstemp` in the same folder,
+then a rename onto the final name, so a watcher sees exactly what it will see in real use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .config import CARDS_DIR
+from .layout import (
+    PARAMETERS_STEP,
+    CardFileKind,
+    CardKey,
+    MetaKind,
+    RunKey,
+    TaskKey,
+    card_path,
+    meta_file_name,
+    parse_card_name,
+    run_meta_path,
+    task_meta_dir,
+)
+
+log = logging.getLogger(__name__)
+
+Component = dict[str, Any]
+
+METAFLOW_VERSION = "2.19.39"
+PYTHON_VERSION = "3.11.7"
+FINAL_TOKEN = "final"
+SCRIPT_NAME = "demo_flow.py"
+
+
+# --- components, shaped like Metaflow's `render()` output -----------------------------------
+
+
+def markdown(id: str, source: str) -> Component:
+    return {"type": "markdown", "id": id, "source": source}
+
+
+def text(id: str, text: str) -> Component:
+    return {"type": "text", "id": id, "text": text}
+
+
+def progress(id: str, value: float, max: float, label: str | None = None) -> Component:
+    return {"type": "progressBar", "id": id, "max": max, "value": value, "label": label}
+
+
+def table(id: str, headers: list[str], rows: list[list[Any]]) -> Component:
+    return {"type": "table", "id": id, "headers": headers, "data": rows}
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Metaflow's write: temp file beside the target, then rename; readers never see half."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent)
+    except FileNotFoundError:  # first file in its folder: mkdir only then, it is not free
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, doc: object) -> None:
+    _write_atomic(path, json.dumps(doc).encode())
+
+
+def _now_ms() -> int:
+    return round(time.time() * 1000)
+
+
+_run_id_lock = threading.Lock()
+_last_run_id = 0
+
+
+def _new_run_id() -> str:
+    """Metaflow's local run id (microseconds), made strictly increasing within this process."""
+    global _last_run_id
+    with _run_id_lock:
+        _last_run_id = max(int(time.time() * 1e6), _last_run_id + 1)
+        return str(_last_run_id)
+
+
+def _runtime_token(previous: str | None = None) -> str:
+    """A `runtime-<time>` token as Metaflow's blank card makes, never equal to the last one."""
+    now = time.time()
+    token = f"runtime-{now:.2f}"
+    while token == previous:
+        now += 0.01
+        token = f"runtime-{now:.2f}"
+    return token
+
+
+# --- runs, tasks, cards ----------------------------------------------------------------------
+
+
+@dataclass
+class DemoRun:
+    """Handle to one run being written: the roots it lives in and its names."""
+
+    datastore: Path
+    cards: Path
+    flow: str
+    run: str
+    user: str
+    _task_seq: int = field(default=0, repr=False)
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.flow, self.run)
+
+    def _system_tags(self) -> list[str]:
+        return [
+            f"metaflow_version:{METAFLOW_VERSION}",
+            f"python_version:{PYTHON_VERSION}",
+            f"user:{self.user}",
+            "runtime:dev",
+        ]
+
+    def _next_task_id(self) -> str:
+        """Local Metaflow numbers tasks 1, 2, 3... per run; `_parameters` takes the first."""
+        self._task_seq += 1
+        return str(self._task_seq)
+
+    def _self_doc(self, ts_ms: int, step: str | None = None, task: str | None = None) -> Component:
+        """`_self.json` in Metaflow's key order: run, step or task level."""
+        doc: Component = {"run_number": self.run}
+        if step is not None:
+            doc["step_name"] = step
+        if task is not None:
+            doc["task_id"] = task
+        doc.update(
+            flow_id=self.flow,
+            user_name=self.user,
+            tags=[],
+            system_tags=self._system_tags(),
+            ts_epoch=ts_ms,
+        )
+        return doc
+
+    def _ensure_step(self, step: str) -> None:
+        """Metaflow writes `<run>/<step>/_meta/_self.json` once per step; readers must skip it."""
+        path = self.datastore / self.flow / self.run / step / "_meta" / "_self.json"
+        if not path.exists():
+            _write_json(path, self._self_doc(_now_ms(), step=step))
+
+    def start_task(
+        self,
+        step: str,
+        task: str | None = None,
+        attempt: int = 0,
+        system_meta: bool = True,
+    ) -> DemoTask:
+        """A task that has started `attempt` and is running until `finish`.
+
+        `system_meta` also writes the `sysmeta_<runtime|user|...>` files Metaflow adds for every
+        attempt, so readers are tested against the real mix of files in `_meta`.
+        """
+        task_id = task if task is not None else self._next_task_id()
+        key = TaskKey(self.flow, self.run, step, task_id)
+        self._ensure_step(step)
+        meta = self.datastore / task_meta_dir(key)
+        _write_json(
+            meta / meta_file_name(MetaKind.TASK_SELF, 0),
+            self._self_doc(_now_ms(), step=step, task=task_id),
+        )
+        demo_task = DemoTask(key=key, run=self, attempt=attempt, system_meta=system_meta)
+        demo_task._begin_attempt(attempt)
+        return demo_task
+
+
+@dataclass
+class DemoTask:
+    """One task of a DemoRun: its attempts, verdicts and cards."""
+
+    key: TaskKey
+    run: DemoRun
+    attempt: int = 0
+    system_meta: bool = True
+    cards: list[DemoCard] = field(default_factory=list)
+    _last_ts: int = field(default=0, repr=False)
+
+    @property
+    def meta_dir(self) -> Path:
+        return self.run.datastore / task_meta_dir(self.key)
+
+    def _stamp(self) -> int:
+        """Milliseconds, strictly increasing per task: two attempts never share a file name."""
+        self._last_ts = max(_now_ms(), self._last_ts + 1)
+        return self._last_ts
+
+    def _sysmeta(self, kind: MetaKind | str, type: str, value: str, attempt: int) -> None:
+        field_name = kind.value if isinstance(kind, MetaKind) else kind
+        ts = self._stamp()
+        doc = {
+            "flow_id": self.key.flow,
+            "run_number": self.key.run,
+            "step_name": self.key.step,
+            "task_id": self.key.task,
+            "field_name": field_name,
+            "type": type,
+            "value": value,
+            "tags": [f"attempt_id:{attempt}"],
+            "user_name": self.run.user,
+            "ts_epoch": ts,
+        }
+        name = meta_file_name(kind, ts) if isinstance(kind, MetaKind) else f"sysmeta_{kind}_{ts}.json"
+        _write_json(self.meta_dir / name, doc)
+
+    def _begin_attempt(self, attempt: int) -> None:
+        self.attempt = attempt
+        if self.system_meta:
+            for name, value in (
+                ("runtime", "dev"),
+                ("python_version", PYTHON_VERSION),
+                ("user", self.run.user),
+                ("metaflow_version", METAFLOW_VERSION),
+                ("script-name", SCRIPT_NAME),
+            ):
+                self._sysmeta(name, name, value, attempt)
+        self._sysmeta(MetaKind.ATTEMPT, "attempt", str(attempt), attempt)
+
+    def add_card(
+        self,
+        type: str = "blank",
+        id: str | None = None,
+        components: list[Component] | None = None,
+        legacy: bool = False,
+    ) -> DemoCard:
+        """A live card: its first HTML render is on disk when this returns."""
+        stem = f"{type}-{id}-{uuid.uuid4().hex}" if id else f"{type}-{uuid.uuid4().hex}"
+        if parse_card_name(stem) is None:
+            raise ValueError(f"not a Metaflow card name: {stem!r}")
+        card = DemoCard(CardKey(self.key, stem), self.run.cards, legacy, components or [])
+        card.rerender()
+        self.cards.append(card)
+        return card
+
+    def finish(self, ok: bool = True, attempt: int | None = None) -> None:
+        """End an attempt: `attempt_ok`, then `attempt-done`, then the final card renders.
+
+        Metaflow renders final cards only when the task succeeded (card_decorator.task_finished):
+        a failed task keeps its last runtime render and data update.
+        """
+        number = self.attempt if attempt is None else attempt
+        self._sysmeta(MetaKind.ATTEMPT_OK, "internal_attempt_status", str(ok), number)
+        self._sysmeta(MetaKind.ATTEMPT_DONE, "attempt-done", str(number), number)
+        if ok:
+            for card in self.cards:
+                card.finalize()
+
+    def retry(self) -> int:
+        """Start the next attempt, as `@retry` does after a failure; returns its number."""
+        self._begin_attempt(self.attempt + 1)
+        return self.attempt
+
+
+@dataclass
+class DemoCard:
+    """One card file and its data updates; holds the full state of every component."""
+
+    key: CardKey
+    cards_root: Path
+    legacy: bool
+    layout: list[Component]
+    token: str = ""
+    state: dict[str, Component] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state = {c["id"]: dict(c) for c in self.layout}
+
+    @property
+    def path_html(self) -> Path:
+        return self.cards_root / card_path(self.key, CardFileKind.HTML, self.legacy)
+
+    @property
+    def path_data(self) -> Path:
+        return self.cards_root / card_path(self.key, CardFileKind.DATA, self.legacy)
+
+    @property
+    def final(self) -> bool:
+        return self.token == FINAL_TOKEN
+
+    def _components(self) -> list[Component]:
+        return [self.state[c["id"]] for c in self.layout]
+
+    def _write_html(self) -> None:
+        page = render_card_html(self.key, self.token, self._components())
+        _write_atomic(self.path_html, page.encode())
+
+    def _write_data(self) -> None:
+        doc = {"reload_token": self.token, "data": dict(self.state), "created_on": time.time()}
+        _write_json(self.path_data, doc)
+
+    def update(self, changes: dict[str, dict[str, Any]]) -> None:
+        """A data update (`current.card.refresh()`): changed fields merge into the full state.
+
+        Unknown ids are an error: new components change the layout, which is `rerender`.
+        """
+        if self.final:
+            raise RuntimeError(f"card {self.key} is final")
+        unknown = set(changes) - set(self.state)
+        if unknown:
+            raise KeyError(f"no such component in {self.key}: {sorted(unknown)}")
+        for cid, change in changes.items():
+            self.state[cid] = {**self.state[cid], **change, "id": cid}
+        self._write_data()
+
+    def rerender(self, components: list[Component] | None = None) -> str:
+        """A new layout (`render_runtime`): the HTML is rewritten under a new token."""
+        if self.final:
+            raise RuntimeError(f"card {self.key} is final")
+        if components is not None:
+            self.layout = list(components)
+            self.state = {c["id"]: dict(c) for c in self.layout}
+        self.token = _runtime_token(self.token or None)
+        self._write_html()
+        return self.token
+
+    def finalize(self) -> None:
+        """The task's last render: HTML with token `final`, then a `final` data update."""
+        if self.final:
+            return
+        self.token = FINAL_TOKEN
+        self._write_html()
+        self._write_data()
+
+
+def start_run(
+    datastore: Path,
+    cards: Path | None = None,
+    flow: str = "DemoFlow",
+    run: str | None = None,
+    user: str = "demo",
+    ts_ms: int | None = None,
+) -> DemoRun:
+    """A new run: flow, run and `_parameters` metadata, then `latest_run`, as `flow.py run` does.
+
+    Metaflow itself writes `latest_run` in place (open/write); we write it atomically like
+    everything else, so readers here never depend on that race.
+    """
+    demo = DemoRun(
+        datastore=datastore,
+        cards=cards if cards is not None else datastore / CARDS_DIR,
+        flow=flow,
+        run=run if run is not None else _new_run_id(),
+        user=user,
+    )
+    ts = ts_ms if ts_ms is not None else _now_ms()
+    flow_self = datastore / flow / "_meta" / "_self.json"
+    if not flow_self.exists():
+        _write_json(flow_self, {"flow_id": flow, "ts_epoch": ts})
+    _write_json(datastore / run_meta_path(demo.key), demo._self_doc(ts))
+    params = TaskKey(flow, demo.run, PARAMETERS_STEP, demo._next_task_id())
+    demo._ensure_step(PARAMETERS_STEP)
+    _write_json(
+        datastore / task_meta_dir(params) / meta_file_name(MetaKind.TASK_SELF, 0),
+        demo._self_doc(ts, step=PARAMETERS_STEP, task=params.task),
+    )
+    _write_atomic(datastore / flow / "latest_run", demo.run.encode())
+    return demo
+
+
+# --- the card page ---------------------------------------------------------------------------
+
+
+def _script_json(value: object) -> str:
+    """JSON that cannot close the <script> element it sits in, whatever the data says."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+_LIVE_HOOK = "window.metaflow_card_update = function(data) { return apply(data); };"
+_FINAL_HOOK = "window.metaflow_card_update = undefined;"
+
+_CARD_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>@@TITLE@@</title>
+<style>
+:root { color-scheme: light dark; --bg: #f6f7f9; --fg: #1c1f24; --muted: #697282;
+  --panel: #fff; --line: #e2e5ea; --accent: #2f6fe4; --ok: #1a9a4b;
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+@media (prefers-color-scheme: dark) { :root { --bg: #111318; --fg: #e5e8ec; --muted: #98a0ac;
+  --panel: #1a1d24; --line: #2c313b; --accent: #6aa2ff; --ok: #4cc47a; } }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg); }
+header { display: flex; gap: 1rem; align-items: center; justify-content: space-between;
+  padding: .8rem 1.25rem; border-bottom: 1px solid var(--line); }
+header h1 { margin: 0; font-size: .95rem; font-weight: 600; overflow-wrap: anywhere; }
+.badge { font-size: .75rem; padding: .05rem .55rem; border-radius: 999px; white-space: nowrap;
+  border: 1px solid var(--line); color: var(--muted); font-variant-numeric: tabular-nums; }
+.badge.live { color: var(--ok); border-color: currentColor; }
+main { max-width: 56rem; margin: 0 auto; padding: 1rem 1.25rem 2rem; display: grid; gap: .75rem; }
+.mf-component { background: var(--panel); border: 1px solid var(--line); border-radius: 10px;
+  padding: .8rem 1rem; overflow-x: auto; }
+.mf-markdown > :first-child { margin-top: 0; } .mf-markdown > :last-child { margin-bottom: 0; }
+.mf-markdown h1, .mf-markdown h2, .mf-markdown h3 { line-height: 1.25; margin: .2rem 0 .5rem; }
+.mf-markdown h1 { font-size: 1.4rem; } .mf-markdown h2 { font-size: 1.15rem; }
+.mf-markdown h3 { font-size: 1rem; }
+code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  background: var(--line); padding: 0 .3em; border-radius: 4px; }
+.mf-text { margin: 0; white-space: pre-wrap; }
+.mf-progress-head { display: flex; justify-content: space-between; gap: 1rem; font-size: .9rem; }
+.mf-progress-count { color: var(--muted); font-variant-numeric: tabular-nums; }
+.mf-progress-track { height: .5rem; margin-top: .45rem; border-radius: 999px;
+  background: var(--line); overflow: hidden; }
+.mf-progress-fill { height: 100%; width: 0; background: var(--accent); border-radius: inherit;
+  transition: width .35s ease; }
+table { border-collapse: collapse; width: 100%; font-size: .9rem;
+  font-variant-numeric: tabular-nums; }
+th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid var(--line); }
+th { color: var(--muted); font-weight: 600; } td.num { text-align: right; }
+tbody tr:last-child td { border-bottom: 0; }
+.mf-unknown { color: var(--muted); font-size: .85rem; }
+</style>
+</head>
+<body>
+<header><h1>@@TITLE@@</h1><span class="badge" id="mf-status"></span></header>
+<main id="mf-root"></main>
+<script>var METAFLOW_RELOAD_TOKEN = @@TOKEN@@;</script>
+<script id="mf-components" type="application/json">@@COMPONENTS@@</script>
+<script>
+(function () {
+  "use strict";
+  // Metaflow's real bundle carries this text in strings too: injectors must use the last one.
+  var __probe = "</body>";
+  var FINAL = @@FINAL@@;
+  var root = document.getElementById("mf-root");
+  var status = document.getElementById("mf-status");
+  var views = Object.create(null);
+  var seen = new WeakMap();
+
+  function el(tag, cls) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    return node;
+  }
+
+  function str(value) {
+    if (value === null || value === undefined) return "";
+    return typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+
+  // Inline markdown: **bold**, *italic*, `code`. Built with text nodes, so nothing is HTML.
+  function setInline(node, source) {
+    if (seen.get(node) === source) return;
+    seen.set(node, source);
+    var re = /\\*\\*(.+?)\\*\\*|\\*([^*]+)\\*|`([^`]+)`/g, last = 0, m, parts = [];
+    while ((m = re.exec(source))) {
+      if (m.index > last) parts.push(document.createTextNode(source.slice(last, m.index)));
+      var tag = m[1] !== undefined ? "strong" : m[2] !== undefined ? "em" : "code";
+      var span = el(tag);
+      span.textContent = m[1] !== undefined ? m[1] : m[2] !== undefined ? m[2] : m[3];
+      parts.push(span);
+      last = re.lastIndex;
+    }
+    if (last < source.length) parts.push(document.createTextNode(source.slice(last)));
+    node.replaceChildren.apply(node, parts);
+  }
+
+  function blocks(source) {
+    var out = [], para = [], list = null;
+    function flush() {
+      if (para.length) out.push({ tag: "p", text: para.join(" ") });
+      para = [];
+      list = null;
+    }
+    str(source).split(/\\r?\\n/).forEach(function (line) {
+      var heading = /^(#{1,6})\\s+(.*)$/.exec(line);
+      var item = /^\\s*[-*+]\\s+(.*)$/.exec(line);
+      if (heading) { flush(); out.push({ tag: "h" + heading[1].length, text: heading[2] }); }
+      else if (item) {
+        if (para.length) flush();
+        if (!list) { list = { tag: "ul", items: [] }; out.push(list); }
+        list.items.push(item[1]);
+      }
+      else if (!line.trim()) flush();
+      else { list = null; para.push(line.trim()); }
+    });
+    flush();
+    return out;
+  }
+
+  // Reuse child elements by position; only text changes when the shape stays the same.
+  function child(parent, index, tag) {
+    var node = parent.children[index];
+    if (node && node.tagName.toLowerCase() === tag) return node;
+    var fresh = el(tag);
+    if (node) parent.replaceChild(fresh, node); else parent.appendChild(fresh);
+    return fresh;
+  }
+
+  function trim(parent, count) {
+    while (parent.children.length > count) parent.removeChild(parent.lastElementChild);
+  }
+
+  function setMarkdown(node, source) {
+    var list = blocks(source);
+    list.forEach(function (block, i) {
+      var target = child(node, i, block.tag);
+      if (block.tag !== "ul") { setInline(target, block.text); return; }
+      block.items.forEach(function (item, j) { setInline(child(target, j, "li"), item); });
+      trim(target, block.items.length);
+    });
+    trim(node, list.length);
+  }
+
+  function setRow(row, cells, tag) {
+    cells.forEach(function (value, i) {
+      var cell = child(row, i, tag);
+      var text = str(value);
+      if (cell.textContent !== text) cell.textContent = text;
+      var cls = typeof value === "number" ? "num" : "";
+      if (cell.className !== cls) cell.className = cls;
+    });
+    trim(row, cells.length);
+  }
+
+  function setRows(section, rows, tag) {
+    rows.forEach(function (cells, i) {
+      setRow(child(section, i, "tr"), Array.isArray(cells) ? cells : [cells], tag);
+    });
+    trim(section, rows.length);
+  }
+
+  var kinds = {
+    markdown: {
+      create: function () { return el("div", "mf-markdown"); },
+      update: function (node, c) { setMarkdown(node, c.source); }
+    },
+    text: {
+      create: function () { return el("p", "mf-text"); },
+      update: function (node, c) {
+        var t = str(c.text);
+        if (node.textContent !== t) node.textContent = t;
+      }
+    },
+    progressBar: {
+      create: function () {
+        var node = el("div", "mf-progress"), head = el("div", "mf-progress-head");
+        var track = el("div", "mf-progress-track");
+        head.append(el("span", "mf-progress-label"), el("span", "mf-progress-count"));
+        track.append(el("div", "mf-progress-fill"));
+        track.setAttribute("role", "progressbar");
+        node.append(head, track);
+        return node;
+      },
+      update: function (node, c) {
+        var max = Number(c.max) || 0, value = Number(c.value) || 0;
+        var pct = max > 0 ? Math.max(0, Math.min(100, (100 * value) / max)) : 0;
+        var track = node.querySelector(".mf-progress-track");
+        node.querySelector(".mf-progress-label").textContent = str(c.label);
+        node.querySelector(".mf-progress-count").textContent =
+          value + " / " + max + (c.unit ? " " + c.unit : "") + (c.details ? " · " + c.details : "");
+        node.querySelector(".mf-progress-fill").style.width = pct + "%";
+        track.setAttribute("aria-valuemax", String(max));
+        track.setAttribute("aria-valuenow", String(value));
+      }
+    },
+    table: {
+      create: function () {
+        var node = el("table", "mf-table");
+        node.append(el("thead"), el("tbody"));
+        return node;
+      },
+      update: function (node, c) {
+        var headers = Array.isArray(c.headers) ? c.headers : [];
+        setRows(node.tHead, headers.length ? [headers] : [], "th");
+        setRows(node.tBodies[0], Array.isArray(c.data) ? c.data : [], "td");
+      }
+    }
+  };
+  var unknown = {
+    create: function () { return el("p", "mf-unknown"); },
+    update: function (node, c) {
+      node.textContent = "Component type " + str(c.type) + " is not shown here.";
+    }
+  };
+
+  function mount(c) {
+    var kind = kinds[c.type] || unknown;
+    var node = kind.create();
+    node.classList.add("mf-component");
+    node.setAttribute("data-component-id", str(c.id));
+    node.setAttribute("data-component-type", str(c.type));
+    kind.update(node, c);
+    views[c.id] = { node: node, kind: kind };
+    root.appendChild(node);
+  }
+
+  function apply(data) {
+    Object.keys(data || {}).forEach(function (id) {
+      var view = views[id], c = data[id];
+      if (view && c && typeof c === "object") view.kind.update(view.node, c);
+    });
+    status.textContent = "live · updated " + new Date().toLocaleTimeString();
+    return true;
+  }
+
+  JSON.parse(document.getElementById("mf-components").textContent).forEach(mount);
+  status.textContent = FINAL ? "final" : "live";
+  status.className = FINAL ? "badge" : "badge live";
+  @@HOOK@@
+})();
+</script>
+</body>
+</html>
+"""
+
+
+def render_card_html(key: CardKey, token: str, components: list[Component]) -> str:
+    """A self-contained card page honouring Metaflow's contract (token, update hook)."""
+    final = token == FINAL_TOKEN
+    title = f"{key.task} · {key.name.rsplit('-', 1)[0]}"
+    replacements = {
+        "@@TITLE@@": escape(title),
+        "@@TOKEN@@": _script_json(token),
+        "@@COMPONENTS@@": _script_json(components),
+        "@@FINAL@@": "true" if final else "false",
+        "@@HOOK@@": _FINAL_HOOK if final else _LIVE_HOOK,
+    }
+    page = _CARD_HTML
+    for marker, value in replacements.items():
+        page = page.replace(marker, value)
+    return page
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+def write_fixture_run(
+    datastore: Path,
+    flow: str,
+    tasks: int,
+    cards_per_task: int = 1,
+    finished: bool = True,
+    with_data: bool = True,
+    cards: Path | None = None,
+    system_meta: bool = False,
+) -> DemoRun:
+    """A whole run at once: `start`, `tasks` tasks in `work`, then `end`.
+
+    finished=True: every task succeeded and its cards are final. finished=False: `start` is
+    done, every `work` task is still running with a live card, and `end` has not begun.
+    Finished cards are written once, already final, and Metaflow's per-attempt system files
+    are off by default: file creation is what a 10,000-task run costs.
+    """
+    run = start_run(datastore, cards, flow=flow)
+    for step, count in (("start", 1), ("work", tasks), ("end", 1 if finished else 0)):
+        for n in range(count):
+            task = run.start_task(step, system_meta=system_meta)
+            done = finished or step == "start"
+            for _ in range(cards_per_task):
+                parts = [markdown("title", f"# {step} {n}"), progress("p", 10 if done else 5, 10)]
+                if done:
+                    _write_final_card(task, parts, with_data)
+                else:
+                    card = task.add_card(components=parts)
+                    if with_data:
+                        card.update({"p": {"label": "Steps"}})
+            if done:
+                task.finish()
+    return run
+
+
+def _write_final_card(task: DemoTask, components: list[Component], with_data: bool) -> None:
+    """A card as it is after `finalize`, in one write per file instead of two."""
+    stem = f"blank-{uuid.uuid4().hex}"
+    card = DemoCard(CardKey(task.key, stem), task.run.cards, False, components, FINAL_TOKEN)
+    card._write_html()
+    if with_data:
+        card._write_data()
+    task.cards.append(card)
+
+
+# --- the live demo ---------------------------------------------------------------------------
+
+_DONE = object()
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait, waking at once on stop. True when stop is set."""
+    with suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+async def _drive(stop: asyncio.Event, interval: float, schedule: list[tuple[int, Iterator[None]]]) -> bool:
+    """Advance each task script one step per tick; a script starts at its tick.
+
+    Scripts are generators, so a task's story reads top to bottom; its files appear on
+    its first step. False when stopped.
+    """
+    pending = sorted(schedule, key=lambda item: item[0])
+    active: list[Iterator[None]] = []
+    tick = 0
+    while pending or active:
+        while pending and pending[0][0] <= tick:
+            active.append(pending.pop(0)[1])
+        for script in list(active):
+            if next(script, _DONE) is _DONE:
+                active.remove(script)
+        if await _pause(stop, interval):
+            return False
+        tick += 1
+    return True
+
+
+def _start_script(run: DemoRun, rows: int) -> Iterator[None]:
+    task = run.start_task("start")
+    card = task.add_card(
+        components=[
+            markdown("intro", f"# {run.flow} run {run.run}\nLoading the **training set**."),
+            progress("load", 0, rows, "Rows loaded"),
+        ]
+    )
+    for done in range(1, rows + 1):
+        yield
+        card.update({"load": {"value": done}})
+    card.update({"intro": {"source": f"# {run.flow} run {run.run}\nLoaded **{rows}** shards."}})
+    yield
+    task.finish()
+
+
+def _train_card(task: DemoTask, shard: int, epochs: int) -> DemoCard:
+    return task.add_card(
+        id="training",
+        components=[
+            markdown("title", f"## Shard {shard}, attempt {task.attempt}\nStarting…"),
+            progress("epochs", 0, epochs, "Epochs"),
+            text("loss", "loss —"),
+            table("metrics", ["epoch", "loss", "accuracy"], []),
+        ],
+    )
+
+
+def _train_script(
+    run: DemoRun, shard: int, epochs: int, fail_at: int | None, results: dict[int, float]
+) -> Iterator[None]:
+    task = run.start_task("train")
+    card = _train_card(task, shard, epochs)
+    rows: list[list[Any]] = []
+    epoch = 0
+    while epoch < epochs:
+        yield
+        epoch += 1
+        if fail_at is not None and task.attempt == 0 and epoch == fail_at:
+            card.update({"title": {"source": f"## Shard {shard}\n**Failed**: `ValueError: NaN loss`"}})
+            task.finish(ok=False)
+            for _ in range(4):  # @retry waits a little before the next attempt
+                yield
+            task.retry()
+            card = _train_card(task, shard, epochs)
+            rows, epoch = [], 0
+            continue
+        loss = round(1.2 * math.exp(-epoch / (3 + shard)) + 0.02 * shard, 4)
+        accuracy = round(1 - loss / 1.5, 4)
+        rows.append([epoch, loss, accuracy])
+        card.update(
+            {
+                "title": {"source": f"## Shard {shard}, attempt {task.attempt}\nTraining…"},
+                "epochs": {"value": epoch},
+                "loss": {"text": f"loss {loss:.4f} · accuracy {accuracy:.2%}"},
+                "metrics": {"data": rows[-8:]},
+            }
+        )
+        results[shard] = accuracy
+    card.update({"title": {"source": f"## Shard {shard}, attempt {task.attempt}\n**Done**."}})
+    yield
+    task.finish()
+
+
+def _join_script(run: DemoRun, results: dict[int, float]) -> Iterator[None]:
+    task = run.start_task("join")
+    rows: list[list[Any]] = [[shard, acc] for shard, acc in sorted(results.items())]
+    best = max(results, key=lambda shard: results[shard]) if results else None
+    card = task.add_card(
+        components=[
+            markdown("summary", "# Results\nComparing shards…"),
+            table("shards", ["shard", "accuracy"], []),
+        ]
+    )
+    for n in range(1, len(rows) + 1):
+        yield
+        card.update({"shards": {"data": rows[:n]}})
+    card.update({"summary": {"source": f"# Results\nBest shard: **{best}**."}})
+    yield
+    task.finish()
+
+
+def _end_script(run: DemoRun) -> Iterator[None]:
+    task = run.start_task("end")
+    card = task.add_card(components=[text("status", "Publishing the model…")])
+    yield
+    yield
+    card.update({"status": {"text": "All done. A new run starts in a moment."}})
+    yield
+    task.finish()
+
+
+async def _demo_run(
+    datastore: Path, cards: Path | None, stop: asyncio.Event, interval: float, flow: str
+) -> bool:
+    """One run of the demo flow, start to end. False when stopped midway."""
+    run = start_run(datastore, cards, flow=flow)
+    shards, epochs = 4, 12
+    results: dict[int, float] = {}
+    phases: list[Callable[[], list[tuple[int, Iterator[None]]]]] = [
+        lambda: [(0, _start_script(run, shards))],
+        lambda: [
+            (2 * n, _train_script(run, n, epochs, 5 if n == 2 else None, results)) for n in range(shards)
+        ],
+        lambda: [(0, _join_script(run, results))],
+        lambda: [(0, _end_script(run))],
+    ]
+    for phase in phases:
+        if not await _drive(stop, interval, phase()):
+            return False
+    return True
+
+
+async def run_demo(
+    datastore: Path,
+    stop: asyncio.Event,
+    interval: float = 0.5,
+    cards: Path | None = None,
+    flow: str = "DemoFlow",
+) -> None:
+    """Keep a demo flow live until `stop`: runs follow one another so follow mode shows.
+
+    A failing disk (full, removed, read-only) is logged and retried; the demo never raises.
+    """
+    while not stop.is_set():
+        try:
+            if not await _demo_run(datastore, cards, stop, interval, flow):
+                return
+        except Exception:
+            log.exception("demo run failed; starting another")
+        if await _pause(stop, max(interval * 8, 0.05)):
+            return

@@ -1,0 +1,202 @@
+"""Shared fixtures: datastores, in-process apps, websocket listeners, server processes, Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cardserver.config import Config, Roots, WatchTiming
+from cardserver.web.app import create_app
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CARDSERVER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT = 10.0  # seconds any single expected event may take before a test fails
+
+
+# --- datastores -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> Roots:
+    datastore = tmp_path / ".metaflow"
+    datastore.mkdir()
+    return Roots(datastore, datastore / "mf.cards")
+
+
+def make_config(roots: Roots, **overrides: Any) -> Config:
+    """A test config: fast cold step so tests that start quiet do not wait long."""
+    overrides.setdefault("timing", WatchTiming(cold_step_ms=10))
+    return Config(roots=roots, port=0, **overrides)
+
+
+# --- in-process server ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_app(aiohttp_client: Any) -> Callable[..., Any]:
+    """`await start_app(config)` -> a TestClient whose pipeline has finished its first scan."""
+
+    async def start(config: Config) -> TestClient:
+        client: TestClient = await aiohttp_client(create_app(config))
+        return client
+
+    return start
+
+
+async def next_message(
+    ws: aiohttp.ClientWebSocketResponse,
+    predicate: Callable[[dict[str, Any]], bool] = lambda m: True,
+    timeout: float = WAIT,
+) -> dict[str, Any]:
+    """The next message matching `predicate`, read straight off the socket (no sleeps)."""
+
+    async def read() -> dict[str, Any]:
+        while True:
+            msg = await ws.receive()
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise AssertionError(f"socket ended while waiting: {msg.type} {msg.data!r}")
+            data: dict[str, Any] = json.loads(msg.data)
+            if predicate(data):
+                return data
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def subscribe(ws: aiohttp.ClientWebSocketResponse, topic: str, **extra: Any) -> None:
+    await ws.send_json({"op": "subscribe", "topic": topic, **extra})
+
+
+# --- server processes (for real Metaflow and the browser) ------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    url: str
+    port: int
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+           timeout: float = 30) -> ServerProcess:
+    """Run `card <args>` and wait for its one-line URL announcement."""
+    port = free_port()
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), *args, "--port", str(port)],
+        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = []
+    while True:
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            process.kill()
+            raise AssertionError(f"server did not announce a URL: {seen}") from None
+        seen.append(line)
+        if " at http" in line:
+            url = line.rsplit(" at ", 1)[1].strip()
+            return ServerProcess(process, url, port, lines)
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> ServerProcess:
+        server = launch(args, cwd, env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# --- real Metaflow ----------------------------------------------------------------------------
+
+FLOWS = REPO / "tests" / "flows"
+
+
+def metaflow_env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "USERNAME": "tester",
+        "METAFLOW_DEFAULT_METADATA": "local",
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+        "METAFLOW_HOME": str(home / ".metaflowconfig"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `python tests/flows/<name> run` with the datastore in `workdir/.metaflow`."""
+    flow = workdir / name
+    shutil.copy(FLOWS / name, flow)
+    return subprocess.Popen(
+        [sys.executable, str(flow), "--quiet", "run", *args],
+        cwd=workdir, env=metaflow_env(workdir), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+
+
+# --- Chromium ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
