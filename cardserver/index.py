@@ -223,8 +223,10 @@ class Index:
                 card.legacy = event.legacy
                 card.data_mtime = event.mtime
                 if event.update is not None:
-                    card.update = merge(card.update, event.update)
-                    changes.updates.add(key)
+                    merged = merge(card.update, event.update)
+                    if merged is not card.update:  # an older update changes nothing
+                        card.update = merged
+                        changes.updates.add(key)
                 self._touch(self._task(key.task, changes), event.mtime)
             case CardRemoved(key=key):
                 owner = self._find_task(key.task)
@@ -237,6 +239,7 @@ class Index:
                 if parent is not None and parent.tasks.pop((key.step, key.task), None) is not None:
                     self._dirty_runs.add(key.run_key)
                     changes.runs.add(key.run_key)
+                    changes.tasks.add(key)  # the feed tells subscribers it is gone
 
     def _touch(self, task: Task, when: float) -> None:
         if when > task.last_activity:

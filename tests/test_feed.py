@@ -17,6 +17,7 @@ from cardserver.events import (
     Reset,
     RunWritten,
     TaskMetaWritten,
+    TaskRemoved,
 )
 from cardserver.feed import Feed, Topic, card_topic, encode, parse_topic
 from cardserver.hub import SNAPSHOT, Hub, Message, Subscriber
@@ -320,6 +321,15 @@ async def test_card_removed_says_so(feed: Feed, index: Index) -> None:
     feed.publish(index.apply([CardRemoved(CARD)]))
     [message] = await drain(watcher)
     assert message == {"topic": card_topic(CARD), "type": "card", "exists": False}
+
+
+async def test_removed_task_is_announced_to_its_run(feed: Feed, index: Index) -> None:
+    watcher = join(feed, f"run/{CARD.run_key}")
+    await drain(watcher)
+    feed.publish(index.apply([TaskRemoved(CARD.task)]))
+    removed = [m for m in await drain(watcher) if m["type"] == "task-removed"]
+    assert removed == [{"topic": f"run/{CARD.run_key}", "type": "task-removed",
+                        "step": CARD.task.step, "task": CARD.task.task}]
 
 
 async def test_non_finite_numbers_in_card_data_do_not_break_the_feed(

@@ -258,7 +258,8 @@ def test_data_updates_merge_per_component(index: Index) -> None:
 def test_older_data_update_is_ignored(index: Index) -> None:
     key = card(task("start", "1"))
     index.apply([updated(key, 1001.0, "t1", 11.0, {"bar": 2, "text": "new"})])
-    index.apply([updated(key, 1002.0, "t1", 10.0, {"bar": 1, "text": "old", "extra": 0})])
+    changes = index.apply([updated(key, 1002.0, "t1", 10.0, {"bar": 1, "text": "old", "extra": 0})])
+    assert key not in changes.updates  # nothing new to tell anyone
     update = index.card(key).update  # type: ignore[union-attr]
     assert update is not None
     assert update.data == {"bar": 2, "text": "new"}

@@ -38,6 +38,7 @@ const handlers = {
   run: (m) => m.topic.startsWith("runs/") ? runListChanged(m.run) : runChanged(m),
   "run-detail": (m) => runDetail(m),
   task: (m) => { state.tasks.set(`${m.task.step}/${m.task.task}`, m.task); rowsChanged(); },
+  "task-removed": (m) => { state.tasks.delete(`${m.step}/${m.task}`); rowsChanged(); },
 };
 
 function onMessage(message) {
