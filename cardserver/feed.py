@@ -111,10 +111,15 @@ class Feed:
             self._publish_run_summary(key)
         for task_key in changes.tasks:
             topic = f"run/{task_key.run_key}"
+            if not self.hub.has_subscribers(topic):
+                continue
             task = self.index.task(task_key)
-            if task is not None and self.hub.has_subscribers(topic):
-                self.hub.publish(message(topic, f"task/{task_key.step}/{task_key.task}", "task",
-                                         task=task.summary()))
+            entity = f"task/{task_key.step}/{task_key.task}"
+            if task is None:
+                self.hub.publish(message(topic, entity, "task-removed", step=task_key.step,
+                                         task=task_key.task))
+            else:
+                self.hub.publish(message(topic, entity, "task", task=task.summary()))
         for card_key in changes.renders | changes.updates:
             if self.hub.has_subscribers(card_topic(card_key)):
                 for msg in self._card_messages(
