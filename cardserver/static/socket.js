@@ -15,7 +15,9 @@ export class LiveSocket {
   connect() {
     const socket = new WebSocket(this.url);
     this.socket = socket;
+    let opened = false;
     socket.onopen = () => {
+      opened = true;
       this.retry = 0;
       this.onState("live");
       for (const topic of this.topics) this.send({ op: "subscribe", topic });
@@ -28,7 +30,8 @@ export class LiveSocket {
     socket.onclose = () => {
       if (this.socket !== socket) return;
       this.socket = null;
-      this.onState("reconnecting");
+      this.failures = opened ? 0 : (this.failures || 0) + 1;
+      this.onState("reconnecting", this.failures);
       const delay = Math.min(8000, 200 * 2 ** this.retry++) * (0.6 + Math.random() * 0.4);
       setTimeout(() => this.connect(), delay);
     };

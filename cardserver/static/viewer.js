@@ -261,10 +261,16 @@ function drawCardBar() {
   open.hidden = false;
 }
 
-function showConnection(value) {
+function showConnection(value, failures = 0) {
   const node = $("connection");
   node.dataset.state = value;
   node.textContent = value === "live" ? "live" : "reconnecting…";
+  // A socket that never opens while the page loaded: most often a proxy that rewrites Host.
+  const hint = value !== "live" && failures >= 3;
+  node.title = hint ? `The live connection is refused. Behind a proxy? Start card server with --allow-origin ${location.origin}` : "";
+  if (hint && !state.rows.length) {
+    $("empty").textContent = `Cannot open the live connection. If this page is reached through a proxy, start the server with --allow-origin ${location.origin}`;
+  }
 }
 
 // --- controls -----------------------------------------------------------------------------
