@@ -105,6 +105,7 @@ class ServerProcess:
     url: str
     port: int
     lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    startup: list[str] = field(default_factory=list)  # what it printed up to its URL
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -143,7 +144,7 @@ def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None,
         seen.append(line)
         if " at http" in line:
             url = line.rsplit(" at ", 1)[1].strip()
-            return ServerProcess(process, url, port, lines)
+            return ServerProcess(process, url, port, lines, seen)
 
 
 @pytest.fixture
