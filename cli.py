@@ -12,23 +12,21 @@ import json
 import logging
 import os
 import secrets
-import signal
 import sys
 import tempfile
 import webbrowser
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
-from aiohttp import web
 
 from cardserver import config as cfg
 from cardserver import disk
 from cardserver.config import Config, ConfigError
 from cardserver.index import Index
-from cardserver.web.app import create_app
+from cardserver.web.server import serve
 
 log = logging.getLogger("cardserver")
 
@@ -90,39 +88,11 @@ def startup_url(config: Config) -> str:
     return config.url + (f"?token={config.token}" if config.token else "")
 
 
-async def serve(config: Config, announce: Callable[[str], None],
-                side_job: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
-    """Run until SIGINT/SIGTERM. Port in use -> ConfigError before anything is printed."""
-    app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=0.5)
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise ConfigError(port_message(config, error)) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    side = asyncio.create_task(side_job()) if side_job else None
-    announce(startup_url(config))
+def announce(prefix: str, config: Config) -> None:
+    """The one line with the URL (and the token, which only this terminal sees)."""
+    click.echo(f"{prefix} {startup_url(config)}")
     if config.open_browser:
         webbrowser.open(startup_url(config))
-    try:
-        await stop.wait()
-    finally:
-        if side is not None:
-            side.cancel()
-        await runner.cleanup()
-
-
-def port_message(config: Config, error: OSError) -> str:
-    if error.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
-        return (f"port {config.port} on {config.host} is already in use: "
-                f"stop the other server or pick another with --port")
-    return f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
 
 
 def describe_roots(config: Config) -> None:
@@ -197,8 +167,8 @@ def server(root: Path | None, flow: str | None, run_id: str | None, verbose: boo
             raise ConfigError("--run-id needs --flow")
         config = build_config(root, flow=flow, run_id=run_id, **options)
         describe_roots(config)
-        asyncio.run(serve(config, announce=lambda url: click.echo(
-            f"cardserver: serving {config.roots.datastore} at {url}")))
+        asyncio.run(serve(config, announce=lambda url: announce(
+            f"cardserver: serving {config.roots.datastore} at", config)))
 
     run_command(job)
 
@@ -275,8 +245,9 @@ def demo(interval: float, verbose: bool, **options: Any) -> None:
             stop = asyncio.Event()
             await run_demo(config.roots.datastore, stop, interval=interval)
 
-        asyncio.run(serve(config, side_job=writer, announce=lambda url: click.echo(
-            f"cardserver: demo run in {folder} at {url}")))
+        config.roots.datastore.mkdir(parents=True, exist_ok=True)
+        asyncio.run(serve(config, side_job=writer, announce=lambda url: announce(
+            f"cardserver: demo run in {folder} at", config)))
 
     run_command(job)
 

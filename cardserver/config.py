@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ class Limits:
     max_subscriptions: int = 64  # per socket
     mailbox_bytes: int = 8 * 1024 * 1024  # per socket, before a slow client is dropped
     stall_seconds: float = 10.0  # a socket that accepts nothing this long is dropped
+    send_buffer_bytes: int = 64 * 1024  # kernel send buffer per socket (Linux doubles it)
     heartbeat_seconds: float = 20.0
     header_timeout_seconds: float = 10.0
 
@@ -84,7 +85,12 @@ class Config:
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name such as 127.example.com is not loopback
+        return False
 
 
 def find_datastore(cwd: Path, env: Mapping[str, str]) -> Path:
@@ -126,7 +132,3 @@ def normalize_base_url(base_url: str | None) -> str:
     if any(p in {".", ".."} for p in parts):
         raise ConfigError(f"--base-url must not contain . or .. segments: {base_url!r}")
     return "/" + "".join(f"{p}/" for p in parts)
-
-
-def from_env(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
-    return os.environ if env is None else env

@@ -8,6 +8,7 @@ a Problem instead of an event; nothing raises.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +61,19 @@ class Scope:
         return self.run is None or run is None or run == self.run
 
 
+def _finite_float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _float_sized_int(text: str) -> int | None:
+    value = int(text)
+    return value if abs(value) <= _FLOAT_MAX else None
+
+
+_FLOAT_MAX = int(1.7976931348623157e308)
+
+
 def read_json(path: Path, cap: int) -> dict[str, Any] | Problem:
     """A JSON object from disk, never more than `cap` bytes read."""
     try:
@@ -74,7 +88,14 @@ def read_json(path: Path, cap: int) -> dict[str, Any] | Problem:
     if len(raw) > cap:
         return Problem(path, f"too large (over {cap} bytes)")
     try:
-        doc = json.loads(raw)
+        # NaN, Infinity and numbers beyond a float become null: Python writers emit them, but
+        # they break float arithmetic here and strict JSON on the way to the browser.
+        doc = json.loads(
+            raw,
+            parse_constant=lambda _: None,
+            parse_float=_finite_float,
+            parse_int=_float_sized_int,
+        )
     except (ValueError, RecursionError):
         return Problem(path, "not valid JSON (half written?)")
     if not isinstance(doc, dict):

@@ -99,6 +99,7 @@ class Watcher:
         self.mode = "starting"
         self._stop = threading.Event()  # the whole watcher
         self._generation = threading.Event()  # the RustNotify loops of the current plan
+        self._rescan_reason: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -109,19 +110,23 @@ class Watcher:
 
     async def batches(self) -> AsyncIterator[Batch | Rescan]:
         """Changed paths under the roots, batch by batch, until `stop()`."""
+        reopened: str | None = None
         while not self._stop.is_set():
             current = plan(self.roots)
             notifies = self._open(current)
             if notifies is None:
                 return
             try:
+                if reopened is not None:
+                    # Only now, with the new watches open: what lands during the rescan is seen.
+                    yield Rescan(reopened)
                 async for item in self._run(notifies, current):
                     yield item
             finally:
                 for notify, _ in notifies:
                     notify.close()
-            if not self._stop.is_set():
-                yield Rescan("datastore appeared or changed shape")
+            reopened = self._rescan_reason or "datastore appeared or changed shape"
+            self._rescan_reason = None
 
     def _open(self, current: Plan) -> list[tuple[RustNotify, Plan]] | None:
         notifies: list[tuple[RustNotify, Plan]] = []
@@ -159,7 +164,7 @@ class Watcher:
                 if item is None:
                     return
                 if isinstance(item, Rescan):
-                    yield item
+                    self._rescan_reason = item.reason  # yielded once the watches are reopened
                     return
                 if plan(self.roots) != current:
                     return  # a root appeared or vanished: reopen with the new plan

@@ -101,3 +101,11 @@ def test_server_without_datastore_says_where_it_waits(tmp_path: Path) -> None:
         assert waiting and str(tmp_path / ".metaflow") in waiting[0]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("127.example.com", False), ("0.0.0.0", False), ("10.0.0.1", False),
+])
+def test_only_real_loopback_skips_the_token(tmp_path: Path, host: str, loopback: bool) -> None:
+    assert (build_config(tmp_path, host, None).token is None) is loopback

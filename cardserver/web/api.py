@@ -152,3 +152,8 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}api/flows/{{flow}}/runs", runs)
     app.router.add_get(f"{base}api/runs/{{flow}}/{{run}}", run)
     app.router.add_get(f"{base}api/cards/{{flow}}/{{run}}/{{step}}/{{task}}/{{card}}", card)
+    app.router.add_route("*", f"{base}api/{{rest:.*}}", unknown)  # last: API clients get JSON
+
+
+async def unknown(request: web.Request) -> web.Response:
+    return json_error(404, f"no API endpoint {request.path!r}")

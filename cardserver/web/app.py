@@ -12,16 +12,17 @@ from ..config import Config
 from ..pipeline import Pipeline
 from . import api, pages
 from .cards import CardPages
-from .keys import CARD_PAGES, CONFIG, GUARD, PIPELINE, SOCKET_TASKS, SOCKETS
+from .keys import CARD_PAGES, CONFIG, GUARD, PIPELINE, SEEN_TRANSPORTS, SOCKET_TASKS, SOCKETS
 from .security import Guard, make_middleware
 from .socket import close_all, websocket
 
 
 def create_app(config: Config) -> web.Application:
     guard = Guard.from_config(config)
+    seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
     pipeline = Pipeline(config)
     app = web.Application(
-        middlewares=[make_middleware(guard, config.base_url)],
+        middlewares=[make_middleware(guard, config.base_url, seen)],
         client_max_size=64 * 1024,  # we take no uploads
     )
     app[CONFIG] = config
@@ -30,6 +31,7 @@ def create_app(config: Config) -> web.Application:
     app[CARD_PAGES] = CardPages(config.roots, config.limits, guard)
     app[SOCKETS] = weakref.WeakSet()
     app[SOCKET_TASKS] = set()
+    app[SEEN_TRANSPORTS] = seen
     base = config.base_url
     app.router.add_get(f"{base}ws", websocket)
     api.add_routes(app, base)

@@ -113,6 +113,7 @@ class CardPages:
         except OSError:
             raise CardUnavailable(404, "card not found") from None
         if len(html) > self.limits.max_card_bytes:
-            cap_mb = self.limits.max_card_bytes // (1024 * 1024)
-            raise CardUnavailable(413, f"card file too large to serve (over {cap_mb} MB)")
+            cap = self.limits.max_card_bytes
+            size = f"{cap // (1024 * 1024)} MB" if cap >= 1024 * 1024 else f"{cap} bytes"
+            raise CardUnavailable(413, f"card file too large to serve (over {size})")
         return html

@@ -8,9 +8,11 @@ websocket, and serve card HTML (untrusted code) into an opaque-origin sandbox.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
@@ -148,31 +150,53 @@ def wants_json(request: web.Request) -> bool:
     return "/api/" in request.path or "application/json" in request.headers.get("Accept", "")
 
 
-def make_middleware(guard: Guard, base_url: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def make_middleware(
+    guard: Guard, base_url: str, seen: weakref.WeakSet[asyncio.BaseTransport]
+) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.transport is not None:
+            seen.add(request.transport)  # a whole request head arrived: no header deadline
+        try:
+            response = await check(request, handler)
+        except web.HTTPException as error:  # the router's own 404/405: same headers
+            harden(error)
+            raise
+        return harden(response)
+
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not guard.host_allowed(request.headers.get("Host")):
-            name = host_name(request.headers.get("Host", "")) or "(none)"
+            name = host_name(request.headers.get("Host", ""))
+            if name is None:
+                return plain_error(403, "missing or malformed Host header")
             return plain_error(
                 403, f"Host {name!r} is not allowed: start the server with --allow-host {name}"
             )
         is_socket = request.path == f"{base_url}ws"
+        origin = guard.origin_kind(request)
         state = guard.authenticated(request)
-        capability_socket = is_socket and guard.origin_kind(request) == "opaque"
+        capability_socket = is_socket and origin == "opaque"
         if state is not True and not capability_socket:
             return refuse(request, state)
+        # A card page (Origin null) or a foreign page gets nothing from the API, not even a 200.
+        if request.path.startswith(f"{base_url}api/") and origin in ("opaque", "foreign"):
+            return json_error(403, f"API request from origin {request.headers.get('Origin')!r} refused")
         # A card URL keeps its ?token=: a notebook's iframe cannot carry our cookie.
         is_card = request.path.startswith(f"{base_url}card/")
         if "token" in request.query and guard.token and request.method == "GET" and not (
             is_socket or is_card
         ):
             return drop_token(request, guard)
-        response = await handler(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
+        return await handler(request)
 
     return security
+
+
+def harden(response: web.StreamResponse) -> web.StreamResponse:
+    if not response.prepared:  # a websocket has sent its headers already
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
 
 
 def refuse(request: web.Request, state: bool | None) -> web.Response:

@@ -1,0 +1,84 @@
+"""Running the app on a port until told to stop: binding, the header deadline, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import weakref
+from collections.abc import Callable, Coroutine
+from contextlib import suppress
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Config, ConfigError
+from .app import create_app
+from .keys import SEEN_TRANSPORTS
+
+SHUTDOWN_SECONDS = 0.5
+
+
+class HeaderDeadline:
+    """Wraps aiohttp's protocol factory: a connection that has not sent a complete request
+    head within `seconds` is closed (aiohttp has no header timeout: slowloris would hold
+    sockets forever). The security middleware marks transports that got that far."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], seconds: float,
+                 seen: weakref.WeakSet[asyncio.BaseTransport]) -> None:
+        self.factory = factory
+        self.seconds = seconds
+        self.seen = seen
+
+    def __call__(self) -> asyncio.Protocol:
+        protocol = self.factory()  # called as the connection is accepted
+        asyncio.get_running_loop().call_later(self.seconds, self.expire, protocol)
+        return protocol
+
+    def expire(self, protocol: asyncio.Protocol) -> None:
+        transport = getattr(protocol, "transport", None)
+        if transport is not None and transport not in self.seen and not transport.is_closing():
+            transport.close()
+
+
+async def serve(
+    config: Config,
+    announce: Callable[[str], None],
+    side_job: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set (default: SIGINT/SIGTERM). Port in use -> ConfigError."""
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS,
+                           access_log=None)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    assert runner.server is not None  # set by setup()
+    factory = HeaderDeadline(runner.server, config.limits.header_timeout_seconds,
+                             app[SEEN_TRANSPORTS])
+    try:
+        listener = await loop.create_server(factory, config.host, config.port, reuse_address=True)
+    except OSError as error:
+        await runner.cleanup()
+        raise ConfigError(port_message(config, error)) from None
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    side = asyncio.create_task(side_job()) if side_job else None
+    announce(config.url)
+    try:
+        await stop.wait()
+    finally:
+        if side is not None:
+            side.cancel()
+            with suppress(asyncio.CancelledError):
+                await side
+        listener.close()
+        await runner.cleanup()
+
+
+def port_message(config: Config, error: OSError) -> str:
+    if error.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
+        return (f"port {config.port} on {config.host} is already in use: "
+                "stop the other server or pick another with --port")
+    return f"cannot listen on {config.host}:{config.port}: {error.strerror or error}"
