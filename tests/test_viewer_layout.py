@@ -100,3 +100,29 @@ async def test_theme_follows_the_system(roots: Any, start_app: Any, browser: Any
     rgb = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
     channels = [int(c) for c in rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")[:3]]
     assert (sum(channels) < 200) is dark, rgb
+
+
+async def test_viewer_works_inside_another_origins_frame(roots: Any, start_app: Any,
+                                                         aiohttp_client: Any, browser: Any) -> None:
+    """A workspace panel frames the whole viewer: it loads, connects and follows."""
+    from aiohttp import web
+
+    from cardserver.jupyter import viewer
+
+    cards = three_cards(roots)
+    client = await start_app(make_config(roots))
+    frame_html = viewer(server=str(client.make_url("/")))._repr_html_()
+
+    async def workspace(request: web.Request) -> web.Response:
+        return web.Response(text=f"<h1>workspace</h1>{frame_html}", content_type="text/html")
+
+    host = web.Application()
+    host.router.add_get("/", workspace)
+    outer = await aiohttp_client(host)
+    page = await browser.new_page()
+    await page.goto(f"http://localhost:{outer.server.port}/")
+    inner = await (await page.wait_for_selector("iframe")).content_frame()
+    await inner.wait_for_function("() => document.getElementById('connection').dataset.state === 'live'",
+                                  timeout=UI_WAIT)
+    rows = await inner.eval_on_selector_all("#card-list .row", "rows => rows.length")
+    assert rows == len(cards)
