@@ -20,8 +20,9 @@ from .disk import Problem, Scope
 from .events import CardRemoved, DataWritten, Event, Reset
 from .feed import Feed
 from .hub import Hub
-from .index import Changes, Index
+from .index import Card, Changes, Index
 from .layout import CardFileKind, CardKey, card_path, parse_card_path
+from .status import Status
 from .watcher import Batch, Change, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
@@ -42,6 +43,7 @@ class Pipeline:
         self.ready = asyncio.Event()
         self._reported: set[tuple[Path, str]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._live_poll: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -50,16 +52,18 @@ class Pipeline:
 
     async def stop(self) -> None:
         self.watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._live_poll):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         batches = self.watcher.batches()
         first = asyncio.ensure_future(anext(batches, None))  # OS watches exist before the scan
         await asyncio.sleep(0)
         await self.rescan()
+        self.check_live_poll()
         self.ready.set()
         item = await first
         while item is not None:
@@ -68,7 +72,44 @@ class Pipeline:
                 await self.rescan()
             else:
                 self.ingest(self.classify(item))
+            self.check_live_poll()
             item = await anext(batches, None)
+
+    # --- the polling fallback ----------------------------------------------------------------
+
+    def check_live_poll(self) -> None:
+        if self.watcher.force_polling and self._live_poll is None:
+            self._live_poll = asyncio.create_task(self._poll_live(), name="cardserver-live-poll")
+
+    async def _poll_live(self) -> None:
+        """Only while polling: watchfiles' poller compares mtimes in whole seconds, so two
+        same-size updates within a second look like one. Re-check live cards' own files."""
+        delay = self.config.timing.poll_delay_ms / 1000
+        while True:
+            await asyncio.sleep(delay)
+            self.ingest(await asyncio.to_thread(self.changed_live_files))
+
+    def changed_live_files(self) -> list[Event]:
+        events: list[Event] = []
+        for flow in list(self.index.flows.values()):
+            for run in list(flow.runs.values()):
+                for task in list(run.tasks.values()):
+                    if task.status in (Status.RUNNING, Status.PENDING):
+                        for card in list(task.cards.values()):
+                            events.extend(self.changed_card_files(card))
+        return events
+
+    def changed_card_files(self, card: Card) -> list[Event]:
+        events: list[Event] = []
+        html = self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy)
+        stat = disk.stat_version(html)
+        if stat is not None and disk.version_of(stat) != card.version:
+            events.extend(self.read_file(html))
+        data = self.roots.cards / card_path(card.key, CardFileKind.DATA, card.legacy)
+        stat = disk.stat_version(data)
+        if stat is not None and stat.st_mtime != card.data_mtime:
+            events.extend(self.read_file(data))
+        return events
 
     async def rescan(self) -> None:
         events, problems = await asyncio.to_thread(disk.scan, self.roots, self.limits, self.scope)

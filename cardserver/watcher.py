@@ -141,7 +141,9 @@ class Watcher:
         names = [str(p) for p in paths]
         if not self.force_polling:
             try:
-                return RustNotify(names, False, False, self.timing.poll_delay_ms, recursive, True)
+                # ignore_permission_denied=False: watchfiles ignores *every* error when it is
+                # set, and an exhausted inotify limit must make us poll, not go silent.
+                return RustNotify(names, False, False, self.timing.poll_delay_ms, recursive, False)
             except (WatchfilesRustInternalError, OSError) as error:
                 log.warning(
                     "cannot watch %s with OS events (%s); polling every %d ms instead",
