@@ -243,7 +243,7 @@ def demo(interval: float, verbose: bool, **options: Any) -> None:
 
         async def writer() -> None:
             stop = asyncio.Event()
-            await run_demo(config.roots.datastore, stop, interval=interval)
+            await run_demo(config.roots.datastore, stop, interval=interval, cards=config.roots.cards)
 
         config.roots.datastore.mkdir(parents=True, exist_ok=True)
         asyncio.run(serve(config, side_job=writer, announce=lambda url: announce(

@@ -7,7 +7,9 @@
 
 No IPython import: the returned object has `_repr_html_`, which Jupyter renders. `server` is
 where the kernel reaches `card server`; `public` is the same server as the *browser* reaches
-it, when they differ (JupyterHub: `public="/user/<name>/proxy/8423/"`).
+it, when they differ (JupyterHub: `public="/user/<name>/proxy/8423/"`). With `token`, the
+kernel asks the API for the card's signed link: the frame gets a URL that opens that card
+only, and never the token.
 """
 
 from __future__ import annotations
@@ -62,11 +64,10 @@ def card(
     query = urllib.parse.urlencode({"step": step, "q": task})
     detail = fetch_json(f"{server}api/runs/{quote(flow)}/{quote(run)}?{query}", token)
     name = pick_card(detail, step, task, id)
-    path = "/".join(quote(p) for p in ("card", flow, run, step, task, name))
-    src = f"{with_slash(public or server)}{path}"
-    if token:
-        src += "?" + urllib.parse.urlencode({"token": token})
-    return Inline(src, height)
+    path = "/".join(quote(p) for p in (flow, run, step, task, name))
+    # The card's own link, never the token: the card's script can read its frame's URL.
+    link = fetch_json(f"{server}api/cards/{path}", token)["link"]
+    return Inline(f"{with_slash(public or server)}{link}", height)
 
 
 def viewer(server: str = DEFAULT_SERVER, public: str | None = None, height: int = 700) -> Inline:

@@ -133,7 +133,7 @@ async def test_deep_link_reopens_the_card(roots: Any, start_app: Any, browser: A
 
 
 async def test_rerender_swaps_without_blank_frame(roots: Any, start_app: Any, browser: Any) -> None:
-    run, card = live_run(roots)
+    _, card = live_run(roots)
     client = await start_app(make_config(roots))
     page = await browser.new_page()
     await page.goto(str(client.make_url("/")))
@@ -159,7 +159,7 @@ async def test_rerender_swaps_without_blank_frame(roots: Any, start_app: Any, br
 
 
 async def test_card_url_on_its_own_is_live(roots: Any, start_app: Any, browser: Any) -> None:
-    run, card = live_run(roots)
+    _, card = live_run(roots)
     client = await start_app(make_config(roots))
     page = await browser.new_page()
     t = card.key.task

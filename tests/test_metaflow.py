@@ -81,9 +81,9 @@ async def test_live_card_every_update_arrives(tmp_path: Path, start_app: Any) ->
 
         code, out = await finished(flow)
         assert code == 0, out
-        await subscribe(ws, f"runs/LiveCardFlow")
+        await subscribe(ws, "runs/LiveCardFlow")
         await next_message(
-            ws, lambda m: m.get("type") == "runs" and m["runs"][0]["status"] == "succeeded"
+            ws, lambda m: (m.get("type") == "runs" and m["runs"][0]["status"] == "succeeded")
             or (m.get("type") == "run" and m["run"]["status"] == "succeeded"),
             timeout=FLOW_WAIT,
         )
@@ -113,7 +113,7 @@ async def test_foreach_failure_statuses(tmp_path: Path, start_app: Any) -> None:
     roots = roots_in(tmp_path)
     client = await start_app(make_config(roots))
     ws = await client.ws_connect("/ws")
-    code, out = await finished(start_flow("foreach_fail_flow.py", tmp_path))
+    code, _ = await finished(start_flow("foreach_fail_flow.py", tmp_path))
     assert code != 0, "the flow is meant to fail"
     run = await newest_run(ws, "ForeachFailFlow")
     await subscribe(ws, f"run/ForeachFailFlow/{run}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from click.testing import CliRunner
 from conftest import WAIT, make_config, next_message, subscribe
 from hypothesis import HealthCheck, given, settings
@@ -314,16 +315,22 @@ async def test_socket_requires_the_token(roots: Roots, cards: Cards, start_app: 
         await hello(ws)
 
 
-async def test_card_url_accepts_token_without_redirect(
+async def test_card_url_trades_the_token_for_its_link(
     roots: Roots, cards: Cards, start_app: Any
 ) -> None:
+    """The card's script can read its own URL: the token must be gone before it runs."""
     client = await start_app(make_config(roots, token=TOKEN))
     response = await client.get(f"/card/{cards.a.key}", params={"token": TOKEN},
                                 allow_redirects=False)
-    assert response.status == 200
-    assert "card A" in await response.text()
-    assert response.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
-    assert "Set-Cookie" not in response.headers
+    assert response.status == 302
+    location = response.headers["Location"]
+    assert TOKEN not in location and "token" not in location and "cap=" in location
+    assert "Set-Cookie" not in response.headers  # a cross-site iframe would not send it back
+    page = await client.get(response.url.join(yarl.URL(location)).relative(), allow_redirects=False)
+    assert page.status == 200
+    assert "card A" in await page.text()
+    assert page.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+    assert "Set-Cookie" not in page.headers
 
 
 async def test_null_origin_socket_without_token_gets_nothing_but_its_own_card(

@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import __version__
 from ..index import Index, Task
 from ..layout import RunKey, card_key_from_parts, is_name
-from .keys import PIPELINE
+from .keys import GUARD, PIPELINE
 from .security import json_error
 
 MAX_LIMIT = 10_000
@@ -142,7 +142,7 @@ async def card(request: web.Request) -> web.Response:
     detail = pipeline.index.card_detail(key)
     if detail is None:
         return json_error(404, f"no card {key}")
-    return reply(detail)
+    return reply({**detail, "link": request.app[GUARD].card_url(key)})
 
 
 def add_routes(app: web.Application, base: str) -> None:

@@ -65,7 +65,7 @@ class CardPages:
         self.limits = limits
         self.guard = guard
         self.runtime = load_runtime().replace("</", "<\\/")
-        self.instance = secrets.token_hex(4)  # capabilities change per start: so do ETags
+        self.instance = secrets.token_hex(4)  # per start: a new runtime, or new capabilities
         self._cache: OrderedDict[tuple[CardKey, str], CardPage] = OrderedDict()
 
     def etag(self, card: Card) -> str:

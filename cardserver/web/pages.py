@@ -17,7 +17,7 @@ from .. import __version__
 from ..layout import card_key_from_parts, is_name
 from .cards import CardUnavailable, script_json
 from .keys import CARD_PAGES, CONFIG, PIPELINE
-from .security import CARD_CSP, CARD_IFRAME_SANDBOX, VIEWER_CSP, plain_error
+from .security import CARD_CSP, CARD_IFRAME_SANDBOX, CARD_ROUTE, VIEWER_CSP, plain_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,6 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}flow/{{flow}}", flow)
     app.router.add_get(f"{base}run/{{flow}}/{{run}}", run)
     app.router.add_get(f"{base}run/{card_path}", run_card)
-    app.router.add_get(f"{base}card/{card_path}", card)
+    app.router.add_get(f"{base}card/{card_path}", card, name=CARD_ROUTE)  # links open it
     static = resources.files("cardserver").joinpath("static")
     app.router.add_static(f"{base}static/", str(static), append_version=False)

@@ -4,6 +4,10 @@ Localhost is not a trust boundary: any web page the user opens can send requests
 127.0.0.1, and DNS rebinding can make them look same-origin. So we check the Host header,
 require a token whenever we listen beyond loopback, refuse foreign Origins on the API and the
 websocket, and serve card HTML (untrusted code) into an opaque-origin sandbox.
+
+The token never reaches a card's document, whose script could read `location.href`: a card
+URL asked with `?token=` is redirected to its signed link (`?cap=`), which opens that card
+and nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 
 from ..config import LOOPBACK_HOSTS, Config
+from ..layout import CardKey, card_key_from_parts
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -29,6 +34,8 @@ VIEWER_CSP = (
     "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
 )
 CARD_IFRAME_SANDBOX = "allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
+CARD_ROUTE = "card"  # the name of the card page's route: the only one a link opens
+CARD_PARTS = ("flow", "run", "step", "task", "card")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +46,7 @@ class Guard:
     allow_any_host: bool
     allowed_origins: frozenset[str]
     token: str | None
-    secret: bytes  # signs card capabilities and the session cookie; new every start
+    secret: bytes  # signs card links, capabilities and the session cookie
     cookie_name: str
     cookie_path: str
 
@@ -51,7 +58,7 @@ class Guard:
             allow_any_host=config.allow_any_host,
             allowed_origins=frozenset(o.rstrip("/").lower() for o in config.allow_origins),
             token=config.token,
-            secret=secrets.token_bytes(32),
+            secret=derive_secret(config.token),
             cookie_name=f"cardserver-{config.port}",
             cookie_path=config.base_url,
         )
@@ -110,7 +117,21 @@ class Guard:
             return "allowed"
         return "foreign"
 
-    # --- card capabilities -----------------------------------------------------------------
+    # --- card links and capabilities -------------------------------------------------------
+
+    def link(self, path: str) -> str:
+        """`?cap=` for the card URL `path` (`card/F/R/S/T/C`): opens that one card page."""
+        return hmac.new(self.secret, b"link:" + path.encode(), hashlib.sha256).hexdigest()
+
+    def link_ok(self, path: str, offered: str | None) -> bool:
+        return offered is not None and hmac.compare_digest(
+            offered.encode(), self.link(path).encode()
+        )
+
+    def card_url(self, key: CardKey) -> str:
+        """A card's URL relative to the app root; signed when a token guards the server."""
+        path = f"card/{key}"
+        return f"{path}?{urlencode({'cap': self.link(path)})}" if self.token else path
 
     def capability(self, topic: str) -> str:
         """Signed into a card page: lets that page (Origin `null`) follow its own card only."""
@@ -120,6 +141,22 @@ class Guard:
         return isinstance(offered, str) and hmac.compare_digest(
             offered.encode(), self.capability(topic).encode()
         )
+
+
+def derive_secret(token: str | None) -> bytes:
+    """From the token, so links and capabilities survive a restart with the same --token;
+    without one nothing is worth keeping, so it is new every start."""
+    if token is None:
+        return secrets.token_bytes(32)
+    return hmac.new(token.encode(), b"cardserver secret", hashlib.sha256).digest()
+
+
+def card_of(request: web.Request) -> CardKey | None:
+    """The card this request's page would show, when it was routed to the card page."""
+    resource = request.match_info.route.resource
+    if resource is None or resource.name != CARD_ROUTE:
+        return None
+    return card_key_from_parts([request.match_info.get(k, "") for k in CARD_PARTS])
 
 
 def host_name(header: str) -> str | None:
@@ -175,18 +212,22 @@ def make_middleware(
         is_socket = request.path == f"{base_url}ws"
         origin = guard.origin_kind(request)
         state = guard.authenticated(request)
+        card = card_of(request)
+        if card is not None and state is not True and "cap" in request.query:
+            # A card link is a credential for exactly one card page (a notebook's iframe).
+            state = request.method == "GET" and guard.link_ok(f"card/{card}", request.query["cap"])
         capability_socket = is_socket and origin == "opaque"
         if state is not True and not capability_socket:
             return refuse(request, state)
         # A card page (Origin null) or a foreign page gets nothing from the API, not even a 200.
         if request.path.startswith(f"{base_url}api/") and origin in ("opaque", "foreign"):
             return json_error(403, f"API request from origin {request.headers.get('Origin')!r} refused")
-        # A card URL keeps its ?token=: a notebook's iframe cannot carry our cookie.
-        is_card = request.path.startswith(f"{base_url}card/")
-        if "token" in request.query and guard.token and request.method == "GET" and not (
-            is_socket or is_card
-        ):
-            return drop_token(request, guard)
+        if "token" in request.query and guard.token and request.method == "GET":
+            # A card's script can read its own URL: swap the token for that card's link.
+            if card is not None and guard.token_ok(request.query["token"]):
+                return to_link(request, guard, card)
+            if not (is_socket or request.path.startswith(f"{base_url}card/")):
+                return drop_token(request, guard)
         return await handler(request)
 
     return security
@@ -206,6 +247,16 @@ def refuse(request: web.Request, state: bool | None) -> web.Response:
         else (403, "wrong token")
     )
     return json_error(status, text) if wants_json(request) else plain_error(status, text)
+
+
+def to_link(request: web.Request, guard: Guard, card: CardKey) -> web.Response:
+    """A card URL with ?token=: the same card with its own link instead. No cookie: a
+    cross-site iframe would not send it back."""
+    query = [(k, v) for k, v in request.query.items() if k not in ("token", "cap")]
+    query.append(("cap", guard.link(f"card/{card}")))
+    # Relative, like drop_token's; a validated card name is never mistaken for a scheme.
+    target = f"{card.name}?{urlencode(query)}"
+    return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"})
 
 
 def drop_token(request: web.Request, guard: Guard) -> web.Response:
