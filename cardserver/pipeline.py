@@ -18,7 +18,7 @@ from . import disk
 from .config import CARDS_DIR, Config
 from .disk import Problem, Scope
 from .events import CardRemoved, DataWritten, Event, Reset
-from .feed import Feed
+from .feed import Feed, parse_topic
 from .hub import Hub
 from .index import Card, Changes, Index
 from .layout import CardFileKind, CardKey, card_path, parse_card_path
@@ -67,13 +67,20 @@ class Pipeline:
         self.ready.set()
         item = await first
         while item is not None:
-            if isinstance(item, Rescan):
-                log.info("reading the datastore again: %s", item.reason)
+            try:
+                await self.handle(item)
+            except Exception:  # a bug must not stop the watching: log it, read everything again
+                log.exception("failed to apply a change; reading the datastore again")
                 await self.rescan()
-            else:
-                self.ingest(self.classify(item))
             self.check_live_poll()
             item = await anext(batches, None)
+
+    async def handle(self, item: Batch | Rescan) -> None:
+        if isinstance(item, Rescan):
+            log.info("reading the datastore again: %s", item.reason)
+            await self.rescan()
+        else:
+            self.ingest(self.classify(item))
 
     # --- the polling fallback ----------------------------------------------------------------
 
@@ -116,6 +123,11 @@ class Pipeline:
         for problem in problems:
             self.report(problem)
         self.ingest([Reset(tuple(events))])
+        # The scan leaves data updates unread: re-read those someone is looking at.
+        for name in self.hub.topics:
+            topic = parse_topic(name)
+            if topic is not None and topic.card is not None:
+                await self.load_update(topic.card)
 
     # --- the flow --------------------------------------------------------------------------
 
@@ -167,7 +179,8 @@ class Pipeline:
         events: list[Event] = []
         seen = 0
         for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [d for d in dirnames if d != "data"]
+            if Path(dirpath).parent == self.roots.datastore:  # a flow folder: skip its artifacts
+                dirnames[:] = [d for d in dirnames if d != "data"]
             for name in filenames:
                 seen += 1
                 if seen > NEW_FOLDER_FILES:
