@@ -118,7 +118,11 @@ class CardFile:
 
 def parse_card_path(rel: PurePosixPath) -> CardFile | None:
     """Classify a path relative to the cards root; None for anything that is not ours."""
-    parts = rel.parts
+    return parse_card_parts(rel.parts)
+
+
+def parse_card_parts(parts: tuple[str, ...]) -> CardFile | None:
+    """`parse_card_path` on the path's parts (the scan has them without building a path)."""
     if len(parts) == 9 and parts[1] == "runs" and parts[3] == "steps" and parts[5] == "tasks":
         flow, _, run, _, step, _, task, folder, file = parts
     elif len(parts) == 7 and parts[1] == "runs" and parts[3] == "tasks":

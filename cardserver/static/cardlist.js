@@ -126,20 +126,20 @@ function domId(id) {
   return `row-${id.replace(/[^A-Za-z0-9_-]/g, "_")}`;
 }
 
-// Tasks (in run order) -> rows.
+// Tasks (in run order) -> rows. Plain literals, no spreads: this runs over every task of a run.
 export function toRows(tasks) {
   const rows = [];
   for (const task of tasks) {
-    const base = { step: task.step, task: task.task, status: task.status, attempt: task.attempt,
-      started: task.started };
-    if (!task.cards.length) {
-      rows.push({ ...base, id: `${task.step}/${task.task}`, card: null,
-        search: `${task.step}/${task.task}`.toLowerCase() });
-    }
+    const where = `${task.step}/${task.task}`;
+    if (!task.cards.length) rows.push(taskRow(task, where, null, where.toLowerCase()));
     for (const card of task.cards) {
-      rows.push({ ...base, id: `${task.step}/${task.task}/${card.name}`, card,
-        search: `${task.step}/${task.task} ${card.name}`.toLowerCase() });
+      rows.push(taskRow(task, `${where}/${card.name}`, card, `${where} ${card.name}`.toLowerCase()));
     }
   }
   return rows;
+}
+
+function taskRow(task, id, card, search) {
+  return { step: task.step, task: task.task, status: task.status, attempt: task.attempt,
+    started: task.started, id, card, search };
 }
