@@ -257,17 +257,25 @@ def test_read_json_missing_and_folder(tmp_path: Path) -> None:
     assert read_json(tmp_path / "dir.json", 100) == Problem(tmp_path / "dir.json", "is a folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_read_json_unreadable(tmp_path: Path) -> None:
+def test_read_json_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "locked.json"
     path.write_text("{}")
     path.chmod(0)
+    if os.geteuid() == 0:  # root reads whatever the mode: make the OS say no the same way
+        real_open = Path.open
+
+        def denied(self: Path, *args: Any, **kwargs: Any) -> Any:
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", denied)
     try:
         problem = read_json(path, 100)
     finally:
         path.chmod(0o644)
     assert isinstance(problem, Problem)
-    assert problem.reason.startswith("unreadable")
+    assert problem.reason == "unreadable (Permission denied)"
 
 
 def test_read_data_update_shapes(tmp_path: Path) -> None:
