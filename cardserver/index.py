@@ -22,7 +22,7 @@ from .events import (
     TaskMetaWritten,
     TaskRemoved,
 )
-from .layout import CardKey, MetaKind, RunKey, TaskKey, parse_card_name
+from .layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey, parse_card_name
 from .status import (
     Status,
     TaskFacts,
@@ -91,6 +91,7 @@ class Run:
     status: Status = Status.PENDING
     first_seen: float = 0.0
     failed_tasks: int = 0
+    by_id: dict[str, Task] = field(default_factory=dict)  # tasks of real steps, by task id
 
     @property
     def started(self) -> float | None:
@@ -216,7 +217,7 @@ class Index:
                     card.legacy, card.version = event.legacy, event.version
                     card.mtime, card.size = event.mtime, event.size
                     changes.renders.add(key)
-                    changes.tasks.add(key.task)
+                    changes.tasks.add(self._task(key.task, changes).key)
                 self._touch(self._task(key.task, changes), event.mtime)
             case DataWritten(key=key):
                 card = self._card(key, changes)
@@ -231,12 +232,14 @@ class Index:
             case CardRemoved(key=key):
                 owner = self._find_task(key.task)
                 if owner is not None and owner.cards.pop(key.name, None) is not None:
-                    changes.tasks.add(key.task)
+                    changes.tasks.add(owner.key)
                     changes.runs.add(key.run_key)
                     changes.renders.add(key)
             case TaskRemoved(key=key):
                 parent = self.run(key.run_key)
                 if parent is not None and parent.tasks.pop((key.step, key.task), None) is not None:
+                    if parent.by_id.get(key.task) is not None and parent.by_id[key.task].key == key:
+                        del parent.by_id[key.task]
                     self._dirty_runs.add(key.run_key)
                     changes.runs.add(key.run_key)
                     changes.tasks.add(key)  # the feed tells subscribers it is gone
@@ -262,19 +265,32 @@ class Index:
 
     def _task(self, key: TaskKey, changes: Changes) -> Task:
         run = self._run(key.run_key, changes)
+        if key.step == LEGACY_STEP and key.task in run.by_id:
+            return run.by_id[key.task]  # an old-layout card belongs to the task of its id
         task = run.tasks.get((key.step, key.task))
         if task is None:
             task = run.tasks[(key.step, key.task)] = Task(key)
             self._dirty_runs.add(key.run_key)
             changes.runs.add(key.run_key)
+            if key.step != LEGACY_STEP:
+                run.by_id[key.task] = task
+                self._adopt_legacy_cards(run, task, changes)
         return task
+
+    def _adopt_legacy_cards(self, run: Run, task: Task, changes: Changes) -> None:
+        """Old-layout cards seen before their task's status files move onto that task."""
+        placeholder = run.tasks.pop((LEGACY_STEP, task.key.task), None)
+        if placeholder is not None:
+            task.cards.update(placeholder.cards)
+            task.last_activity = max(task.last_activity, placeholder.last_activity)
+            changes.tasks.update((placeholder.key, task.key))
 
     def _card(self, key: CardKey, changes: Changes) -> Card:
         task = self._task(key.task, changes)
         card = task.cards.get(key.name)
         if card is None:
             card = task.cards[key.name] = Card(key)
-            changes.tasks.add(key.task)
+            changes.tasks.add(task.key)
             changes.runs.add(key.run_key)
         return card
 
@@ -309,11 +325,17 @@ class Index:
         return flow.runs.get(key.run) if flow else None
 
     def _find_task(self, key: TaskKey) -> Task | None:
+        """The task a card key points at: old-layout keys resolve to the task of their id."""
         run = self.run(key.run_key)
-        return run.tasks.get((key.step, key.task)) if run else None
+        if run is None:
+            return None
+        if key.step == LEGACY_STEP and key.task in run.by_id:
+            return run.by_id[key.task]
+        return run.tasks.get((key.step, key.task))
 
     def task(self, key: TaskKey) -> Task | None:
-        return self._find_task(key)
+        run = self.run(key.run_key)
+        return run.tasks.get((key.step, key.task)) if run else None
 
     def card(self, key: CardKey) -> Card | None:
         task = self._find_task(key.task)

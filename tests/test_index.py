@@ -449,3 +449,27 @@ def test_revision_moves_with_run_detail(index: Index) -> None:
 
     index.apply([Reset((run_written(),))])
     assert index.revision(RUN) != after
+
+
+def test_legacy_card_joins_the_task_of_its_id(index: Index) -> None:
+    """Cards from before mid-2022 have no step in their path: they belong to the task with
+    their id, not to a phantom task under step `_`, whichever arrives first."""
+    from cardserver.layout import LEGACY_STEP
+
+    real = task("train", "7")
+    early = card(TaskKey(RUN.flow, RUN.run, LEGACY_STEP, "7"), f"blank-{UUID}")
+    changes = index.apply([rendered(early, 1000.0)])  # the card before any status file
+    assert index.task(early.task) is not None
+    changes = index.apply([started(real, 1000.5)])
+    assert index.task(early.task) is None  # the placeholder is gone...
+    assert early.task in changes.tasks  # ...and subscribers are told
+    owner = index.task(real)
+    assert owner is not None and list(owner.cards) == [early.name]
+    assert index.card(early) is owner.cards[early.name]  # the card's own key still finds it
+    late = card(TaskKey(RUN.flow, RUN.run, LEGACY_STEP, "7"), f"default-{UUID}")
+    changes = index.apply([rendered(late, 1001.0)])  # after its task: straight onto it
+    assert real in changes.tasks
+    assert sorted(owner.cards) == sorted([early.name, late.name])
+    detail = index.run_detail(RUN)
+    assert detail is not None and [t["step"] for t in detail["tasks"]] == ["train"]
+    assert index.card_detail(early)["task_status"] == "running"  # type: ignore[index]

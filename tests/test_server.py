@@ -187,7 +187,7 @@ async def test_runs_newest_first_with_paging(client: TestClient, shop: Shop, roo
     older = body["runs"][1]
     assert older["user"] == "demo"
     assert older["started"] == pytest.approx(1_795_000_000)
-    assert older["tasks"] == 5 + 1  # start, 3 x work, end, and the legacy card's stepless task
+    assert older["tasks"] == 5  # start, 3 x work, end: the legacy card joins its own task
     assert older["counts"]["succeeded"] == 5
 
     page = await get_json(client, "/api/flows/ShopFlow/runs?offset=1&limit=1")
@@ -200,12 +200,11 @@ async def test_runs_newest_first_with_paging(client: TestClient, shop: Shop, roo
 async def test_run_detail(client: TestClient, shop: Shop) -> None:
     detail = await get_json(client, f"/api/runs/ShopFlow/{shop.done.run}")
     assert detail["run"]["status"] == "succeeded"
-    assert set(detail["steps"]) == {"start", "work", "end", LEGACY_STEP}
-    assert [s for s in detail["steps"] if s != LEGACY_STEP] == ["start", "work", "end"]  # as they ran
-    real = [(t["step"], t["task"]) for t in detail["tasks"] if t["step"] != LEGACY_STEP]
+    assert detail["steps"] == ["start", "work", "end"]  # as they ran; no `_` for legacy cards
+    real = [(t["step"], t["task"]) for t in detail["tasks"]]
     assert real == [("start", "2"), ("work", "3"), ("work", "4"), ("work", "5"), ("end", "6")]
     by_task = {(t["step"], t["task"]): t for t in detail["tasks"]}
-    assert all(t["status"] == "succeeded" for key, t in by_task.items() if key[0] != LEGACY_STEP)
+    assert all(t["status"] == "succeeded" for t in by_task.values())
 
     retried = by_task[("work", shop.retried.key.task)]
     assert retried["attempt"] == 1
@@ -213,14 +212,13 @@ async def test_run_detail(client: TestClient, shop: Shop) -> None:
 
     start = by_task[("start", shop.start.key.task)]
     names = [c["name"] for c in start["cards"]]
-    assert set(names) == {shop.plain.key.name, shop.named.key.name}
+    # The legacy card sits with the task of its id (its path has no step).
+    assert set(names) == {shop.plain.key.name, shop.named.key.name, shop.legacy.key.name}
     named = next(c for c in start["cards"] if c["name"] == shop.named.key.name)
     assert named["type"] == "blank" and named["id"] == "training" and named["version"]
     plain = next(c for c in start["cards"] if c["name"] == shop.plain.key.name)
     assert plain["id"] is None
 
-    legacy = by_task[(LEGACY_STEP, shop.start.key.task)]
-    assert [c["name"] for c in legacy["cards"]] == [shop.legacy.key.name]
 
 
 async def test_failed_run_and_task(client: TestClient, shop: Shop) -> None:
@@ -266,6 +264,11 @@ async def test_card_detail_of_named_and_legacy_cards(client: TestClient, shop: S
     assert named["id"] == "training" and named["update"]["token"] == "final"
     legacy = await get_json(client, f"/api/cards/{card_url(shop.legacy)}")
     assert legacy["step"] == LEGACY_STEP and legacy["has_html"] is True
+    assert legacy["task_status"] == "succeeded"  # the status of the task with its id
+    # The viewer links it under its task's real step; that URL serves the same file.
+    t = shop.legacy.key.task
+    page = await client.get(f"/card/{t.flow}/{t.run}/{t.step}/{t.task}/{shop.legacy.key.name}")
+    assert page.status == 200 and "old layout" in await page.text()
 
 
 @pytest.mark.parametrize(
