@@ -389,3 +389,13 @@ async def test_reset_snapshot_supersedes_pending_deltas(feed: Feed, index: Index
 def test_encode_is_compact_strict_json() -> None:
     text = encode({"a": [1, float("nan")], "b": {"c": float("inf")}, "d": "\u00e9"})
     assert text == '{"a":[1,null],"b":{"c":null},"d":"\\u00e9"}'
+
+
+def test_run_snapshot_is_built_once_per_revision(feed: Feed, index: Index) -> None:
+    topic = parse_topic(f"run/{CARD.run_key}")
+    assert topic is not None
+    first, again = feed.initial(topic)[0], feed.initial(topic)[0]
+    assert again is first  # the same serialized message: not rebuilt for each subscriber
+    index.apply([started(TaskKey(CARD.task.flow, CARD.task.run, "more", "99"), 2000.0)])
+    changed = feed.initial(topic)[0]
+    assert changed is not first and '"more"' in changed.text
