@@ -1,0 +1,242 @@
+"""A real Metaflow live card, made at bench time, that the benchmark then drives itself.
+
+A small flow (written to a temp dir) renders a `@card(type="blank", refresh_interval=1)` with a
+Markdown, a ProgressBar, a Table and a VegaChart, refreshes twice (the first refresh renders the
+HTML, the second writes the first data update) and then blocks, so the task stays running and
+the card stays live: its HTML keeps a runtime reload token and `metaflow_card_update`. (Once a
+task finishes, Metaflow renders the final card: token "final", no update hook.)
+
+The benchmark then writes the card's `runtime/<stem>.data.json` itself, exactly as Metaflow
+does (mkstemp in the same folder + os.replace), with the page's own reload token and the
+component ids Metaflow chose, so each update is a real, independent file event that the real
+card bundle applies. Nothing Metaflow generates is kept: everything lives in a temp dir that is
+removed on exit, and the flow's process group is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FLOW_NAME = "LiveBenchFlow"
+PROGRESS_MAX = 1000
+
+FLOW_SOURCE = '''
+import os
+import time
+
+from metaflow import FlowSpec, card, current, step
+from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
+from metaflow.plugins.cards.card_creator import CardProcessManager
+
+SPEC = {
+    "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+    "data": {"values": [{"x": i, "y": (i * 7) % 11} for i in range(20)]},
+    "mark": "line",
+    "encoding": {"x": {"field": "x", "type": "quantitative"},
+                 "y": {"field": "y", "type": "quantitative"}},
+}
+
+
+class LiveBenchFlow(FlowSpec):
+    @card(type="blank", refresh_interval=1)
+    @step
+    def start(self):
+        text = Markdown("# seq 0")
+        bar = ProgressBar(max=@@MAX@@, label="updates", value=0)
+        current.card.append(text)
+        current.card.append(bar)
+        current.card.append(Table([["a", "1"], ["b", "2"]], headers=["name", "value"]))
+        current.card.append(VegaChart(SPEC))
+        # The first refresh renders the live HTML; a later one writes the first data update.
+        # Metaflow skips a refresh while an earlier card process still runs, so refresh until
+        # the data update exists, each time waiting for the card processes to finish: once we
+        # say "ready", Metaflow writes nothing more and the benchmark owns the data file.
+        runtime = os.path.join(os.environ["BENCH_DATASTORE"], "mf.cards", "LiveBenchFlow", "runs",
+                               current.run_id, "steps", "start", "tasks", current.task_id, "runtime")
+        for _ in range(120):
+            current.card.refresh()
+            while any(p["proc"].poll() is None for p in CardProcessManager.async_card_processes.values()):
+                time.sleep(0.05)
+            if os.path.isdir(runtime) and any(n.endswith(".data.json") for n in os.listdir(runtime)):
+                break
+            time.sleep(1.1)  # refresh_interval=1 rate-limits refreshes
+        with open(os.environ["BENCH_READY_FILE"], "w") as ready:
+            ready.write(current.run_id)
+        # Stay running (the card stays live) until the benchmark is done with us.
+        stop, deadline = os.environ["BENCH_STOP_FILE"], time.time() + float(os.environ["BENCH_MAX_SECONDS"])
+        while not os.path.exists(stop) and time.time() < deadline:
+            time.sleep(0.5)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    LiveBenchFlow()
+'''.replace("@@MAX@@", str(PROGRESS_MAX))
+
+
+def metaflow_env(workdir: Path) -> dict[str, str]:
+    """A self-contained Metaflow: local metadata and datastore in `workdir`, no user config."""
+    return {
+        **os.environ,
+        "USERNAME": "bench",
+        "METAFLOW_DEFAULT_METADATA": "local",
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+        "METAFLOW_HOME": str(workdir / ".metaflowconfig"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@dataclass
+class LiveCard:
+    datastore: Path  # <workdir>/.metaflow
+    flow_file: Path
+    run_id: str
+    parts: tuple[str, str, str, str, str]  # flow, run, step, task, card (file stem)
+    token: str  # the page's METAFLOW_RELOAD_TOKEN
+    components: dict[str, str]  # component type -> id, e.g. {"markdown": "markdown_22adb1"}
+    write_update: Callable[[int], float]  # seq -> time.time() when the write began
+    data_path: Path
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """`Flow/run/step/task/card`, as in our URLs and topics."""
+        return "/".join(self.parts)
+
+
+def find_data_file(datastore: Path) -> Path | None:
+    found = sorted((datastore / "mf.cards").glob(f"{FLOW_NAME}/runs/*/steps/*/tasks/*/runtime/*.data.json"))
+    return found[0] if found else None
+
+
+def read_first_update(path: Path) -> dict[str, Any]:
+    for _ in range(50):  # Metaflow writes atomically; a retry only covers an odd producer
+        with suppress(ValueError):
+            doc: dict[str, Any] = json.loads(path.read_bytes())
+            return doc
+        time.sleep(0.02)
+    raise RuntimeError(f"cannot parse Metaflow's data update {path}")
+
+
+def make_writer(path: Path, first: dict[str, Any]) -> Callable[[int], float]:
+    data = first["data"]
+    ids = {component["type"]: key for key, component in data.items()}
+    text_id, bar_id = ids["markdown"], ids["progressBar"]
+
+    def write_update(seq: int) -> float:
+        """One update as Metaflow writes it: every realtime component, markdown says `seq`."""
+        doc = {
+            "reload_token": first["reload_token"],
+            "data": {
+                **data,
+                text_id: {**data[text_id], "source": f"# seq {seq}"},
+                bar_id: {**data[bar_id], "value": seq % (PROGRESS_MAX + 1)},
+            },
+            "created_on": 0.0,
+        }
+        began = time.time()
+        doc["created_on"] = began
+        payload = json.dumps(doc).encode()
+        fd, tmp = tempfile.mkstemp(dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return began
+
+    return write_update
+
+
+@contextmanager
+def live_card(timeout: float = 120.0, max_seconds: float = 3600.0) -> Iterator[LiveCard]:
+    """Run the flow until its live card exists; yield it; kill the flow and delete everything."""
+    workdir = Path(tempfile.mkdtemp(prefix="cardserver-bench-live-"))
+    flow_file = workdir / f"{FLOW_NAME}.py"
+    flow_file.write_text(FLOW_SOURCE)
+    ready = workdir / "ready"
+    env = {**metaflow_env(workdir), "BENCH_STOP_FILE": str(workdir / "stop"),
+           "BENCH_READY_FILE": str(ready), "BENCH_DATASTORE": str(workdir / ".metaflow"),
+           "BENCH_MAX_SECONDS": str(max_seconds)}
+    log = (workdir / "flow.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(flow_file), "--quiet", "run"], cwd=workdir, env=env,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        datastore = workdir / ".metaflow"
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError("the Metaflow flow did not produce a live card:\n"
+                                   + (workdir / "flow.log").read_text()[-3000:])
+            time.sleep(0.1)
+        data_path = find_data_file(datastore)
+        if data_path is None:
+            raise RuntimeError("the flow said ready but wrote no data update")
+        first = read_first_update(data_path)
+        rel = data_path.relative_to(datastore / "mf.cards").parts
+        # <Flow>/runs/<run>/steps/<step>/tasks/<task>/runtime/<stem>.data.json
+        stem = rel[-1].removesuffix(".data.json")
+        html = data_path.parent.parent / "cards" / f"{stem}.html"
+        while not html.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        token_line = f'METAFLOW_RELOAD_TOKEN = "{first["reload_token"]}"'.encode()
+        if token_line not in html.read_bytes():
+            raise RuntimeError("the card HTML and its data update disagree on the reload token")
+        yield LiveCard(
+            datastore=datastore,
+            flow_file=flow_file,
+            run_id=rel[2],
+            parts=(rel[0], rel[2], rel[4], rel[6], stem),
+            token=first["reload_token"],
+            components={c["type"]: key for key, c in first["data"].items()},
+            write_update=make_writer(data_path, first),
+            data_path=data_path,
+            env=env,
+        )
+    finally:
+        stop_group(process)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop_group(process: subprocess.Popen[Any]) -> None:
+    """Kill the flow and its task and card subprocesses (its own session), by its id."""
+    if process.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # a task subprocess that outlived its runner
+
+
+if __name__ == "__main__":
+    with live_card() as found:
+        print(found)
+        print("write at", found.write_update(1))
