@@ -177,6 +177,16 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def report(title: str, rows: Iterable[Sequence[object]], errors: Sequence[str], smoke: bool) -> int:
+    """Print a benchmark's measure/value/target/verdict table and its errors; the exit code:
+    a smoke run fails on any error, a full run always exits 0 (FAIL rows say what missed)."""
+    print()
+    print(table(title, ["measure", "value", "target", "verdict"], rows))
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if (errors and smoke) else 0
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 

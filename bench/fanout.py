@@ -35,9 +35,9 @@ from bench.common import (
     cpu_seconds,
     machine_busy_seconds,
     percentile,
+    report,
     rss_mb,
     start_cardserver,
-    table,
     verdict,
 )
 from cardserver.demo import markdown, progress, start_run, text
@@ -372,15 +372,11 @@ def main() -> int:
         args.readers, args.stalled, args.seconds, args.padding = 20, 2, 14.0, 20_000
     rows, errors = run(args)
     mode = "smoke" if args.smoke else "full"
-    print()
-    print(table(
+    return report(
         f"Fan-out ({mode}): {args.readers} readers + {args.stalled} stalled on one card, "
         f"{args.rate:g} updates/s for {args.seconds:g} s",
-        ["measure", "value", "target", "verdict"], rows,
-    ))
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if (errors and args.smoke) else 0
+        rows, errors, args.smoke,
+    )
 
 
 if __name__ == "__main__":

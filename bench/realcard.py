@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cardserver.demo import write_atomic
+
 FLOW_NAME = "LiveBenchFlow"
 PROGRESS_MAX = 1000
 
@@ -152,16 +154,7 @@ def make_writer(path: Path, first: dict[str, Any]) -> Callable[[int], float]:
         }
         began = time.time()
         doc["created_on"] = began
-        payload = json.dumps(doc).encode()
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, json.dumps(doc).encode())  # mkstemp + os.replace, as Metaflow does
         return began
 
     return write_update

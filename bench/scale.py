@@ -31,10 +31,10 @@ from bench.common import (
     CHROMIUM_FLAGS,
     Server,
     percentile,
+    report,
     rss_mb,
     start_cardserver,
     start_metaflow_server,
-    table,
     verdict,
 )
 from cardserver.demo import write_fixture_run
@@ -356,12 +356,8 @@ def main() -> int:
     if args.smoke:
         args.tasks, args.calls = 300, 5
     rows, errors = run(args)
-    print()
-    print(table(f"Scale ({'smoke' if args.smoke else 'full'}): one run of {args.tasks} tasks, "
-                "a card and a data update each", ["measure", "value", "target", "verdict"], rows))
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if (errors and args.smoke) else 0
+    return report(f"Scale ({'smoke' if args.smoke else 'full'}): one run of {args.tasks} tasks, "
+                "a card and a data update each", rows, errors, args.smoke)
 
 
 if __name__ == "__main__":

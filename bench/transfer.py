@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import start_cardserver, start_metaflow_server, table, verdict
+from bench.common import report, start_cardserver, start_metaflow_server, verdict
 from bench.realcard import live_card
 
 TARGET_GZIP_RATIO = 0.5  # the compressed card is at most half the identity one
@@ -186,12 +186,8 @@ def main() -> int:
     if args.smoke:
         args.repeats = 3
     rows, errors = run(args)
-    print()
-    print(table(f"Transfer ({'smoke' if args.smoke else 'full'}): a real Metaflow card, "
-                f"{args.repeats} requests per case", ["measure", "value", "target", "verdict"], rows))
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if (errors and args.smoke) else 0
+    return report(f"Transfer ({'smoke' if args.smoke else 'full'}): a real Metaflow card, "
+                f"{args.repeats} requests per case", rows, errors, args.smoke)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from bench.common import (
     cpu_seconds,
     machine_busy_seconds,
     percentile,
+    report,
     start_cardserver,
-    table,
     verdict,
 )
 from cardserver.demo import DemoCard, markdown, progress, start_run, text
@@ -196,15 +196,11 @@ def main() -> int:
     if args.smoke:
         args.cards, args.seconds = 5, 3.0
     rows, errors = run(args)
-    print()
-    print(table(
+    return report(
         f"Many writers ({'smoke' if args.smoke else 'full'}): {args.cards} live cards x "
         f"{args.rate:g} Hz for {args.seconds:g} s, one client on all of them",
-        ["measure", "value", "target", "verdict"], rows,
-    ))
-    for error in errors:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if (errors and args.smoke) else 0
+        rows, errors, args.smoke,
+    )
 
 
 if __name__ == "__main__":

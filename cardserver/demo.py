@@ -71,7 +71,7 @@ def table(id: str, headers: list[str], rows: list[list[Any]]) -> Component:
 # --- atomic writes ---------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Metaflow's write: temp file beside the target, then rename; readers never see half.
 
     Plain string paths: pathlib's parsing was a third of the time of a 10,000-task fixture.
@@ -94,7 +94,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _write_json(path: Path, doc: object) -> None:
-    _write_atomic(path, json.dumps(doc).encode())
+    write_atomic(path, json.dumps(doc).encode())
 
 
 def _now_ms() -> int:
@@ -331,7 +331,7 @@ class DemoCard:
 
     def _write_html(self) -> None:
         page = render_card_html(self.key, self.token, self._components())
-        _write_atomic(self.path_html, page.encode())
+        write_atomic(self.path_html, page.encode())
 
     def _write_data(self) -> None:
         doc = {"reload_token": self.token, "data": dict(self.state), "created_on": time.time()}
@@ -402,7 +402,7 @@ def start_run(
         datastore / task_meta_dir(params) / meta_file_name(MetaKind.TASK_SELF, 0),
         demo._self_doc(ts, step=PARAMETERS_STEP, task=params.task),
     )
-    _write_atomic(datastore / flow / "latest_run", demo.run.encode())
+    write_atomic(datastore / flow / "latest_run", demo.run.encode())
     return demo
 
 

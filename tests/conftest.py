@@ -7,7 +7,6 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,19 +19,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.web.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CARDSERVER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port"]  # re-exported for the tests
 WAIT = 10.0  # seconds any single expected event may take before a test fails
 
 
@@ -90,13 +82,6 @@ async def subscribe(ws: aiohttp.ClientWebSocketResponse, topic: str, **extra: An
 
 
 # --- server processes (for real Metaflow and the browser) ------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
