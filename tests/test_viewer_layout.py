@@ -29,7 +29,8 @@ async def open_viewer(browser: Any, client: Any, width: int, scheme: str = "ligh
     page = await browser.new_page(viewport={"width": width, "height": 800}, color_scheme=scheme)
     await page.goto(str(client.make_url("/")))
     await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
-    await page.wait_for_selector("#card-list .row", timeout=UI_WAIT)
+    await page.wait_for_function(  # every card listed, not just the first to arrive
+        "() => document.querySelectorAll('#card-list .row').length === 3", timeout=UI_WAIT)
     return page
 
 
@@ -124,5 +125,7 @@ async def test_viewer_works_inside_another_origins_frame(roots: Any, start_app: 
     inner = await (await page.wait_for_selector("iframe")).content_frame()
     await inner.wait_for_function("() => document.getElementById('connection').dataset.state === 'live'",
                                   timeout=UI_WAIT)
-    rows = await inner.eval_on_selector_all("#card-list .row", "rows => rows.length")
-    assert rows == len(cards)
+    await inner.wait_for_function(
+        "(n) => document.querySelectorAll('#card-list .row').length === n", arg=len(cards),
+        timeout=UI_WAIT)
+    await inner.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
