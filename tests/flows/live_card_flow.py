@@ -4,6 +4,7 @@ The step waits for a file named `go` before its loop, so the test can listen fir
 assert that every single update reached it.
 """
 
+import glob
 import os
 import time
 
@@ -11,9 +12,7 @@ from metaflow import FlowSpec, card, current, step
 from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
 
 UPDATES = int(os.environ.get("LIVE_UPDATES", "4"))
-# Metaflow renders each refresh in a card subprocess and silently drops a refresh while the
-# previous one still runs (about 1 s on a busy 2-core machine): pace above that.
-GAP = float(os.environ.get("LIVE_GAP", "2.5"))
+GAP = float(os.environ.get("LIVE_GAP", "1.2"))
 
 
 def chart(i):
@@ -24,6 +23,23 @@ def chart(i):
         "encoding": {"x": {"field": "x", "type": "quantitative"},
                      "y": {"field": "y", "type": "quantitative"}},
     }
+
+
+def refresh_until_written(text):
+    """Metaflow renders each refresh in a card subprocess and silently drops a refresh while
+    the previous one still runs: refresh again until `text` is really in the data file, so
+    the test may expect every value."""
+    pattern = os.path.join(".metaflow", "mf.cards", "LiveCardFlow", "runs", current.run_id,
+                           "steps", "start", "tasks", current.task_id, "runtime", "*.data.json")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        current.card.refresh()
+        for _ in range(30):
+            time.sleep(0.05)
+            for path in glob.glob(pattern):
+                with open(path) as handle:
+                    if text in handle.read():
+                        return
 
 
 def wait_for_go():
@@ -50,7 +66,7 @@ class LiveCardFlow(FlowSpec):
             bar.update(i)
             cell.update(f"cell {i}")
             plot.update(chart(i))
-            current.card.refresh()
+            refresh_until_written(f"# step {i}")
         self.next(self.end)
 
     @step
