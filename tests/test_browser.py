@@ -29,6 +29,18 @@ async def shown_frame(page: Any) -> Any:
     raise AssertionError("no card frame settled")
 
 
+async def shown_eval(page: Any, script: str) -> Any:
+    """Evaluate in the shown card frame, asking again if the viewer swapped it meanwhile."""
+    for _ in range(50):
+        frame = await shown_frame(page)
+        try:
+            return await frame.evaluate(script)
+        except PlaywrightError as error:
+            if "detached" not in str(error):
+                raise
+    raise AssertionError("the card frame never held still")
+
+
 async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
     """Wait for `script` to hold in whichever card frame is shown, across frame swaps."""
     deadline = asyncio.get_running_loop().time() + UI_WAIT / 1000
@@ -196,8 +208,8 @@ async def test_demo_renders_and_moves(tmp_path: Path, browser: Any) -> None:
     try:
         page = await browser.new_page()
         await page.goto(server.url)
-        frame = await wait_card_frame(page)
-        first = await frame.evaluate("document.body.innerText")
+        await wait_card_frame(page)  # follow mode switches cards as the demo's tasks come and go
+        first = await shown_eval(page, "document.body.innerText")
         await until_shown(page, "(before) => document.body.innerText !== before", first)
         assert await page.locator("#card-list .row").count() >= 1
     finally:
