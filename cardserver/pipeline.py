@@ -20,7 +20,7 @@ from .disk import Problem, Scope
 from .events import CardRemoved, DataWritten, Event, Reset
 from .feed import Feed, parse_topic
 from .hub import Hub
-from .index import Card, Changes, Index
+from .index import Changes, Index
 from .layout import CardFileKind, CardKey, card_path, parse_card_path
 from .status import Status
 from .watcher import Batch, Change, Rescan, Watcher
@@ -94,29 +94,25 @@ class Pipeline:
         delay = self.config.timing.poll_delay_ms / 1000
         while True:
             await asyncio.sleep(delay)
-            self.ingest(await asyncio.to_thread(self.changed_live_files))
+            # Index reads and file reads stay on the loop, like `classify`; only stats go out.
+            known = self.live_card_files()
+            changed = await asyncio.to_thread(changed_files, known)
+            self.ingest([e for path in changed for e in self.read_file(path)])
 
-    def changed_live_files(self) -> list[Event]:
-        events: list[Event] = []
-        for flow in list(self.index.flows.values()):
-            for run in list(flow.runs.values()):
-                for task in list(run.tasks.values()):
-                    if task.status in (Status.RUNNING, Status.PENDING):
-                        for card in list(task.cards.values()):
-                            events.extend(self.changed_card_files(card))
-        return events
-
-    def changed_card_files(self, card: Card) -> list[Event]:
-        events: list[Event] = []
-        html = self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy)
-        stat = disk.stat_version(html)
-        if stat is not None and disk.version_of(stat) != card.version:
-            events.extend(self.read_file(html))
-        data = self.roots.cards / card_path(card.key, CardFileKind.DATA, card.legacy)
-        stat = disk.stat_version(data)
-        if stat is not None and stat.st_mtime != card.data_mtime:
-            events.extend(self.read_file(data))
-        return events
+    def live_card_files(self) -> list[tuple[Path, CardFileKind, object]]:
+        """Each file of a running or pending task's cards, with the signature last seen."""
+        known: list[tuple[Path, CardFileKind, object]] = []
+        for flow in self.index.flows.values():
+            for run in flow.runs.values():
+                for task in run.tasks.values():
+                    if task.status not in (Status.RUNNING, Status.PENDING):
+                        continue
+                    for card in task.cards.values():
+                        for kind, seen in ((CardFileKind.HTML, card.version),
+                                           (CardFileKind.DATA, card.data_mtime)):
+                            path = self.roots.cards / card_path(card.key, kind, card.legacy)
+                            known.append((path, kind, seen))
+        return known
 
     async def rescan(self) -> None:
         events, problems = await asyncio.to_thread(disk.scan, self.roots, self.limits, self.scope)
@@ -218,3 +214,16 @@ class Pipeline:
             self.report(update)
             return
         self.ingest([DataWritten(key, card.legacy, card.data_mtime, update)])
+
+
+def changed_files(known: list[tuple[Path, CardFileKind, object]]) -> list[Path]:
+    """The files whose signature (HTML: mtime_ns and size; data: mtime) is not the one known."""
+    changed = []
+    for path, kind, seen in known:
+        stat = disk.stat_version(path)
+        if stat is None:
+            continue
+        now = disk.version_of(stat) if kind is CardFileKind.HTML else stat.st_mtime
+        if now != seen:
+            changed.append(path)
+    return changed
