@@ -26,9 +26,8 @@ from cardserver import config as cfg
 from cardserver import disk
 from cardserver.config import Config, ConfigError
 from cardserver.index import Index
+from cardserver.layout import is_name
 from cardserver.web.server import serve
-
-log = logging.getLogger("cardserver")
 
 
 def build_config(
@@ -60,7 +59,7 @@ def build_config(
     if allow_any_host and token is None:
         raise ConfigError("--allow-any-host needs a token: it turns off the Host check")
     for name in (flow, run_id):
-        if name is not None and not cfg_name_ok(name):
+        if name is not None and not is_name(name):
             raise ConfigError(f"not a valid flow or run name: {name!r}")
     return Config(
         roots=roots,
@@ -76,12 +75,6 @@ def build_config(
         allow_origins=frozenset(allow_origins),
         force_polling=poll,
     )
-
-
-def cfg_name_ok(name: str) -> bool:
-    from cardserver.layout import is_name
-
-    return is_name(name)
 
 
 def startup_url(config: Config) -> str:
