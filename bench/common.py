@@ -52,13 +52,30 @@ class Server:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """Terminate, then kill if it has not gone within 5 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def metaflow_env(workdir: Path, user: str) -> dict[str, str]:
+    """A self-contained Metaflow: local metadata and datastore in `workdir`, no user config."""
+    return {
+        **os.environ,
+        "USERNAME": user,
+        "METAFLOW_DEFAULT_METADATA": "local",
+        "METAFLOW_DEFAULT_DATASTORE": "local",
+        "METAFLOW_HOME": str(workdir / ".metaflowconfig"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def start_cardserver(root: Path, *extra: str, timeout: float = 60) -> Server:

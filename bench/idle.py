@@ -37,13 +37,13 @@ from bench.common import (
     Server,
     cpu_seconds,
     machine_busy_seconds,
+    metaflow_env,
     rss_mb,
     start_cardserver,
     start_metaflow_server,
     table,
     verdict,
 )
-from bench.realcard import metaflow_env
 from cardserver.config import WatchTiming
 from cardserver.demo import write_fixture_run
 
@@ -234,7 +234,7 @@ async def ours(browser: Any, tree: Tree, plan: Plan) -> Result:
 
 async def metaflow(browser: Any, tree: Tree, plan: Plan) -> Result:
     server = start_metaflow_server(tree.flow_file, tree.run_id, "--max-cards", str(tree.cards + 10),
-                                   env=metaflow_env(tree.workdir))
+                                   env=metaflow_env(tree.workdir, "bench"))
     try:
         result = await idle(browser, "Metaflow card server (poll 5 s)", tree, server, server.url,
                             plan.settle_metaflow, plan.seconds, plan.load_timeout, target=False)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common import metaflow_env
 from cardserver.demo import write_atomic
 
 FLOW_NAME = "LiveBenchFlow"
@@ -90,18 +91,6 @@ class LiveBenchFlow(FlowSpec):
 if __name__ == "__main__":
     LiveBenchFlow()
 '''.replace("@@MAX@@", str(PROGRESS_MAX))
-
-
-def metaflow_env(workdir: Path) -> dict[str, str]:
-    """A self-contained Metaflow: local metadata and datastore in `workdir`, no user config."""
-    return {
-        **os.environ,
-        "USERNAME": "bench",
-        "METAFLOW_DEFAULT_METADATA": "local",
-        "METAFLOW_DEFAULT_DATASTORE": "local",
-        "METAFLOW_HOME": str(workdir / ".metaflowconfig"),
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 @dataclass
@@ -167,7 +156,7 @@ def live_card(timeout: float = 120.0, max_seconds: float = 3600.0) -> Iterator[L
     flow_file = workdir / f"{FLOW_NAME}.py"
     flow_file.write_text(FLOW_SOURCE)
     ready = workdir / "ready"
-    env = {**metaflow_env(workdir), "BENCH_STOP_FILE": str(workdir / "stop"),
+    env = {**metaflow_env(workdir, "bench"), "BENCH_STOP_FILE": str(workdir / "stop"),
            "BENCH_READY_FILE": str(ready), "BENCH_DATASTORE": str(workdir / ".metaflow"),
            "BENCH_MAX_SECONDS": str(max_seconds)}
     log = (workdir / "flow.log").open("w")

@@ -233,12 +233,12 @@ def viewer(url: str, run: str, tasks: int, timeout: float) -> dict[str, Any]:
 
 
 def metaflow_runinfo(folder: Path, run: str, cards: int, timeout: float) -> dict[str, Any]:
-    from bench.realcard import metaflow_env
+    from bench.common import metaflow_env
 
     flow_file = folder / f"{FLOW}.py"
     if not flow_file.exists():
         flow_file.write_text(FLOW_SOURCE)
-    env = metaflow_env(folder)
+    env = metaflow_env(folder, "bench")
     server = start_metaflow_server(flow_file, run, "--max-cards", str(cards + 100), env=env,
                                    timeout=180)
     try:

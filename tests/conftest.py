@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, metaflow_env, stop_process
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.web.app import create_app
 
@@ -93,13 +93,7 @@ class ServerProcess:
     startup: list[str] = field(default_factory=list)  # what it printed up to its URL
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None,
@@ -151,24 +145,13 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
 FLOWS = REPO / "tests" / "flows"
 
 
-def metaflow_env(home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "USERNAME": "tester",
-        "METAFLOW_DEFAULT_METADATA": "local",
-        "METAFLOW_DEFAULT_DATASTORE": "local",
-        "METAFLOW_HOME": str(home / ".metaflowconfig"),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
     """Start `python tests/flows/<name> run` with the datastore in `workdir/.metaflow`."""
     flow = workdir / name
     shutil.copy(FLOWS / name, flow)
     return subprocess.Popen(
         [sys.executable, str(flow), "--quiet", "run", *args],
-        cwd=workdir, env=metaflow_env(workdir), stdout=subprocess.PIPE,
+        cwd=workdir, env=metaflow_env(workdir, "tester"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
 
