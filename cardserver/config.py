@@ -53,6 +53,7 @@ class WatchTiming:
     hot_step_ms: int = 2
     cold_step_ms: int = 50
     hot_seconds: float = 30.0
+    settle_seconds: float = 300.0  # a final run quiet this long is finished: no longer watched
     debounce_ms: int = 40  # the longest a burst is held back before it is delivered
     poll_delay_ms: int = 300  # for the polling fallback
 

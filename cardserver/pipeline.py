@@ -4,6 +4,9 @@ The watcher says which paths changed; `disk` turns each into a domain event (rea
 where needed); the index applies them and says what changed; the feed publishes that to the
 hub. Everything that reaches the index goes through `ingest`, including the lazy read of a
 card's data update when someone first asks for it.
+
+One control signal runs the other way: after each change the pipeline tells the watcher which
+runs may still change (`live.LiveRuns`), and reads again whatever the watcher newly opened.
 """
 
 from __future__ import annotations
@@ -11,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from contextlib import suppress
 from pathlib import Path, PurePosixPath
 
 from . import disk
-from .config import CARDS_DIR, Config
+from .config import CARDS_DIR, Config, Roots
 from .disk import Problem, Scope
 from .events import CardRemoved, DataWritten, Event, Reset
 from .feed import Feed, parse_topic
 from .hub import Hub
 from .index import Changes, Index
-from .layout import CardFileKind, CardKey, card_path, parse_card_path
+from .layout import CardFileKind, CardKey, RunKey, card_path, parse_card_path
+from .live import LiveRuns
 from .status import Status
-from .watcher import Batch, Change, Rescan, Watcher
+from .watcher import Batch, Change, Item, Opened, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
 
@@ -40,6 +45,9 @@ class Pipeline:
         self.hub = Hub()
         self.feed = Feed(self.index, self.hub)
         self.watcher = Watcher(config.roots, config.timing, config.force_polling)
+        self.live = LiveRuns(config.timing.settle_seconds)
+        self.followed: set[RunKey] = set()  # the runs watched deeply: they may still change
+        self._settle_timer: asyncio.TimerHandle | None = None
         self.ready = asyncio.Event()
         self._reported: set[tuple[Path, str]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -51,6 +59,8 @@ class Pipeline:
         self._task = asyncio.create_task(self._run(), name="cardserver-watch")
 
     async def stop(self) -> None:
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
         self.watcher.stop()
         for task in (self._task, self._live_poll):
             if task is not None:
@@ -62,7 +72,10 @@ class Pipeline:
         batches = self.watcher.batches()
         first = asyncio.ensure_future(anext(batches, None))  # OS watches exist before the scan
         await asyncio.sleep(0)
-        await self.rescan()
+        try:
+            await self.rescan()
+        except Exception:  # requests wait for `ready`: a bug here must not hang them all
+            log.exception("failed to read the datastore; serving what is known")
         self.check_live_poll()
         self.ready.set()
         item = await first
@@ -75,9 +88,14 @@ class Pipeline:
             self.check_live_poll()
             item = await anext(batches, None)
 
-    async def handle(self, item: Batch | Rescan) -> None:
+    async def handle(self, item: Item) -> None:
         if isinstance(item, Rescan):
             log.info("reading the datastore again: %s", item.reason)
+            await self.rescan()
+        elif isinstance(item, Opened):
+            await self.catch_up(item.folders)
+        elif self.lost_a_run(item):
+            log.info("a flow or run folder was deleted; reading the datastore again")
             await self.rescan()
         else:
             self.ingest(self.classify(item))
@@ -131,7 +149,91 @@ class Pipeline:
         changes = self.index.apply(events)
         if changes:
             self.feed.publish(changes)
+            self.follow_live_runs(changes)
         return changes
+
+    # --- what the watcher follows -------------------------------------------------------------
+
+    def follow_live_runs(self, changes: Changes | None = None) -> None:
+        changed: set[RunKey] = set()
+        if changes is not None:
+            changed = changes.runs | {t.run_key for t in changes.tasks}
+            changed |= {c.run_key for c in changes.renders | changes.updates}
+        live, next_check = self.live.update(
+            self.index, changed, time.time(), reset=changes is not None and changes.reset
+        )
+        self.followed = live
+        self.watcher.follow(f for key in live for f in run_folders(self.roots, key))
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        if next_check is not None:
+            delay = max(0.0, next_check - time.time()) + 1.0
+            self._settle_timer = asyncio.get_running_loop().call_later(delay, self.follow_live_runs)
+
+    async def catch_up(self, folders: tuple[Path, ...]) -> None:
+        """Read what was written in newly watched folders before their watch existed."""
+        scopes = {self.scope_of(folder) for folder in folders}
+        events: list[Event] = []
+        for scope in scopes:
+            if scope is None:
+                continue
+            found, problems = await asyncio.to_thread(disk.scan, self.roots, self.limits, scope)
+            events.extend(found)
+            for problem in problems:
+                self.report(problem)
+        shown = self.shown_data_times()
+        self.ingest(events)
+        # The scan leaves data updates unread: re-read those someone is looking at, if newer.
+        for key, seen in shown.items():
+            card = self.index.card(key)
+            if card is not None and card.data_mtime != seen:
+                await self.load_update(key, force=True)
+
+    def scope_of(self, folder: Path) -> Scope | None:
+        """The part of the tree a watched folder holds, within `--flow`/`--run-id`."""
+        flow = run = None
+        if folder.is_relative_to(self.roots.cards):
+            parts = folder.relative_to(self.roots.cards).parts
+            flow = parts[0] if parts else None
+            run = parts[2] if len(parts) >= 3 and parts[1] == "runs" else None
+        elif folder.is_relative_to(self.roots.datastore):
+            parts = folder.relative_to(self.roots.datastore).parts
+            flow = parts[0] if parts else None
+            run = parts[1] if len(parts) >= 2 else None
+        if flow is None or not self.scope.wants(flow, run):
+            return None if flow is not None else self.scope
+        return Scope(flow, run if run is not None else self.scope.run)
+
+    def lost_a_run(self, batch: Batch) -> bool:
+        """A known flow or run folder was deleted: drop what it held by reading all again."""
+        return any(change is Change.DELETED and self.is_known_folder(path) for change, path in batch)
+
+    def is_known_folder(self, path: Path) -> bool:
+        """`path` is the folder of a flow or run in the index, in either tree."""
+        for root, run_depth in ((self.roots.cards, 3), (self.roots.datastore, 2)):
+            if not path.is_relative_to(root):
+                continue
+            parts = path.relative_to(root).parts
+            flow = self.index.flows.get(parts[0]) if parts else None
+            if flow is None:
+                return False
+            if len(parts) == 1:
+                return True
+            return len(parts) == run_depth and parts[-1] in flow.runs and (
+                run_depth == 2 or parts[1] == "runs"
+            )
+        return False
+
+    def shown_data_times(self) -> dict[CardKey, float | None]:
+        """The cards someone is subscribed to, with the data update time last seen."""
+        shown: dict[CardKey, float | None] = {}
+        for name in self.hub.topics:
+            topic = parse_topic(name)
+            if topic is not None and topic.card is not None:
+                card = self.index.card(topic.card)
+                shown[topic.card] = card.data_mtime if card is not None else None
+        return shown
 
     def classify(self, batch: Batch) -> list[Event]:
         events: list[Event] = []
@@ -203,10 +305,11 @@ class Pipeline:
 
     # --- lazy reads ------------------------------------------------------------------------
 
-    async def load_update(self, key: CardKey) -> None:
-        """Read a card's data update the first time someone wants it (the scan skips them)."""
+    async def load_update(self, key: CardKey, force: bool = False) -> None:
+        """Read a card's data update the first time someone wants it (the scan skips them),
+        or again (`force`) when a scan saw a newer one."""
         card = self.index.card(key)
-        if card is None or card.data_mtime is None or card.update is not None:
+        if card is None or card.data_mtime is None or (card.update is not None and not force):
             return
         path = self.roots.cards / card_path(key, CardFileKind.DATA, card.legacy)
         update = await asyncio.to_thread(disk.read_data_update, path, self.limits)
@@ -214,6 +317,11 @@ class Pipeline:
             self.report(update)
             return
         self.ingest([DataWritten(key, card.legacy, card.data_mtime, update)])
+
+
+def run_folders(roots: Roots, key: RunKey) -> tuple[Path, Path]:
+    """A run's folder in the datastore (status) and in the cards root (cards)."""
+    return roots.datastore / key.flow / key.run, roots.cards / key.flow / "runs" / key.run
 
 
 def changed_files(known: list[tuple[Path, CardFileKind, object]]) -> list[Path]:

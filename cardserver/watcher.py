@@ -1,12 +1,18 @@
 """File events from the OS, paced for live cards, as batches of changed paths.
 
-watchfiles' `awatch` fixes its `step` for the life of the generator, and its Rust loop wakes
-every `step` ms even when nothing happens: a short step costs idle CPU, a long one costs
+What is watched. A finished run never changes, and watching a 10,000-task run costs 50,000
+inotify watches (seconds of start-up), so the tree is watched in two parts:
+- the *shape*, one level deep: each root, each flow folder and each flow's cards `runs` folder,
+  where new flows and runs appear;
+- the *deep* watch over the folders the caller `follow`s: the runs that may still change.
+When a folder joins either part the watcher yields `Opened(folders)`: whatever was written
+there before the watch existed must be read by the caller.
+
+Pacing. watchfiles' `awatch` fixes its `step` for the life of the generator, and its Rust loop
+wakes every `step` ms even when nothing happens: a short step costs idle CPU, a long one costs
 latency. We drive `RustNotify` directly so the step can change between calls: short ("hot")
 for `hot_seconds` after any change, since live cards write in bursts, and long ("cold")
-otherwise. The first write after a quiet spell pays at most two cold steps; every later one
-pays two hot steps. One `RustNotify` lives as long as the roots do, so no change is missed
-between calls.
+otherwise. The shape watch always waits cold: new runs are rare and read in full when seen.
 
 When a root does not exist yet we watch its nearest existing parent and start over (a
 `Rescan`) once it appears; when it is deleted we go back to waiting. When inotify cannot watch
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from enum import IntEnum
@@ -27,7 +34,7 @@ from pathlib import Path
 
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
-from .config import Roots, WatchTiming
+from .config import CARDS_DIR, Roots, WatchTiming
 
 log = logging.getLogger("cardserver.watcher")
 
@@ -47,18 +54,26 @@ class Rescan:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Folders just added to the watch: what was written in them before may have been missed."""
+
+    folders: tuple[Path, ...]
+
+
 Batch = list[tuple[Change, Path]]
+Item = Batch | Rescan | Opened
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    recursive: tuple[Path, ...]  # existing roots
+    present: tuple[Path, ...]  # existing roots
     waiting: tuple[Path, ...]  # nearest existing parents of missing roots
 
 
 def plan(roots: Roots) -> Plan:
     wanted = [roots.datastore]
-    if not roots.cards.is_relative_to(roots.datastore):
+    if not roots.cards.is_relative_to(roots.datastore):  # inside it, the shape watch finds it
         wanted.append(roots.cards)
     present = tuple(p for p in wanted if p.is_dir())
     waiting = tuple(sorted({nearest_existing(p) for p in wanted if not p.is_dir()}))
@@ -70,6 +85,29 @@ def nearest_existing(path: Path) -> Path:
         if folder.is_dir():
             return folder
     return Path(path.anchor or "/")
+
+
+def child_folders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [folder / e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def shape_folders(roots: Roots) -> frozenset[Path]:
+    """The folders where flows and runs appear: each root, each flow, each cards `runs`."""
+    shape: set[Path] = set()
+    if roots.datastore.is_dir():
+        shape.add(roots.datastore)
+        shape.update(f for f in child_folders(roots.datastore) if f.name != CARDS_DIR)
+    if roots.cards.is_dir():
+        shape.add(roots.cards)
+        for flow in child_folders(roots.cards):
+            shape.add(flow)
+            if (flow / "runs").is_dir():
+                shape.add(flow / "runs")
+    return frozenset(shape)
 
 
 class Pacer:
@@ -89,6 +127,26 @@ class Pacer:
             return self.timing.hot_step_ms, max(1, int(left * 1000))
         return self.timing.cold_step_ms, 0
 
+    def cold(self) -> tuple[int, int]:
+        return self.timing.cold_step_ms, 0
+
+
+class _Replan:
+    """Queued by `follow`: the followed folders changed."""
+
+
+_REPLAN = _Replan()
+
+
+@dataclass(slots=True)
+class _Pump:
+    """One RustNotify and the task that feeds its batches to the queue."""
+
+    notify: RustNotify
+    folders: frozenset[Path]
+    stop: threading.Event
+    task: asyncio.Task[None] | None = None
+
 
 class Watcher:
     def __init__(self, roots: Roots, timing: WatchTiming, force_polling: bool = False) -> None:
@@ -97,114 +155,188 @@ class Watcher:
         self.force_polling = force_polling
         self.pacer = Pacer(timing)
         self.mode = "starting"
-        self._stop = threading.Event()  # the whole watcher
-        self._generation = threading.Event()  # the RustNotify loops of the current plan
+        self._stop = threading.Event()
+        self._followed: frozenset[Path] = frozenset()
+        self._queue: asyncio.Queue[Batch | Rescan | _Replan | None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._pumps: dict[str, _Pump] = {}  # by role: "shape", "deep", "waiting"
         self._rescan_reason: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
-        self._generation.set()
+        for pump in self._pumps.values():
+            pump.stop.set()
+        if self._queue is not None:
+            self._queue.put_nowait(None)
 
     def describe(self) -> str:
         return self.mode
 
-    async def batches(self) -> AsyncIterator[Batch | Rescan]:
+    def follow(self, folders: Iterable[Path]) -> None:
+        """Watch these folders deeply from now on (the runs that may still change)."""
+        wanted = frozenset(folders)
+        if wanted != self._followed:
+            self._followed = wanted
+            if self._queue is not None:
+                self._queue.put_nowait(_REPLAN)
+
+    def watched(self, role: str) -> frozenset[Path]:
+        pump = self._pumps.get(role)
+        return pump.folders if pump is not None else frozenset()
+
+    async def batches(self) -> AsyncIterator[Item]:
         """Changed paths under the roots, batch by batch, until `stop()`."""
         reopened: str | None = None
         while not self._stop.is_set():
             current = plan(self.roots)
-            notifies = self._open(current)
-            if notifies is None:
-                return
+            self._queue = asyncio.Queue()
             try:
+                self._open(current)
                 if reopened is not None:
                     # Only now, with the new watches open: what lands during the rescan is seen.
                     yield Rescan(reopened)
-                async for item in self._run(notifies, current):
+                async for item in self._run(current):
                     yield item
             finally:
-                for notify, _ in notifies:
-                    notify.close()
+                await self._close_all()
             reopened = self._rescan_reason or "datastore appeared or changed shape"
             self._rescan_reason = None
 
-    def _open(self, current: Plan) -> list[tuple[RustNotify, Plan]] | None:
-        notifies: list[tuple[RustNotify, Plan]] = []
-        if current.recursive:
-            notifies.append((self._notify(list(current.recursive), True), current))
-        if current.waiting:
-            notifies.append((self._notify(list(current.waiting), False), current))
-        self.mode = ("polling" if self.force_polling else "watching") if current.recursive else "waiting"
-        return notifies
+    # --- opening and replacing watches ------------------------------------------------------
 
-    def _notify(self, paths: list[Path], recursive: bool) -> RustNotify:
-        names = [str(p) for p in paths]
+    def _open(self, current: Plan) -> None:
+        if current.waiting:
+            self._replace("waiting", frozenset(current.waiting), recursive=False)
+        if current.present:
+            self._refresh()
+        self.mode = ("polling" if self.force_polling else "watching") if current.present else "waiting"
+
+    def _refresh(self) -> tuple[Path, ...]:
+        """Bring the shape and deep watches up to date; the folders that joined them."""
+        opened: list[Path] = []
+        for role, wanted, recursive in (
+            ("shape", shape_folders(self.roots), False),
+            ("deep", frozenset(f for f in self._followed if f.is_dir()), True),
+        ):
+            before = self.watched(role)
+            if wanted != before:
+                self._replace(role, wanted, recursive)
+                opened.extend(sorted(self.watched(role) - before))
+        return tuple(opened)
+
+    def _replace(self, role: str, folders: frozenset[Path], recursive: bool) -> None:
+        """Open the new watch before closing the old, so no change falls between them."""
+        old = self._pumps.pop(role, None)
+        if folders:
+            pump = self._notify(folders, recursive)
+            if pump is not None:
+                self._pumps[role] = pump
+                pump.task = asyncio.create_task(self._pump(pump, paced=role == "deep"))
+        if old is not None:
+            old.stop.set()  # its thread returns within one step; `_close` waits for it
+            closing = asyncio.create_task(self._close(old))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    def _notify(self, folders: frozenset[Path], recursive: bool) -> _Pump | None:
+        for _ in range(3):  # a folder may vanish between listing and watching
+            names = sorted(str(p) for p in folders)
+            try:
+                return _Pump(self._rust_notify(names, recursive), folders, threading.Event())
+            except FileNotFoundError:
+                folders = frozenset(p for p in folders if p.is_dir())
+                if not folders:
+                    return None
+        return None
+
+    def _rust_notify(self, names: list[str], recursive: bool) -> RustNotify:
         if not self.force_polling:
             try:
                 # ignore_permission_denied=False: watchfiles ignores *every* error when it is
                 # set, and an exhausted inotify limit must make us poll, not go silent.
                 return RustNotify(names, False, False, self.timing.poll_delay_ms, recursive, False)
+            except FileNotFoundError:
+                raise
             except (WatchfilesRustInternalError, OSError) as error:
                 log.warning(
                     "cannot watch %s with OS events (%s); polling every %d ms instead",
-                    ", ".join(names), error, self.timing.poll_delay_ms,
+                    ", ".join(names[:3]) + (", …" if len(names) > 3 else ""),
+                    error, self.timing.poll_delay_ms,
                 )
                 self.force_polling = True
+                self.mode = "polling"
         return RustNotify(names, False, True, self.timing.poll_delay_ms, recursive, True)
 
-    async def _run(
-        self, notifies: list[tuple[RustNotify, Plan]], current: Plan
-    ) -> AsyncIterator[Batch | Rescan]:
-        queue: asyncio.Queue[Batch | Rescan | None] = asyncio.Queue()
-        generation = self._generation = threading.Event()
-        if self._stop.is_set():
-            return
-        tasks = [asyncio.create_task(self._pump(n, queue, generation)) for n, _ in notifies]
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if isinstance(item, Rescan):
-                    self._rescan_reason = item.reason  # yielded once the watches are reopened
-                    return
-                if plan(self.roots) != current:
-                    return  # a root appeared or vanished: reopen with the new plan
-                if len(item) >= RESCAN_BATCH:
-                    yield Rescan("very large burst of changes")
-                    continue
-                yield item
-        finally:
-            generation.set()
-            for task in tasks:
-                with suppress(asyncio.CancelledError):
-                    await task
+    async def _close(self, pump: _Pump) -> None:
+        pump.stop.set()
+        if pump.task is not None:
+            with suppress(asyncio.CancelledError):
+                await pump.task
+        pump.notify.close()
 
-    async def _pump(
-        self,
-        notify: RustNotify,
-        queue: asyncio.Queue[Batch | Rescan | None],
-        stop: threading.Event,
-    ) -> None:
+    async def _close_all(self) -> None:
+        pumps, self._pumps = list(self._pumps.values()), {}
+        for pump in pumps:
+            await self._close(pump)
+        for closing in list(self._closing):
+            with suppress(asyncio.CancelledError):
+                await closing
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _run(self, current: Plan) -> AsyncIterator[Item]:
+        queue = self._queue
+        assert queue is not None
+        while not self._stop.is_set():
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, _Replan):
+                if current.present:
+                    opened = self._refresh()
+                    if opened:
+                        yield Opened(opened)
+                continue
+            if isinstance(item, Rescan):
+                self._rescan_reason = item.reason  # yielded once the watches are reopened
+                return
+            if plan(self.roots) != current:
+                return  # a root appeared or vanished: reopen with the new plan
+            if len(item) >= RESCAN_BATCH:
+                yield Rescan("very large burst of changes")
+                continue
+            opened = self._refresh() if self._reshapes(item) else ()  # before the caller acts
+            yield item
+            if opened:
+                yield Opened(opened)
+
+    def _reshapes(self, batch: Batch) -> bool:
+        """A folder came or went where flows and runs live, or a followed folder appeared."""
+        shape = self.watched("shape")
+        for change, path in batch:
+            if change is not Change.MODIFIED and (path.parent in shape or path in self._followed):
+                return True
+        return False
+
+    async def _pump(self, pump: _Pump, paced: bool) -> None:
         # Not cancelled from outside: the thread inside notices `stop` within one step and
-        # returns, so no RustNotify call outlives its watcher.
-        try:
-            while not stop.is_set():
-                step, timeout = self.pacer.next_wait()
-                try:
-                    raw = await asyncio.to_thread(
-                        notify.watch, self.timing.debounce_ms, step, timeout, stop
-                    )
-                except (WatchfilesRustInternalError, RuntimeError, OSError) as error:
-                    log.warning("file watcher failed (%s); reading the tree again", error)
-                    self.force_polling = self.force_polling or "watch" in str(error)
-                    await queue.put(Rescan(str(error)))
-                    return
-                if raw == "stop":
-                    break
-                if isinstance(raw, str):  # "timeout" (hot spell over) or "signal"
-                    continue
-                self.pacer.changed()
-                await queue.put([(Change(kind), Path(path)) for kind, path in raw])
-        finally:
-            await queue.put(None)
+        # returns, so no RustNotify call outlives its watch.
+        queue = self._queue
+        assert queue is not None
+        while not pump.stop.is_set():
+            step, timeout = self.pacer.next_wait() if paced else self.pacer.cold()
+            try:
+                raw = await asyncio.to_thread(
+                    pump.notify.watch, self.timing.debounce_ms, step, timeout, pump.stop
+                )
+            except (WatchfilesRustInternalError, RuntimeError, OSError) as error:
+                log.warning("file watcher failed (%s); reading the tree again", error)
+                self.force_polling = self.force_polling or "watch" in str(error)
+                queue.put_nowait(Rescan(str(error)))
+                return
+            if raw == "stop":
+                return
+            if isinstance(raw, str):  # "timeout" (hot spell over) or "signal"
+                continue
+            self.pacer.changed()
+            queue.put_nowait([(Change(kind), Path(path)) for kind, path in raw])

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, metaflow_env, stop_process
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.web.app import create_app
+from cardserver.web.keys import PIPELINE
 
 REPO = Path(__file__).resolve().parent.parent
 __all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port"]  # re-exported for the tests
@@ -53,6 +54,7 @@ def start_app(aiohttp_client: Any) -> Callable[..., Any]:
 
     async def start(config: Config) -> TestClient:
         client: TestClient = await aiohttp_client(create_app(config))
+        await asyncio.wait_for(client.app[PIPELINE].ready.wait(), WAIT)
         return client
 
     return start

@@ -12,7 +12,19 @@ import pytest
 
 from cardserver import watcher as watcher_module
 from cardserver.config import Roots, WatchTiming
-from cardserver.watcher import Batch, Change, Pacer, Plan, Rescan, Watcher, nearest_existing, plan
+from cardserver.watcher import (
+    Batch,
+    Change,
+    Item,
+    Opened,
+    Pacer,
+    Plan,
+    Rescan,
+    Watcher,
+    nearest_existing,
+    plan,
+    shape_folders,
+)
 
 TIMING = WatchTiming(hot_step_ms=2, cold_step_ms=10)
 WAIT = 10.0
@@ -78,7 +90,7 @@ def test_pacer_with_the_real_clock() -> None:
 
 def test_plan_watches_an_existing_datastore_once(roots: Roots) -> None:
     roots.cards.mkdir()
-    assert plan(roots) == Plan(recursive=(roots.datastore,), waiting=())
+    assert plan(roots) == Plan(present=(roots.datastore,), waiting=())
 
 
 def test_plan_waits_on_the_nearest_parent_of_a_missing_datastore(tmp_path: Path) -> None:
@@ -113,14 +125,14 @@ class Running:
 
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
-        self.items: AsyncIterator[Batch | Rescan] = watcher.batches()
-        self.pending: asyncio.Future[Batch | Rescan | None] | None = None
+        self.items: AsyncIterator[Item] = watcher.batches()
+        self.pending: asyncio.Future[Item | None] | None = None
 
     async def start(self) -> None:
         self.pending = asyncio.ensure_future(anext(self.items, None))
         await asyncio.sleep(0)  # one turn: the generator opens its RustNotify synchronously
 
-    async def next(self, timeout: float = WAIT) -> Batch | Rescan | None:
+    async def next(self, timeout: float = WAIT) -> Item | None:
         if self.pending is None:
             self.pending = asyncio.ensure_future(anext(self.items, None))
         try:
@@ -139,6 +151,26 @@ class Running:
                 assert item is not None, "the watcher ended"
 
         return await asyncio.wait_for(find(), timeout)
+
+    async def collect_until(self, wanted: Path) -> set[Path]:
+        """Every path reported up to and including the batch that names `wanted`."""
+        seen: set[Path] = set()
+
+        async def gather() -> set[Path]:
+            while wanted not in seen:
+                item = await self.next()
+                assert item is not None, "the watcher ended"
+                if isinstance(item, list):
+                    seen.update(path for _, path in item)
+            return seen
+
+        return await asyncio.wait_for(gather(), WAIT)
+
+    async def until_quiet_replan(self) -> None:
+        """Let the watcher act on a `follow` that opens nothing (it yields no item for it)."""
+        probe = self.watcher.roots.datastore / "probe.txt"
+        probe.write_text("x")
+        await self.until(probe)
 
     async def close(self) -> None:
         self.watcher.stop()
@@ -173,13 +205,86 @@ async def test_a_write_yields_a_batch_with_its_path(roots: Roots, running: list[
     assert {change for change, path in batch if path == target} <= {Change.ADDED, Change.MODIFIED}
 
 
-async def test_a_deep_write_is_seen_recursively(roots: Roots, running: list[Running]) -> None:
-    deep = roots.cards / "F" / "runs" / "1" / "steps" / "s" / "tasks" / "2" / "cards"
+async def test_a_deep_write_in_a_followed_run_is_seen(roots: Roots, running: list[Running]) -> None:
+    run = roots.cards / "F" / "runs" / "1"
+    deep = run / "steps" / "s" / "tasks" / "2" / "cards"
     deep.mkdir(parents=True)
     live = await watch(roots, running)
+    live.watcher.follow([run])
+    assert await live.next() == Opened((run,))
     target = deep / "blank-abc.html"
     target.write_text("<html></html>")
     await live.until(target)
+
+
+async def test_a_run_that_is_not_followed_is_not_watched(roots: Roots, running: list[Running]) -> None:
+    deep = roots.datastore / "F" / "1" / "start" / "1" / "_meta"
+    deep.mkdir(parents=True)
+    live = await watch(roots, running)
+    assert live.watcher.watched("deep") == frozenset()
+    unseen = deep / "sysmeta_attempt_0_1.json"
+    unseen.write_text("{}")
+    sentinel = roots.datastore / "F" / "latest_run"
+    sentinel.write_text("1")  # written after: had the deep write been watched, it came first
+    seen = await live.collect_until(sentinel)
+    assert unseen not in seen
+
+
+async def test_following_stops(roots: Roots, running: list[Running]) -> None:
+    run = roots.datastore / "F" / "1"
+    (run / "start").mkdir(parents=True)
+    live = await watch(roots, running)
+    live.watcher.follow([run])
+    assert await live.next() == Opened((run,))
+    live.watcher.follow([])
+    sentinel = roots.datastore / "F" / "latest_run"
+    await live.until_quiet_replan()
+    unseen = run / "start" / "x.json"
+    unseen.write_text("{}")
+    sentinel.write_text("1")
+    assert unseen not in await live.collect_until(sentinel)
+    assert live.watcher.watched("deep") == frozenset()
+
+
+async def test_a_followed_folder_is_opened_when_it_appears(roots: Roots, running: list[Running]) -> None:
+    runs = roots.cards / "F" / "runs"
+    runs.mkdir(parents=True)
+    live = await watch(roots, running)
+    run = runs / "7"
+    live.watcher.follow([run])  # not there yet: nothing to open
+    await live.until_quiet_replan()
+    run.mkdir()
+    await live.until(run)
+    assert await live.next() == Opened((run,))
+    target = run / "steps"  # one level: inotify can miss a folder made inside a brand-new one
+    target.mkdir()
+    await live.until(target)
+
+
+async def test_a_new_flow_joins_the_shape_watch(roots: Roots, running: list[Running]) -> None:
+    live = await watch(roots, running)
+    flow = roots.datastore / "NewFlow"
+    flow.mkdir()
+    await live.until(flow)
+    assert await live.next() == Opened((flow,))
+    run = flow / "123"
+    run.mkdir()
+    await live.until(run)  # a new run is seen one level down, without watching inside it
+
+
+def test_shape_folders_are_roots_flows_and_card_run_lists(roots: Roots) -> None:
+    (roots.datastore / "F" / "1" / "start").mkdir(parents=True)
+    (roots.datastore / "F" / "data" / "ab").mkdir(parents=True)
+    (roots.cards / "F" / "runs" / "1" / "steps").mkdir(parents=True)
+    (roots.cards / "G").mkdir(parents=True)
+    assert shape_folders(roots) == {
+        roots.datastore,
+        roots.datastore / "F",
+        roots.cards,
+        roots.cards / "F",
+        roots.cards / "F" / "runs",
+        roots.cards / "G",
+    }
 
 
 async def test_a_deletion_is_reported(roots: Roots, running: list[Running]) -> None:

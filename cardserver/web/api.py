@@ -44,6 +44,7 @@ async def status(request: web.Request) -> web.Response:
             "cards": str(pipeline.roots.cards),
             "watching": pipeline.watcher.describe(),
             "ready": pipeline.ready.is_set(),
+            "followed_runs": len(pipeline.followed),
             "flows": len(pipeline.index.flows),
             "subscribers": pipeline.hub.subscriber_count(),
         }

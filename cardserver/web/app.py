@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -22,7 +22,10 @@ def create_app(config: Config) -> web.Application:
     seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
     pipeline = Pipeline(config)
     app = web.Application(
-        middlewares=[make_middleware(guard, config.base_url, seen)],
+        middlewares=[
+            make_middleware(guard, config.base_url, seen),
+            after_first_scan(pipeline, config.base_url),
+        ],
         client_max_size=64 * 1024,  # we take no uploads
     )
     app[CONFIG] = config
@@ -41,9 +44,26 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def after_first_scan(pipeline: Pipeline, base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The port opens at once, so the viewer's page and assets load while the datastore is
+    read; what needs the index (API, sockets, cards) waits for the first scan, never half."""
+    gated = (f"{base}api/", f"{base}ws", f"{base}card/")
+    always = f"{base}api/status"
+
+    @web.middleware
+    async def wait_for_index(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not pipeline.ready.is_set() and request.path.startswith(gated) and request.path != always:
+            await pipeline.ready.wait()
+        return await handler(request)
+
+    return wait_for_index
+
+
 async def run_pipeline(app: web.Application) -> AsyncIterator[None]:
     pipeline = app[PIPELINE]
     await pipeline.start()
-    await asyncio.wait_for(pipeline.ready.wait(), timeout=120)
     yield
     await pipeline.stop()

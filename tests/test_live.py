@@ -1,0 +1,177 @@
+"""Which runs are watched deeply (cardserver.live, and the pipeline acting on it): every run
+that may still change, and no finished one."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from conftest import make_config, next_message, subscribe
+
+from cardserver import demo, disk
+from cardserver.config import Limits, Roots, WatchTiming
+from cardserver.disk import Scope
+from cardserver.events import Reset
+from cardserver.index import Index
+from cardserver.layout import RunKey
+from cardserver.live import LiveRuns
+from cardserver.pipeline import Pipeline, run_folders
+from cardserver.web.keys import PIPELINE
+
+WAIT = 10.0
+
+
+def scanned(roots: Roots) -> Index:
+    index = Index()
+    index.apply([Reset(tuple(disk.scan(roots, Limits(), Scope())[0]))])
+    return index
+
+
+def finished_run(roots: Roots, ok: bool = True) -> demo.DemoRun:
+    run = demo.start_run(roots.datastore, flow="F")
+    run.start_task("start").finish(ok=ok)
+    if ok:
+        run.start_task("end").finish()
+    return run
+
+
+def running_run(roots: Roots) -> tuple[demo.DemoRun, demo.DemoTask]:
+    run = demo.start_run(roots.datastore, flow="F")
+    return run, run.start_task("start")
+
+
+# --- the rule --------------------------------------------------------------------------------
+
+
+def test_running_runs_are_live_and_finished_ones_settle(roots: Roots) -> None:
+    done, failed, (going, _) = finished_run(roots), finished_run(roots, ok=False), running_run(roots)
+    index = scanned(roots)
+    live = LiveRuns(settle_seconds=60)
+    quiet = max(t.last_activity for r in (done, failed) for t in index.run(r.key).tasks.values())  # type: ignore[union-attr]
+
+    followed, next_check = live.update(index, (), now=quiet + 1, reset=True)
+    assert followed == {done.key, failed.key, going.key}  # just finished: may still change
+    assert next_check is not None and quiet + 59 <= next_check <= quiet + 60
+
+    followed, next_check = live.update(index, (), now=quiet + 61)
+    assert followed == {going.key}
+    assert next_check is None
+
+
+def test_a_change_to_a_finished_run_follows_it_again(roots: Roots) -> None:
+    done = finished_run(roots)
+    index = scanned(roots)
+    live = LiveRuns(settle_seconds=60)
+    later = 10**10
+    assert live.update(index, (), now=later, reset=True) == (set(), None)
+    followed, next_check = live.update(index, {done.key}, now=later + 1)
+    assert followed == {done.key} and next_check == later + 61
+
+
+def test_a_reset_reads_quiet_times_from_the_files_again(roots: Roots) -> None:
+    done = finished_run(roots)
+    index = scanned(roots)
+    live = LiveRuns(settle_seconds=60)
+    later = 10**10
+    live.update(index, {done.key}, now=later)  # looks busy...
+    assert live.update(index, (), now=later + 1, reset=True)[0] == set()  # ...until re-read
+
+
+# --- the pipeline follows what the rule says -------------------------------------------------
+
+
+def settled(**timing: Any) -> WatchTiming:
+    return WatchTiming(cold_step_ms=10, settle_seconds=timing.get("settle_seconds", 0.0))
+
+
+def deep(pipeline: Pipeline) -> frozenset[Path]:
+    return pipeline.watcher.watched("deep")
+
+
+def existing_folders(roots: Roots, key: RunKey) -> set[Path]:
+    return {f for f in run_folders(roots, key) if f.is_dir()}
+
+
+async def until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait for a state the server reaches without telling anyone (a watch opened or closed)."""
+
+    async def check() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(check(), timeout)
+
+
+async def test_only_live_runs_are_watched_deeply(start_app: Any, roots: Roots) -> None:
+    done = finished_run(roots)
+    going, task = running_run(roots)
+    task.add_card(components=[demo.progress("p", 0, 10)])
+    client: TestClient = await start_app(make_config(roots, timing=settled()))
+    pipeline = client.app[PIPELINE]
+    await until(lambda: deep(pipeline) == existing_folders(roots, going.key))
+    assert not deep(pipeline) & set(run_folders(roots, done.key))
+
+
+async def test_a_new_run_is_followed_and_its_updates_arrive(start_app: Any, roots: Roots) -> None:
+    finished_run(roots)
+    client: TestClient = await start_app(make_config(roots, timing=settled()))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "runs/F")
+    await next_message(ws)
+    run, task = running_run(roots)
+    await next_message(ws, lambda m: m.get("type") == "run" and m["run"]["run"] == run.key.run)
+    card = task.add_card(components=[demo.progress("p", 0, 10)])
+    card.update({"p": {"value": 1}})
+    await subscribe(ws, f"card/{card.key}")
+    card.update({"p": {"value": 2}})
+    await next_message(
+        ws, lambda m: m.get("type") == "update" and m["data"]["p"]["value"] == 2, timeout=WAIT
+    )
+    assert existing_folders(roots, run.key) <= deep(client.app[PIPELINE])
+
+
+async def test_a_run_that_finishes_stops_being_watched(start_app: Any, roots: Roots) -> None:
+    run, task = running_run(roots)
+    client: TestClient = await start_app(make_config(roots, timing=settled(settle_seconds=0.5)))
+    pipeline = client.app[PIPELINE]
+    await until(lambda: deep(pipeline) == existing_folders(roots, run.key))
+    task.finish()
+    run.start_task("end").finish()
+    await until(lambda: deep(pipeline) == frozenset())
+
+
+async def test_catching_up_on_a_folder_delivers_a_missed_update(start_app: Any, roots: Roots) -> None:
+    run = finished_run(roots)
+    task = run.start_task("extra")  # a finished run's folder gets a card nobody watched
+    card = task.add_card(components=[demo.progress("p", 0, 10)])
+    card.update({"p": {"value": 1}})  # the run counts as succeeded: its `end` did
+    client: TestClient = await start_app(make_config(roots, timing=settled()))
+    pipeline = client.app[PIPELINE]
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, f"card/{card.key}")
+    await next_message(ws, lambda m: m.get("type") == "update")
+    card.update({"p": {"value": 5}})  # unwatched: only a catch-up can find it
+    await pipeline.catch_up(run_folders(roots, run.key))
+    await next_message(ws, lambda m: m.get("type") == "update" and m["data"]["p"]["value"] == 5)
+
+
+async def test_a_deleted_run_disappears(start_app: Any, roots: Roots) -> None:
+    keep, gone = finished_run(roots), finished_run(roots)
+    client: TestClient = await start_app(make_config(roots, timing=settled()))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "runs/F")
+    await next_message(ws)
+    for folder in run_folders(roots, gone.key):
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def runs() -> set[str]:
+        body = await (await client.get("/api/flows/F/runs")).json()
+        return {r["run"] for r in body["runs"]}
+
+    await next_message(ws, lambda m: True)  # the snapshot after reading the datastore again
+    await until(lambda: gone.key.run not in client.app[PIPELINE].index.flows["F"].runs)
+    assert await runs() == {keep.key.run}
