@@ -249,6 +249,32 @@ async def test_run_filters_and_paging(client: TestClient, shop: Shop) -> None:
     assert ("work", "5") in {(t["step"], t["task"]) for t in by_task["tasks"]}
 
 
+async def test_filtered_run_answers_follow_each_change(start_app: Any, roots: Roots) -> None:
+    """Filtered answers come from a per-revision view of the run: it must not go stale."""
+    run = demo.start_run(roots.datastore, flow="LiveFlow")
+    first = run.start_task("work")
+    client: TestClient = await start_app(make_config(roots))
+    base = f"/api/runs/LiveFlow/{run.run}"
+    assert (await get_json(client, f"{base}?status=running"))["total"] == 1
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, f"run/LiveFlow/{run.run}")
+    await next_message(ws)
+    first.finish()
+    second = run.start_task("work")
+    seen: dict[str, str] = {}
+
+    def both_known(m: dict[str, Any]) -> bool:  # the two tasks' messages come in either order
+        if m.get("type") == "task":
+            seen[m["task"]["task"]] = m["task"]["status"]
+        return seen.get(first.key.task) == "succeeded" and second.key.task in seen
+
+    await next_message(ws, both_known)
+    running = await get_json(client, f"{base}?status=running")
+    assert [t["task"] for t in running["tasks"]] == [second.key.task]
+    work = await get_json(client, f"{base}?step=work&limit=5")
+    assert [t["task"] for t in work["tasks"]] == [first.key.task, second.key.task]
+
+
 async def test_card_detail_reads_the_update_lazily(client: TestClient, shop: Shop) -> None:
     body = await get_json(client, f"/api/cards/{card_url(shop.plain)}")
     assert body["flow"] == "ShopFlow" and body["run"] == shop.done.run

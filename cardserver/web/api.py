@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
-from ..index import Index, Task
+from ..index import Index, Run, Task
 from ..layout import RunKey, card_key_from_parts, is_name
 from .keys import GUARD, PIPELINE
 from .security import json_error
@@ -70,25 +71,39 @@ async def runs(request: web.Request) -> web.Response:
     )
 
 
+@dataclass(slots=True)
+class RunView:
+    """A run as the API shows it, computed once per revision: its tasks in order (sorting
+    10,000 tasks was most of a filtered request), its summary, steps and whole-run JSON."""
+
+    revision: tuple[int, int]
+    tasks: list[Task]
+    head: dict[str, Any]
+    text: str | None = None
+
+
 class RunCache:
-    """The serialized detail of recently asked runs, valid while the run's revision holds."""
+    """The views of recently asked runs, valid while the run's revision holds."""
 
     def __init__(self) -> None:
-        self._entries: dict[RunKey, tuple[tuple[int, int], str]] = {}
+        self._entries: dict[RunKey, RunView] = {}
 
-    def get(self, index: Index, key: RunKey) -> str | None:
-        revision = index.revision(key)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] == revision:
-            return hit[1]
-        detail = index.run_detail(key)
-        if detail is None:
-            return None
-        text = dumps(detail)
+    def view(self, index: Index, run: Run) -> RunView:
+        revision = index.revision(run.key)
+        hit = self._entries.get(run.key)
+        if hit is not None and hit.revision == revision:
+            return hit
         if len(self._entries) > 16:
             self._entries.clear()
-        self._entries[key] = (revision, text)
-        return text
+        view = RunView(revision, index.tasks_in_order(run), {"run": run.summary(), "steps": run.steps()})
+        self._entries[run.key] = view
+        return view
+
+    def text(self, index: Index, run: Run) -> str:
+        view = self.view(index, run)
+        if view.text is None:
+            view.text = dumps({**view.head, "tasks": [t.summary() for t in view.tasks]})
+        return view.text
 
 
 RUN_CACHE = web.AppKey("run_cache", RunCache)
@@ -117,19 +132,14 @@ async def run(request: web.Request) -> web.Response:
     page = paging(request)
     if isinstance(page, web.Response):
         return page
+    cache = request.app[RUN_CACHE]
     if not (step or state or text or "offset" in request.query or "limit" in request.query):
-        cached = request.app[RUN_CACHE].get(index, key)
-        assert cached is not None
-        return web.Response(text=cached, content_type="application/json")
+        return web.Response(text=cache.text(index, found), content_type="application/json")
     offset, limit = page
-    tasks = [t for t in index.tasks_in_order(found) if matches(t, step, state, text)]
+    view = cache.view(index, found)
+    tasks = [t for t in view.tasks if matches(t, step, state, text)]
     return reply(
-        {
-            "run": found.summary(),
-            "steps": found.steps(),
-            "total": len(tasks),
-            "tasks": [t.summary() for t in tasks[offset : offset + limit]],
-        }
+        {**view.head, "total": len(tasks), "tasks": [t.summary() for t in tasks[offset : offset + limit]]}
     )
 
 
