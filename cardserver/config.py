@@ -54,7 +54,9 @@ class WatchTiming:
     cold_step_ms: int = 50
     hot_seconds: float = 30.0
     settle_seconds: float = 300.0  # a final run quiet this long is finished: no longer watched
-    debounce_ms: int = 40  # the longest a burst is held back before it is delivered
+    # The longest a burst is held back. 50 cards writing at 10 Hz never leave a 2 ms gap, so
+    # every batch waits this long: 40 ms gave a p50 lag of 44 ms, 10 ms gives 20 ms (+15% CPU).
+    debounce_ms: int = 10
     poll_delay_ms: int = 300  # for the polling fallback
 
 
