@@ -79,7 +79,8 @@ def metaflow_env(workdir: Path, user: str) -> dict[str, str]:
 
 
 def start_cardserver(root: Path, *extra: str, timeout: float = 60) -> Server:
-    """`card server --root <root>`; returns once it printed its URL (it has scanned by then)."""
+    """`card server --root <root>`; returns once it printed its URL (its port is open; the first
+    scan may still be running, and the API waits for it)."""
     port = free_port()
     args = [sys.executable, str(REPO / "cli.py"), "server", "--root", str(root), "--port", str(port),
             *extra]

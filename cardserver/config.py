@@ -52,6 +52,7 @@ class WatchTiming:
 
     hot_step_ms: int = 2
     cold_step_ms: int = 50
+    shape_step_ms: int = 100  # new flows and runs: rare, and read whole when seen
     hot_seconds: float = 30.0
     settle_seconds: float = 300.0  # a final run quiet this long is finished: no longer watched
     # The longest a burst is held back. 50 cards writing at 10 Hz never leave a 2 ms gap, so

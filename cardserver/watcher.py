@@ -12,7 +12,7 @@ Pacing. watchfiles' `awatch` fixes its `step` for the life of the generator, and
 wakes every `step` ms even when nothing happens: a short step costs idle CPU, a long one costs
 latency. We drive `RustNotify` directly so the step can change between calls: short ("hot")
 for `hot_seconds` after any change, since live cards write in bursts, and long ("cold")
-otherwise. The shape watch always waits cold: new runs are rare and read in full when seen.
+otherwise. The shape watch always takes long steps: new runs are rare and read in full when seen.
 
 When a root does not exist yet we watch its nearest existing parent and start over (a
 `Rescan`) once it appears; when it is deleted we go back to waiting. When inotify cannot watch
@@ -127,8 +127,8 @@ class Pacer:
             return self.timing.hot_step_ms, max(1, int(left * 1000))
         return self.timing.cold_step_ms, 0
 
-    def cold(self) -> tuple[int, int]:
-        return self.timing.cold_step_ms, 0
+    def shape(self) -> tuple[int, int]:
+        return self.timing.shape_step_ms, 0
 
 
 class _Replan:
@@ -324,7 +324,7 @@ class Watcher:
         queue = self._queue
         assert queue is not None
         while not pump.stop.is_set():
-            step, timeout = self.pacer.next_wait() if paced else self.pacer.cold()
+            step, timeout = self.pacer.next_wait() if paced else self.pacer.shape()
             try:
                 raw = await asyncio.to_thread(
                     pump.notify.watch, self.timing.debounce_ms, step, timeout, pump.stop

@@ -41,7 +41,7 @@ def roots(tmp_path: Path) -> Roots:
 
 def make_config(roots: Roots, **overrides: Any) -> Config:
     """A test config: fast cold step so tests that start quiet do not wait long."""
-    overrides.setdefault("timing", WatchTiming(cold_step_ms=10))
+    overrides.setdefault("timing", WatchTiming(cold_step_ms=10, shape_step_ms=10))
     return Config(roots=roots, port=0, **overrides)
 
 

@@ -85,7 +85,7 @@ def test_a_reset_reads_quiet_times_from_the_files_again(roots: Roots) -> None:
 
 
 def settled(**timing: Any) -> WatchTiming:
-    return WatchTiming(cold_step_ms=10, settle_seconds=timing.get("settle_seconds", 0.0))
+    return WatchTiming(cold_step_ms=10, shape_step_ms=10, settle_seconds=timing.get("settle_seconds", 0.0))
 
 
 def deep(pipeline: Pipeline) -> frozenset[Path]:
@@ -131,7 +131,7 @@ async def test_a_new_run_is_followed_and_its_updates_arrive(start_app: Any, root
     await next_message(
         ws, lambda m: m.get("type") == "update" and m["data"]["p"]["value"] == 2, timeout=WAIT
     )
-    assert existing_folders(roots, run.key) <= deep(client.app[PIPELINE])
+    await until(lambda: existing_folders(roots, run.key) <= deep(client.app[PIPELINE]))
 
 
 async def test_a_run_that_finishes_stops_being_watched(start_app: Any, roots: Roots) -> None:

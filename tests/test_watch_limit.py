@@ -48,7 +48,7 @@ async def test_out_of_watches_polls_with_one_warning(
         run.start_task("work").finish()
     card = run.start_task("live").add_card(components=[demo.progress("bar", 0, 10, "n")])
     caplog.set_level(logging.WARNING, logger="cardserver")
-    timing = WatchTiming(cold_step_ms=10, poll_delay_ms=100)
+    timing = WatchTiming(cold_step_ms=10, shape_step_ms=10, poll_delay_ms=100)
     with out_of_watches(monkeypatch):
         client = await start_app(make_config(roots, timing=timing))
     status = await (await client.get("/api/status")).json()

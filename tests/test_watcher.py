@@ -26,7 +26,7 @@ from cardserver.watcher import (
     shape_folders,
 )
 
-TIMING = WatchTiming(hot_step_ms=2, cold_step_ms=10)
+TIMING = WatchTiming(hot_step_ms=2, cold_step_ms=10, shape_step_ms=10)
 WAIT = 10.0
 
 
