@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from stat import S_ISDIR, S_ISREG
+from types import MappingProxyType
 from typing import Any
 
 from .config import CARDS_DIR, Limits, Roots
@@ -21,10 +23,15 @@ from .events import (
     DataUpdate,
     DataWritten,
     Event,
+    MetaFile,
     RunWritten,
+    TaskCardsRead,
+    TaskMetaRead,
     TaskMetaWritten,
+    collector_paused,
 )
 from .layout import (
+    LEGACY_STEP,
     PARAMETERS_STEP,
     CardFileKind,
     CardKey,
@@ -32,8 +39,8 @@ from .layout import (
     RunFile,
     RunKey,
     TaskKey,
+    card_stem,
     is_name,
-    parse_card_parts,
     parse_card_path,
     parse_datastore_path,
     parse_meta_name,
@@ -74,34 +81,43 @@ def _float_sized_int(text: str) -> int | None:
 
 _FLOAT_MAX = int(1.7976931348623157e308)
 
+# NaN, Infinity and numbers beyond a float become null: Python writers emit them, but they break
+# float arithmetic here and strict JSON on the way to the browser.
+_DECODER = json.JSONDecoder(
+    parse_constant=lambda _: None, parse_float=_finite_float, parse_int=_float_sized_int
+)
 
-def read_json(path: Path, cap: int) -> dict[str, Any] | Problem:
-    """A JSON object from disk, never more than `cap` bytes read."""
+
+def read_json(path: str | Path, cap: int) -> dict[str, Any] | Problem:
+    """A JSON object from disk, never more than `cap` bytes read. A str path spares the scan pathlib."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(cap + 1)
+        raw = _read_head(path, cap + 1)
     except FileNotFoundError:
-        return Problem(path, "vanished before it could be read")
+        return Problem(Path(path), "vanished before it could be read")
     except IsADirectoryError:
-        return Problem(path, "is a folder")
+        return Problem(Path(path), "is a folder")
     except OSError as error:
-        return Problem(path, f"unreadable ({error.strerror or error})")
+        return Problem(Path(path), f"unreadable ({error.strerror or error})")
     if len(raw) > cap:
-        return Problem(path, f"too large (over {cap} bytes)")
+        return Problem(Path(path), f"too large (over {cap} bytes)")
     try:
-        # NaN, Infinity and numbers beyond a float become null: Python writers emit them, but
-        # they break float arithmetic here and strict JSON on the way to the browser.
-        doc = json.loads(
-            raw,
-            parse_constant=lambda _: None,
-            parse_float=_finite_float,
-            parse_int=_float_sized_int,
-        )
+        # What json.loads does with bytes, with one decoder made once instead of one per call.
+        doc = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
-        return Problem(path, "not valid JSON (half written?)")
+        return Problem(Path(path), "not valid JSON (half written?)")
     if not isinstance(doc, dict):
-        return Problem(path, "not a JSON object")
+        return Problem(Path(path), "not a JSON object")
     return doc
+
+
+def _read_head(path: str | Path, size: int) -> bytes:
+    """Up to `size` bytes in one read: a short read of a regular file is its end. Three system
+    calls, where open() makes seven: the scan reads one of these per task."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def parse_data_update(doc: dict[str, Any]) -> DataUpdate | None:
@@ -192,128 +208,166 @@ def slim(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the whole tree -> events ----------------------------------------------------------------
-
-
-def subdirs(path: str | Path) -> Iterator[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        yield entry
-                except OSError:
-                    continue
-    except OSError:
-        return
-
-
-def files(path: str | Path) -> Iterator[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        yield entry
-                except OSError:
-                    continue
-    except OSError:
-        return
+# Plain strings, not pathlib, and one event per task folder, not one per file: on a 10,000-task
+# run, path objects and per-file events were most of the scan's time.
 
 
 def scan(roots: Roots, limits: Limits, scope: Scope) -> tuple[list[Event], list[Problem]]:
     """Read both trees once. Card data updates are not read here (see `DataWritten.update`)."""
-    events: list[Event] = []
     problems: list[Problem] = []
-    for event in scan_datastore(roots, limits, scope, problems):
-        events.append(event)
-    events.extend(scan_cards(roots, scope))
+    with collector_paused():
+        events: list[Event] = list(scan_datastore(roots, limits, scope, problems))
+        events.extend(scan_cards(roots, scope))
     return events, problems
 
 
-def scan_cards(roots: Roots, scope: Scope) -> Iterator[Event]:
-    # Plain strings, not pathlib: on a 10,000-task run pathlib was most of the scan's CPU.
-    for flow in subdirs(roots.cards):
-        if not is_name(flow.name) or not scope.wants(flow.name):
-            continue
-        for run in subdirs(os.path.join(flow.path, "runs")):
-            if not scope.wants(flow.name, run.name):
-                continue
-            for step in subdirs(os.path.join(run.path, "steps")):
-                for task in subdirs(os.path.join(step.path, "tasks")):
-                    where = (flow.name, "runs", run.name, "steps", step.name, "tasks", task.name)
-                    yield from scan_task_cards(task.path, where)
-            for task in subdirs(os.path.join(run.path, "tasks")):
-                yield from scan_task_cards(task.path, (flow.name, "runs", run.name, "tasks", task.name))
+def listed(path: str, folders: bool) -> list[str]:
+    """Names of the folders (or else the files) in `path`, links not followed; none if unlistable."""
+    try:
+        with os.scandir(path) as found:
+            entries = list(found)
+    except OSError:
+        return []
+    test = os.DirEntry.is_dir if folders else os.DirEntry.is_file
+    try:
+        return [entry.name for entry in entries if test(entry, follow_symlinks=False)]
+    except OSError:  # the listing gave no type and a stat failed: leave out just that entry
+        return [entry.name for entry in entries if _safe_test(test, entry)]
 
 
-def scan_task_cards(task_dir: str, where: tuple[str, ...]) -> Iterator[Event]:
-    """`where`: the task folder's path parts below the cards root."""
-    for folder in ("cards", "runtime"):
-        for entry in files(os.path.join(task_dir, folder)):
-            found = parse_card_parts((*where, folder, entry.name))
-            if found is None:
-                continue
-            legacy = found.legacy
-            try:
-                stat = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if found.kind is CardFileKind.HTML:
-                yield CardWritten(found.key, legacy, stat.st_mtime, stat.st_size, version_of(stat))
-            else:
-                yield DataWritten(found.key, legacy, stat.st_mtime, None)
+def _safe_test(test: Callable[..., bool], entry: os.DirEntry[str]) -> bool:
+    try:
+        return test(entry, follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def subdirs(path: str) -> list[str]:
+    """The well-named folders in `path`."""
+    return [name for name in listed(path, True) if is_name(name)]
+
+
+def files(path: str) -> list[str]:
+    return listed(path, False)
+
+
+def chosen(path: str, only: str | None) -> list[str]:
+    """`subdirs`, or just the one the scope names: re-reading one run never lists the others."""
+    if only is None:
+        return subdirs(path)
+    try:
+        return [only] if is_name(only) and S_ISDIR(os.lstat(f"{path}/{only}").st_mode) else []
+    except OSError:
+        return []
 
 
 def scan_datastore(
     roots: Roots, limits: Limits, scope: Scope, problems: list[Problem]
 ) -> Iterator[Event]:
-    for flow in subdirs(roots.datastore):
-        if flow.name == CARDS_DIR or not is_name(flow.name) or not scope.wants(flow.name):
+    top = str(roots.datastore)
+    for flow in chosen(top, scope.flow):
+        if flow == CARDS_DIR:
             continue
-        for run in subdirs(flow.path):
-            if run.name in ("data", "_meta") or not scope.wants(flow.name, run.name):
-                continue
-            yield from scan_run(roots, RunKey(flow.name, run.name), run.path, limits, problems)
+        for run in chosen(f"{top}/{flow}", scope.run):
+            if run not in ("data", "_meta"):
+                yield from scan_run(RunKey(flow, run), f"{top}/{flow}/{run}", limits, problems)
 
 
-def scan_run(
-    roots: Roots, key: RunKey, run_dir: str, limits: Limits, problems: list[Problem]
-) -> Iterator[Event]:
-    self_doc = read_json(Path(run_dir, "_meta", "_self.json"), limits.max_meta_bytes)
+def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem]) -> Iterator[Event]:
+    self_doc = read_json(f"{run_dir}/_meta/_self.json", limits.max_meta_bytes)
     if isinstance(self_doc, Problem):
         if "vanished" not in self_doc.reason:
             problems.append(self_doc)
     else:
         yield RunWritten(key, epoch_seconds(self_doc), user_of(self_doc))
+    flow, run = key.flow, key.run
     for step in subdirs(run_dir):
-        if step.name in ("_meta", PARAMETERS_STEP) or not is_name(step.name):
+        if step in ("_meta", PARAMETERS_STEP):
             continue
-        for task in subdirs(step.path):
-            if task.name == "_meta" or not is_name(task.name):
-                continue
-            task_key = TaskKey(key.flow, key.run, step.name, task.name)
-            yield from scan_task_meta(task_key, os.path.join(task.path, "_meta"), limits, problems)
+        for task in subdirs(f"{run_dir}/{step}"):
+            if task != "_meta":
+                meta_dir = f"{run_dir}/{step}/{task}/_meta"
+                found = scan_task_meta(TaskKey(flow, run, step, task), meta_dir, limits, problems)
+                if found is not None:
+                    yield found
+
+
+_NO_DOC: Mapping[str, Any] = MappingProxyType({})
+_FIRST_ATTEMPT: Mapping[str, Any] = MappingProxyType({"value": "0", "tags": ["attempt_id:0"]})
 
 
 def scan_task_meta(
-    key: TaskKey, meta_dir: str | Path, limits: Limits, problems: list[Problem]
-) -> Iterator[Event]:
+    key: TaskKey, meta_dir: str, limits: Limits, problems: list[Problem]
+) -> TaskMetaRead | None:
+    """The task's status files in one event; None when it has none yet."""
     found: list[tuple[MetaKind, int, str]] = []
-    for entry in files(meta_dir):
-        parsed = parse_meta_name(entry.name)
+    for name in files(meta_dir):
+        parsed = parse_meta_name(name)
         if parsed is not None:
-            found.append((parsed[0], parsed[1], entry.path))
-    starts = sum(1 for kind, _, _ in found if kind is MetaKind.ATTEMPT)
-    for kind, ts, path in found:
-        if kind is MetaKind.TASK_SELF:
-            yield TaskMetaWritten(key, kind, ts, {})  # the run's _self already names the user
-            continue
-        if starts <= 1 and kind is not MetaKind.ATTEMPT_OK:
+            found.append((parsed[0], parsed[1], name))
+    starts = [kind for kind, _, _ in found].count(MetaKind.ATTEMPT)
+    read: list[MetaFile] = []
+    task_self, verdict = MetaKind.TASK_SELF, MetaKind.ATTEMPT_OK  # once: see python/cpython#93910
+    for kind, ts, name in found:
+        if kind is task_self:
+            read.append((kind, ts, _NO_DOC))  # the run's _self already names the user
+        elif starts <= 1 and kind is not verdict:
             # One attempt: its number is 0 and the file name says the rest; skip the read.
-            yield TaskMetaWritten(key, kind, ts, {"value": "0", "tags": ["attempt_id:0"]})
+            read.append((kind, ts, _FIRST_ATTEMPT))
+        else:
+            doc = read_json(f"{meta_dir}/{name}", limits.max_meta_bytes)
+            if isinstance(doc, Problem):
+                problems.append(doc)
+            else:
+                read.append((kind, ts, slim(doc)))
+    return TaskMetaRead(key, tuple(read)) if read else None
+
+
+def scan_cards(roots: Roots, scope: Scope) -> Iterator[TaskCardsRead]:
+    top = str(roots.cards)
+    for flow in chosen(top, scope.flow):
+        for run in chosen(f"{top}/{flow}/runs", scope.run):
+            run_dir = f"{top}/{flow}/runs/{run}"
+            for step in subdirs(f"{run_dir}/steps"):
+                for task in subdirs(f"{run_dir}/steps/{step}/tasks"):
+                    task_dir = f"{run_dir}/steps/{step}/tasks/{task}"
+                    found = scan_task_cards(TaskKey(flow, run, step, task), False, task_dir)
+                    if found is not None:
+                        yield found
+            for task in subdirs(f"{run_dir}/tasks"):
+                task_dir = f"{run_dir}/tasks/{task}"
+                found = scan_task_cards(TaskKey(flow, run, LEGACY_STEP, task), True, task_dir)
+                if found is not None:
+                    yield found
+
+
+def scan_task_cards(task: TaskKey, legacy: bool, task_dir: str) -> TaskCardsRead | None:
+    """The card files of one task folder in one event; None when it has none."""
+    pages = [
+        (name, st.st_mtime, st.st_size, version_of(st))
+        for name, st in card_files(f"{task_dir}/cards", CardFileKind.HTML)
+    ]
+    data = [(name, st.st_mtime) for name, st in card_files(f"{task_dir}/runtime", CardFileKind.DATA)]
+    if not (pages or data):
+        return None
+    return TaskCardsRead(task, legacy, tuple(pages), tuple(data))
+
+
+def card_files(folder: str, kind: CardFileKind) -> list[tuple[str, os.stat_result]]:
+    """(card name, stat) of the card files of that kind in a task's `cards` or `runtime` folder."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        stem = card_stem(name, kind)
+        if stem is None:
             continue
-        doc = read_json(Path(path), limits.max_meta_bytes)
-        if isinstance(doc, Problem):
-            problems.append(doc)
+        try:
+            stat = os.lstat(f"{folder}/{name}")
+        except OSError:
             continue
-        yield TaskMetaWritten(key, kind, ts, slim(doc))
+        if S_ISREG(stat.st_mode):  # what DirEntry.is_file(follow_symlinks=False) says
+            found.append((stem, stat))
+    return found

@@ -19,8 +19,11 @@ from .events import (
     Event,
     Reset,
     RunWritten,
+    TaskCardsRead,
+    TaskMetaRead,
     TaskMetaWritten,
     TaskRemoved,
+    collector_paused,
 )
 from .layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey, parse_card_name
 from .status import (
@@ -30,6 +33,7 @@ from .status import (
     failure_time,
     finished_at,
     record,
+    record_all,
     run_status,
     shown_status,
     task_status,
@@ -176,6 +180,13 @@ class Index:
     # --- updates ---------------------------------------------------------------------------
 
     def apply(self, events: Iterable[Event]) -> Changes:
+        batch = events if isinstance(events, list | tuple) else list(events)
+        if any(isinstance(event, Reset) for event in batch):
+            with collector_paused():
+                return self._apply_batch(batch)
+        return self._apply_batch(batch)
+
+    def _apply_batch(self, events: Iterable[Event]) -> Changes:
         changes = Changes()
         for event in events:
             self._apply_one(event, changes)
@@ -185,7 +196,9 @@ class Index:
         if changes.reset:
             self._generation += 1
             self._revisions.clear()
-        for run_key in changes.runs | {t.run_key for t in changes.tasks}:
+        # Names first: one RunKey per run, not one per changed task.
+        names = {(t.flow, t.run) for t in changes.tasks}
+        for run_key in changes.runs.union(RunKey(flow, run) for flow, run in names):
             self._revisions[run_key] = self._revisions.get(run_key, 0) + 1
         return changes
 
@@ -201,34 +214,48 @@ class Index:
                 for inner in events:
                     self._apply_one(inner, changes)
                 changes.reset = True
+            case TaskMetaRead(key=key, files=files):
+                run = self._run(key.flow, key.run, changes)
+                task = self._task(run, key, changes)
+                newest = record_all(task.facts, files)
+                if newest is not None:  # one touch at the newest time: what one per file ends at
+                    self._touch(run, task, newest / 1000)
+                self._dirty_runs.add(run.key)
+                changes.tasks.add(key)
+            case TaskCardsRead(task=task_key, legacy=legacy, pages=pages, data=data):
+                run = self._run(task_key.flow, task_key.run, changes)
+                task = self._task(run, task_key, changes)
+                for name, mtime, size, version in pages:
+                    self._rendered(run, task, CardKey(task_key, name), legacy, mtime, size, version, changes)
+                for name, mtime in data:
+                    # A key is built only for a new card: the data's page has usually made it.
+                    card = task.cards.get(name) or self._card(run, task, CardKey(task_key, name), changes)
+                    self._data_seen(run, task, card, legacy, mtime)
             case RunWritten(key=key, created=created, user=user):
-                run = self._run(key, changes)
+                run = self._run(key.flow, key.run, changes)
                 run.created, run.user = created or run.created, user or run.user
                 changes.runs.add(key)
             case TaskMetaWritten(key=key, kind=kind, ts=ts, doc=doc):
-                task = self._task(key, changes)
+                run = self._run(key.flow, key.run, changes)
+                task = self._task(run, key, changes)
                 if record(task.facts, kind, ts, doc) and kind is not MetaKind.TASK_SELF:
-                    self._touch(task, ts / 1000)
-                self._dirty_runs.add(key.run_key)
+                    self._touch(run, task, ts / 1000)
+                self._dirty_runs.add(run.key)
                 changes.tasks.add(key)
             case CardWritten(key=key):
-                card = self._card(key, changes)
-                if card.version != event.version:
-                    card.legacy, card.version = event.legacy, event.version
-                    card.mtime, card.size = event.mtime, event.size
-                    changes.renders.add(key)
-                    changes.tasks.add(self._task(key.task, changes).key)
-                self._touch(self._task(key.task, changes), event.mtime)
+                run = self._run(key.task.flow, key.task.run, changes)
+                task = self._task(run, key.task, changes)
+                self._rendered(run, task, key, event.legacy, event.mtime, event.size, event.version, changes)
             case DataWritten(key=key):
-                card = self._card(key, changes)
-                card.legacy = event.legacy
-                card.data_mtime = event.mtime
+                run = self._run(key.task.flow, key.task.run, changes)
+                task = self._task(run, key.task, changes)
+                card = self._card(run, task, key, changes)
                 if event.update is not None:
                     merged = merge(card.update, event.update)
                     if merged is not card.update:  # an older update changes nothing
                         card.update = merged
                         changes.updates.add(key)
-                self._touch(self._task(key.task, changes), event.mtime)
+                self._data_seen(run, task, card, event.legacy, event.mtime)
             case CardRemoved(key=key):
                 owner = self._find_task(key.task)
                 if owner is not None and owner.cards.pop(key.name, None) is not None:
@@ -244,34 +271,51 @@ class Index:
                     changes.runs.add(key.run_key)
                     changes.tasks.add(key)  # the feed tells subscribers it is gone
 
-    def _touch(self, task: Task, when: float) -> None:
+    def _rendered(
+        self, run: Run, task: Task, key: CardKey, legacy: bool, mtime: float, size: int, version: str,
+        changes: Changes,
+    ) -> None:
+        card = self._card(run, task, key, changes)
+        if card.version != version:
+            card.legacy, card.version = legacy, version
+            card.mtime, card.size = mtime, size
+            changes.renders.add(key)
+            changes.tasks.add(task.key)
+        self._touch(run, task, mtime)
+
+    def _data_seen(self, run: Run, task: Task, card: Card, legacy: bool, mtime: float) -> None:
+        card.legacy = legacy
+        card.data_mtime = mtime
+        self._touch(run, task, mtime)
+
+    def _touch(self, run: Run, task: Task, when: float) -> None:
         if when > task.last_activity:
             task.last_activity = when
-            run = self.run(task.key.run_key)
-            if run is not None and run.failed_tasks:  # activity only matters to "killed"
+            if run.failed_tasks:  # activity only matters to "killed"
                 self._dirty_runs.add(run.key)
 
-    def _run(self, key: RunKey, changes: Changes) -> Run:
-        flow = self.flows.get(key.flow)
+    def _run(self, flow_name: str, run_name: str, changes: Changes) -> Run:
+        """The run, made if new; by its names, as a RunKey is built only for a new run."""
+        flow = self.flows.get(flow_name)
         if flow is None:
-            flow = self.flows[key.flow] = Flow(key.flow)
+            flow = self.flows[flow_name] = Flow(flow_name)
             changes.flows = True
-        run = flow.runs.get(key.run)
+        run = flow.runs.get(run_name)
         if run is None:
-            run = flow.runs[key.run] = Run(key)
+            key = RunKey(flow_name, run_name)
+            run = flow.runs[run_name] = Run(key)
             changes.flows = True
             changes.runs.add(key)
         return run
 
-    def _task(self, key: TaskKey, changes: Changes) -> Task:
-        run = self._run(key.run_key, changes)
+    def _task(self, run: Run, key: TaskKey, changes: Changes) -> Task:
         if key.step == LEGACY_STEP and key.task in run.by_id:
             return run.by_id[key.task]  # an old-layout card belongs to the task of its id
         task = run.tasks.get((key.step, key.task))
         if task is None:
             task = run.tasks[(key.step, key.task)] = Task(key)
-            self._dirty_runs.add(key.run_key)
-            changes.runs.add(key.run_key)
+            self._dirty_runs.add(run.key)
+            changes.runs.add(run.key)
             if key.step != LEGACY_STEP:
                 run.by_id[key.task] = task
                 self._adopt_legacy_cards(run, task, changes)
@@ -285,13 +329,12 @@ class Index:
             task.last_activity = max(task.last_activity, placeholder.last_activity)
             changes.tasks.update((placeholder.key, task.key))
 
-    def _card(self, key: CardKey, changes: Changes) -> Card:
-        task = self._task(key.task, changes)
+    def _card(self, run: Run, task: Task, key: CardKey, changes: Changes) -> Card:
         card = task.cards.get(key.name)
         if card is None:
             card = task.cards[key.name] = Card(key)
             changes.tasks.add(task.key)
-            changes.runs.add(key.run_key)
+            changes.runs.add(run.key)
         return card
 
     def _settle_run(self, key: RunKey, changes: Changes) -> None:
@@ -299,9 +342,10 @@ class Index:
         run = self.run(key)
         if run is None:
             return
+        states = []
         for task in run.tasks.values():
             task.status = task_status(task.facts)
-        states = [t.state() for t in run.tasks.values()]
+            states.append(task.state())
         failed_at = failure_time(states)
         run.failed_tasks = sum(1 for s in states if s.status is Status.FAILED)
         for task, state in zip(run.tasks.values(), states, strict=True):

@@ -23,8 +23,23 @@ from cardserver.disk import (
     read_json,
     scan,
 )
-from cardserver.events import CardWritten, DataUpdate, DataWritten, Event, RunWritten, TaskMetaWritten
+from cardserver.events import (
+    CardData,
+    CardPage,
+    CardWritten,
+    DataUpdate,
+    DataWritten,
+    Event,
+    MetaFile,
+    Reset,
+    RunWritten,
+    TaskCardsRead,
+    TaskMetaRead,
+    TaskMetaWritten,
+)
+from cardserver.index import Index
 from cardserver.layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey
+from cardserver.status import Status
 
 LIMITS = Limits()
 ALL = Scope()
@@ -32,6 +47,18 @@ ALL = Scope()
 
 def of(events: list[Event], kind: type) -> list[Any]:
     return [e for e in events if isinstance(e, kind)]
+
+
+def metas(events: list[Event]) -> dict[TaskKey, list[MetaFile]]:
+    return {e.key: list(e.files) for e in of(events, TaskMetaRead)}
+
+
+def pages(events: list[Event]) -> dict[CardKey, CardPage]:
+    return {CardKey(e.task, p[0]): p for e in of(events, TaskCardsRead) for p in e.pages}
+
+
+def data_files(events: list[Event]) -> dict[CardKey, CardData]:
+    return {CardKey(e.task, d[0]): d for e in of(events, TaskCardsRead) for d in e.data}
 
 
 # --- scan ------------------------------------------------------------------------------------
@@ -47,28 +74,38 @@ def test_scan_reads_runs_tasks_and_cards_but_not_data_updates(roots: Roots) -> N
     assert run_event.user == "demo"
     assert run_event.created is not None
 
-    metas = of(events, TaskMetaWritten)
-    tasks = {e.key for e in metas}
+    tasks = metas(events)
     # start (task 2), work 3 and 4, end 5: the `_parameters` pseudo step (task 1) is not a task.
-    assert tasks == {
+    assert set(tasks) == {
         TaskKey("ScanFlow", run.run, "start", "2"),
         TaskKey("ScanFlow", run.run, "work", "3"),
         TaskKey("ScanFlow", run.run, "work", "4"),
         TaskKey("ScanFlow", run.run, "end", "5"),
     }
-    for key in tasks:
-        kinds = sorted(e.kind.value for e in metas if e.key == key)
-        assert kinds == sorted(k.value for k in MetaKind)
+    assert len(of(events, TaskMetaRead)) == len(tasks)  # one event per task
+    for files in tasks.values():
+        assert sorted(kind.value for kind, _, _ in files) == sorted(k.value for k in MetaKind)
+        verdict = next(doc for kind, _, doc in files if kind is MetaKind.ATTEMPT_OK)
+        assert verdict["value"] == "True"
 
-    cards = of(events, CardWritten)
+    cards = pages(events)
     on_disk = sorted(roots.cards.rglob("*.html"))
     assert len(on_disk) >= 6  # start, end and 2 x 2 in work
     assert len(cards) == len(on_disk)
-    assert {c.key.task for c in cards} == tasks
-    assert all(c.size > 0 and c.version and not c.legacy for c in cards)
-    data = of(events, DataWritten)
-    assert {d.key for d in data} == {c.key for c in cards}  # every finished card has a final update
-    assert all(d.update is None for d in data)  # the scan leaves them for a lazy read
+    assert {key.task for key in cards} == set(tasks)
+    assert all(size > 0 and version for _, _, size, version in cards.values())
+    assert not any(e.legacy for e in of(events, TaskCardsRead))
+    assert set(data_files(events)) == set(cards)  # every finished card has a final update
+    assert of(events, DataWritten) == []  # the scan leaves updates for a lazy read
+
+
+def test_scan_versions_a_card_as_the_single_file_reader_does(roots: Roots) -> None:
+    run = demo.start_run(roots.datastore, flow="VersionFlow")
+    card = run.start_task("start").add_card()
+    events, _ = scan(roots, LIMITS, ALL)
+    one = card_event(roots, card.path_html, LIMITS, ALL)
+    assert isinstance(one, CardWritten)
+    assert pages(events)[card.key] == (card.key.name, one.mtime, one.size, one.version)
 
 
 def test_scan_skips_artifacts_step_meta_and_strays(roots: Roots) -> None:
@@ -83,14 +120,19 @@ def test_scan_skips_artifacts_step_meta_and_strays(roots: Roots) -> None:
     cards_dir = task.cards[0].path_html.parent
     (cards_dir / "tmpab12cd34").write_text("half")
     (cards_dir / "notes.txt").write_text("x")
+    (cards_dir / f"blank-{'f' * 32}.html").mkdir()  # a folder named like a card is not one
+    (task.meta_dir / "sysmeta_attempt-done_123.json").mkdir()  # nor one named like a status file
     (roots.datastore / "not a flow").mkdir()
+    (flow_dir / "not a run").mkdir()
+    (flow_dir / run.run / "start" / "77").write_text("a file where a task folder would be")
 
     events, problems = scan(roots, LIMITS, ALL)
     assert problems == []
     assert [e.key for e in of(events, RunWritten)] == [run.key]
-    assert {e.key for e in of(events, TaskMetaWritten)} == {task.key}
-    assert [e.key for e in of(events, CardWritten)] == [task.cards[0].key]
-    assert of(events, DataWritten) == []  # a card that was never refreshed has no update
+    assert list(metas(events)) == [task.key]
+    assert MetaKind.ATTEMPT_DONE not in [kind for kind, _, _ in metas(events)[task.key]]
+    assert list(pages(events)) == [task.cards[0].key]
+    assert data_files(events) == {}  # a card that was never refreshed has no update
 
 
 def test_scan_reads_legacy_cards_and_id_names(roots: Roots) -> None:
@@ -99,10 +141,12 @@ def test_scan_reads_legacy_cards_and_id_names(roots: Roots) -> None:
     old = task.add_card(legacy=True)
     named = task.add_card(id="training")
     events, _ = scan(roots, LIMITS, ALL)
-    by_key = {e.key: e for e in of(events, CardWritten)}
-    legacy_key = CardKey(TaskKey("OldFlow", run.run, LEGACY_STEP, task.key.task), old.key.name)
-    assert by_key[legacy_key].legacy
-    assert not by_key[named.key].legacy
+    legacy_task = TaskKey("OldFlow", run.run, LEGACY_STEP, task.key.task)
+    by_task = {e.task: e for e in of(events, TaskCardsRead)}
+    assert by_task[legacy_task].legacy
+    assert [p[0] for p in by_task[legacy_task].pages] == [old.key.name]
+    assert not by_task[task.key].legacy
+    assert [p[0] for p in by_task[task.key].pages] == [named.key.name]
     assert named.key.name.startswith("blank-training-")
 
 
@@ -127,10 +171,69 @@ def test_scan_reads_attempt_files_when_a_task_was_retried(roots: Roots) -> None:
     task.finish(ok=False)
     task.retry()
     events, _ = scan(roots, LIMITS, ALL)
-    attempts = sorted(
-        (e.ts, e.doc["value"]) for e in of(events, TaskMetaWritten) if e.kind is MetaKind.ATTEMPT
-    )
+    files = metas(events)[task.key]
+    attempts = sorted((ts, doc["value"]) for kind, ts, doc in files if kind is MetaKind.ATTEMPT)
     assert [value for _, value in attempts] == ["0", "1"]
+    assert "flow_id" not in files[0][2]  # slimmed to what status reads
+
+
+def test_scan_reports_a_broken_verdict_and_keeps_the_rest_of_the_task(roots: Roots) -> None:
+    run = demo.start_run(roots.datastore, flow="RetryFlow")
+    task = run.start_task("train")
+    task.finish(ok=False)
+    task.retry()
+    verdict = next(task.meta_dir.glob("sysmeta_attempt_ok_*.json"))
+    verdict.write_text('{"value": ')
+    events, problems = scan(roots, LIMITS, ALL)
+    assert problems == [Problem(verdict, "not valid JSON (half written?)")]
+    kinds = sorted(kind.value for kind, _, _ in metas(events)[task.key])
+    assert kinds == sorted(["task", "attempt", "attempt", "attempt-done"])
+
+
+def test_scan_builds_the_index_that_reading_every_file_builds(roots: Roots) -> None:
+    """The scan's one event per task stands for the one-file events of its files: the index
+    must end the same either way, for every kind of run."""
+    demo.write_fixture_run(roots.datastore, "SameFlow", tasks=3, cards_per_task=2)
+    demo.write_fixture_run(roots.datastore, "SameFlow", tasks=2, finished=False, system_meta=True)
+    run = demo.start_run(roots.datastore, flow="SameFlow")
+    run.start_task("start").finish()
+    flaky = run.start_task("train")
+    flaky.add_card().update({})
+    flaky.finish(ok=False)
+    flaky.retry()  # attempt 1 was killed: it never got a verdict
+    flaky.retry()
+    flaky.add_card(legacy=True)
+    flaky.finish(ok=True)
+    run.start_task("train").finish(ok=False)
+    silent = run.start_task("train")
+    silent.add_card(legacy=True)
+    silent.add_card(id="named")
+    orphan = demo.DemoTask(TaskKey("SameFlow", run.run, "train", "99"), run)
+    orphan.add_card(legacy=True)  # an old-layout card whose task has no status files
+
+    events, problems = scan(roots, LIMITS, ALL)
+    assert problems == []
+    bulk, one_by_one = Index(), Index()
+    bulk_changes = bulk.apply([Reset(tuple(events))])
+    per_file = [read_one(roots, path) for path in sorted(roots.datastore.rglob("*")) if path.is_file()]
+    one_by_one_changes = one_by_one.apply([Reset(tuple(e for e in per_file if e is not None))])
+    assert bulk.flows == one_by_one.flows
+    assert bulk_changes == one_by_one_changes
+    shown = {t.shown for t in bulk.run(run.key).tasks.values()}  # type: ignore[union-attr]
+    assert {Status.SUCCEEDED, Status.FAILED} <= shown  # the run is one worth comparing
+    assert bulk.task(flaky.key).summary()["attempt"] == 2  # type: ignore[union-attr]
+    assert len(bulk.task(flaky.key).cards) == 2  # type: ignore[union-attr]
+
+
+def read_one(roots: Roots, path: Path) -> Event | None:
+    """What the watcher's path makes of one file, with the two reads the scan leaves out."""
+    found = datastore_event(roots, path, LIMITS, ALL) or card_event(roots, path, LIMITS, ALL)
+    if isinstance(found, TaskMetaWritten) and found.kind is MetaKind.TASK_SELF:
+        return TaskMetaWritten(found.key, found.kind, found.ts, {})  # the run's _self names the user
+    if isinstance(found, DataWritten):
+        return DataWritten(found.key, found.legacy, found.mtime, None)  # read when shown
+    assert not isinstance(found, Problem)
+    return found
 
 
 # --- scope -----------------------------------------------------------------------------------
@@ -141,8 +244,8 @@ def test_scope_by_flow(roots: Roots) -> None:
     demo.write_fixture_run(roots.datastore, "BFlow", tasks=1)
     events, _ = scan(roots, LIMITS, Scope(flow="AFlow"))
     assert {e.key.flow for e in of(events, RunWritten)} == {"AFlow"}
-    assert {e.key.flow for e in of(events, TaskMetaWritten)} == {"AFlow"}
-    assert {e.key.task.flow for e in of(events, CardWritten)} == {"AFlow"}
+    assert {key.flow for key in metas(events)} == {"AFlow"}
+    assert {e.task.flow for e in of(events, TaskCardsRead)} == {"AFlow"}
     assert of(events, RunWritten)[0].key == a.key
 
 
@@ -151,9 +254,41 @@ def test_scope_by_run(roots: Roots) -> None:
     new = demo.write_fixture_run(roots.datastore, "AFlow", tasks=1)
     events, _ = scan(roots, LIMITS, Scope(flow="AFlow", run=old.run))
     assert [e.key for e in of(events, RunWritten)] == [old.key]
-    assert {e.key.run for e in of(events, TaskMetaWritten)} == {old.run}
-    assert {e.key.task.run for e in of(events, CardWritten)} == {old.run}
+    assert {key.run for key in metas(events)} == {old.run}
+    assert {e.task.run for e in of(events, TaskCardsRead)} == {old.run}
     assert new.run != old.run
+
+
+def test_scope_by_run_looks_at_no_other_run(roots: Roots, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-reading one run of a flow with many must not list the others' folders, or the flow's."""
+    wanted = demo.write_fixture_run(roots.datastore, "AFlow", tasks=2)
+    other = demo.write_fixture_run(roots.datastore, "AFlow", tasks=2)
+    whole, _ = scan(roots, LIMITS, Scope(flow="AFlow", run=wanted.run))
+    seen: list[tuple[str, str]] = []
+    for name in ("scandir", "listdir", "lstat", "stat", "open"):
+        monkeypatch.setattr(os, name, spy(name, getattr(os, name), seen))
+    events, problems = scan(roots, LIMITS, Scope(flow="AFlow", run=wanted.run))
+    assert (events, problems) == (whole, [])
+    assert seen and not [path for _, path in seen if other.run in path]
+    listed = {os.path.normpath(path) for call, path in seen if call in ("scandir", "listdir")}
+    flow_folders = {str(roots.datastore), str(roots.datastore / "AFlow"), str(roots.cards / "AFlow" / "runs")}
+    assert not listed & flow_folders
+
+
+def spy(name: str, real: Any, seen: list[tuple[str, str]]) -> Any:
+    def spied(path: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append((name, os.fspath(path)))
+        return real(path, *args, **kwargs)
+
+    return spied
+
+
+@pytest.mark.parametrize("name", ["data", "_meta", "..", "../AFlow", "AFlow/..", "no such run", "", "a\0b"])
+def test_a_scope_naming_no_flow_or_run_reads_nothing(roots: Roots, name: str) -> None:
+    demo.write_fixture_run(roots.datastore, "AFlow", tasks=1)
+    assert scan(roots, LIMITS, Scope(flow="AFlow", run=name)) == ([], [])
+    if name:
+        assert scan(roots, LIMITS, Scope(flow=name)) == ([], [])
 
 
 def test_scope_applies_to_single_files(roots: Roots) -> None:
@@ -226,6 +361,7 @@ def test_read_json_cap_is_inclusive(tmp_path: Path) -> None:
     raw = json.dumps(doc).encode()
     path.write_bytes(raw)
     assert read_json(path, len(raw)) == doc
+    assert read_json(str(path), len(raw)) == doc  # the scan's plain strings
     problem = read_json(path, len(raw) - 1)
     assert isinstance(problem, Problem)
     assert problem.reason.startswith("too large")
@@ -253,6 +389,7 @@ def test_read_json_problems(tmp_path: Path, content: bytes, reason: str) -> None
 def test_read_json_missing_and_folder(tmp_path: Path) -> None:
     gone = tmp_path / "gone.json"
     assert read_json(gone, 100) == Problem(gone, "vanished before it could be read")
+    assert read_json(str(gone), 100) == Problem(gone, "vanished before it could be read")
     (tmp_path / "dir.json").mkdir()
     assert read_json(tmp_path / "dir.json", 100) == Problem(tmp_path / "dir.json", "is a folder")
 
@@ -262,14 +399,14 @@ def test_read_json_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     path.write_text("{}")
     path.chmod(0)
     if os.geteuid() == 0:  # root reads whatever the mode: make the OS say no the same way
-        real_open = Path.open
+        real_open = os.open
 
-        def denied(self: Path, *args: Any, **kwargs: Any) -> Any:
-            if self == path:
-                raise PermissionError(13, "Permission denied", str(self))
-            return real_open(self, *args, **kwargs)
+        def denied(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if os.fspath(file) == str(path):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "open", denied)
+        monkeypatch.setattr(os, "open", denied)
     try:
         problem = read_json(path, 100)
     finally:

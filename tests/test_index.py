@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from cardserver.events import (
+    CardData,
     CardRemoved,
     CardWritten,
     DataUpdate,
@@ -14,11 +15,13 @@ from cardserver.events import (
     Event,
     Reset,
     RunWritten,
+    TaskCardsRead,
+    TaskMetaRead,
     TaskMetaWritten,
     TaskRemoved,
 )
 from cardserver.index import Changes, Index, merge, natural
-from cardserver.layout import CardKey, MetaKind, RunKey, TaskKey
+from cardserver.layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey
 from cardserver.status import Status
 
 FLOW = "LiveFlow"
@@ -473,3 +476,115 @@ def test_legacy_card_joins_the_task_of_its_id(index: Index) -> None:
     detail = index.run_detail(RUN)
     assert detail is not None and [t["step"] for t in detail["tasks"]] == ["train"]
     assert index.card_detail(early)["task_status"] == "running"  # type: ignore[index]
+
+
+# --- a scan's events: one per task folder ----------------------------------------------------
+
+
+def per_file(event: Event) -> list[Event]:
+    """The one-file events a scan's per-task event stands for, in order."""
+    if isinstance(event, TaskMetaRead):
+        return [TaskMetaWritten(event.key, kind, ts, dict(doc)) for kind, ts, doc in event.files]
+    if isinstance(event, TaskCardsRead):
+        owner, legacy = event.task, event.legacy
+        return [
+            *(CardWritten(CardKey(owner, n), legacy, mtime, size, v) for n, mtime, size, v in event.pages),
+            *(DataWritten(CardKey(owner, n), legacy, mtime, None) for n, mtime in event.data),
+        ]
+    return [event]
+
+
+def meta_read(key: TaskKey, *files: TaskMetaWritten) -> TaskMetaRead:
+    return TaskMetaRead(key, tuple((f.kind, f.ts, f.doc) for f in files))
+
+
+def cards_read(
+    key: TaskKey, pages: list[tuple[str, float]], data: tuple[CardData, ...] = (), legacy: bool = False
+) -> TaskCardsRead:
+    return TaskCardsRead(key, legacy, tuple((n, mtime, 1000, f"v{mtime}") for n, mtime in pages), data)
+
+
+def legacy(key: TaskKey) -> TaskKey:
+    return TaskKey(key.flow, key.run, LEGACY_STEP, key.task)
+
+
+def scanned() -> list[Event]:
+    """A scan's events for runs of every kind: failed, killed, retried, old-layout cards."""
+    other, cards_only = RunKey(FLOW, "2"), RunKey("OldFlow", "5")
+    start, bad, silent, flaky = task("start", "1"), task("train", "2"), task("train", "3"), task("train", "4")
+    end, late = task("end", "9", other), task("train", "7", cards_only)
+    a, b = f"blank-{UUID}", f"default-{UUID}"
+    self_file = TaskMetaWritten(flaky, MetaKind.TASK_SELF, 0, {})
+    mute = TaskMetaWritten(silent, MetaKind.ATTEMPT_DONE, 1095_000, {"value": "x"})  # names no attempt
+    return [
+        run_written(),
+        meta_read(start, started(start, 1001.0), verdict(start, 1002.0, True), done(start, 1002.0)),
+        meta_read(bad, started(bad, 1010.0), verdict(bad, 1100.0, False), done(bad, 1100.0)),
+        meta_read(silent, started(silent, 1010.0), mute),
+        meta_read(
+            flaky,
+            self_file,
+            started(flaky, 1003.0), verdict(flaky, 1004.0, False), done(flaky, 1004.0),
+            started(flaky, 1005.0, n=1),  # killed: never a verdict
+            started(flaky, 1006.0, n=2), verdict(flaky, 1007.0, True, n=2), done(flaky, 1007.0, n=2),
+        ),
+        cards_read(start, [(a, 1002.0)], ((a, 1002.0),)),
+        cards_read(silent, [(a, 1090.0), (b, 1091.0)], ((a, 1092.0), (f"blank-only-{UUID}", 1093.0))),
+        cards_read(legacy(flaky), [(b, 1007.0)], legacy=True),  # after its task
+        cards_read(legacy(task("train", "9")), [(a, 1008.0)], legacy=True),  # no task of its own
+        run_written(other, 2000.0),
+        meta_read(end, started(end, 2001.0), verdict(end, 2002.0, True), done(end, 2002.0)),
+        cards_read(legacy(late), [(a, 3000.0)], legacy=True),  # before its task
+        meta_read(late, started(late, 2999.0)),
+    ]
+
+
+def expanded(events: list[Event]) -> list[Event]:
+    return [one for event in events for one in per_file(event)]
+
+
+def same_state(bulk: Index, one_by_one: Index) -> None:
+    assert bulk.flows == one_by_one.flows
+    keys = [run.key for flow in bulk.flows.values() for run in flow.runs.values()]
+    assert [bulk.revision(k) for k in keys] == [one_by_one.revision(k) for k in keys]
+
+
+def test_scan_events_build_the_state_their_files_build() -> None:
+    bulk, one_by_one = Index(), Index()
+    changes = bulk.apply([Reset(tuple(scanned()))])
+    assert changes == one_by_one.apply([Reset(tuple(expanded(scanned())))])
+    same_state(bulk, one_by_one)
+    # the runs are worth comparing: each kind of task is there
+    run = bulk.run(RUN)
+    assert run is not None and run.status is Status.FAILED
+    shown = {key: t.shown for key, t in run.tasks.items()}
+    assert shown == {
+        ("start", "1"): Status.SUCCEEDED,
+        ("train", "2"): Status.FAILED,
+        ("train", "3"): Status.KILLED,
+        ("train", "4"): Status.SUCCEEDED,
+        (LEGACY_STEP, "9"): Status.PENDING,
+    }
+    assert bulk.task(task("train", "4")).summary()["attempt"] == 2  # type: ignore[union-attr]
+    assert len(bulk.task(task("train", "3")).cards) == 3  # type: ignore[union-attr]
+    assert bulk.task(legacy(task("train", "7", RunKey("OldFlow", "5")))) is None  # adopted
+
+
+@pytest.mark.parametrize("batches", ["one", "each"])
+def test_scan_events_outside_a_reset_apply_like_their_files(batches: str) -> None:
+    """A re-read of one run lands on a live index: first half the files, one by one."""
+    bulk, one_by_one = Index(), Index()
+    live = expanded(scanned())[::2]
+    assert bulk.apply(live) == one_by_one.apply(live)
+    if batches == "one":
+        assert bulk.apply(scanned()) == one_by_one.apply(expanded(scanned()))
+    else:
+        for event in scanned():
+            assert bulk.apply([event]) == one_by_one.apply(per_file(event))
+    same_state(bulk, one_by_one)
+
+
+def test_scan_events_again_change_nothing(index: Index) -> None:
+    index.apply([Reset(tuple(scanned()))])
+    changes = index.apply(scanned())
+    assert not changes.renders and not changes.updates and not changes.flows

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from cardserver import layout
 from cardserver.layout import (
     LEGACY_STEP,
     CardFile,
@@ -83,6 +85,27 @@ def test_card_name_with_id() -> None:
 )
 def test_card_name_rejects(stem: str) -> None:
     assert parse_card_name(stem) is None
+
+
+# The card name grammar as first written, with backtracking quantifiers: the reference.
+PLAIN_CARD_NAME = re.compile(
+    r"(?P<type>[A-Za-z0-9_]{1,100})(?:-(?P<id>[A-Za-z0-9_]{1,100}))?-(?P<uuid>[A-Za-z0-9]{1,64})"
+)
+segments = st.lists(st.text(alphabet="a9_.é", max_size=102), min_size=1, max_size=4).map("-".join)
+
+
+@given(segments | st.text(max_size=30))
+@example(f"{'t' * 100}-{'i' * 100}-{'u' * 64}")
+@example(f"{'t' * 101}-{'u' * 64}")
+@example(f"t-{'i' * 101}-u")
+@example(f"t-{'u' * 65}")
+def test_card_name_grammar_is_the_plain_one(stem: str) -> None:
+    plain = PLAIN_CARD_NAME.fullmatch(stem)
+    expected = CardName(plain["type"], plain["id"], plain["uuid"]) if plain else None
+    assert parse_card_name(stem) == expected
+    assert layout.card_stem(f"{stem}.html", CardFileKind.HTML) == (stem if plain else None)
+    assert layout.card_stem(f"{stem}.data.json", CardFileKind.DATA) == (stem if plain else None)
+    assert layout.card_stem(f"{stem}.html", CardFileKind.DATA) is None
 
 
 # --- card files ----------------------------------------------------------------------------
