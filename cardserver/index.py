@@ -149,6 +149,12 @@ class Changes:
         return bool(self.reset or self.flows or self.runs or self.tasks or self.renders or self.updates)
 
 
+def facts_state(facts: TaskFacts) -> tuple[Any, ...]:
+    """What a task's status files have said so far, comparable: a re-read changes nothing."""
+    attempts = tuple((n, a.started, a.ok, a.done) for n, a in sorted(facts.attempts.items()))
+    return facts.created, facts.user, attempts
+
+
 def started_at(facts: TaskFacts) -> float | None:
     starts = [a.started for a in facts.attempts.values() if a.started is not None]
     return min(starts) if starts else facts.created
@@ -217,11 +223,13 @@ class Index:
             case TaskMetaRead(key=key, files=files):
                 run = self._run(key.flow, key.run, changes)
                 task = self._task(run, key, changes)
+                before = facts_state(task.facts) if task.facts.attempts else None
                 newest = record_all(task.facts, files)
                 if newest is not None:  # one touch at the newest time: what one per file ends at
                     self._touch(run, task, newest / 1000)
-                self._dirty_runs.add(run.key)
-                changes.tasks.add(key)
+                if before is None or facts_state(task.facts) != before:  # a re-read says nothing new
+                    self._dirty_runs.add(run.key)
+                    changes.tasks.add(key)
             case TaskCardsRead(task=task_key, legacy=legacy, pages=pages, data=data):
                 run = self._run(task_key.flow, task_key.run, changes)
                 task = self._task(run, task_key, changes)
@@ -233,15 +241,19 @@ class Index:
                     self._data_seen(run, task, card, legacy, mtime)
             case RunWritten(key=key, created=created, user=user):
                 run = self._run(key.flow, key.run, changes)
+                known = (run.created, run.user)
                 run.created, run.user = created or run.created, user or run.user
-                changes.runs.add(key)
+                if (run.created, run.user) != known:
+                    changes.runs.add(key)
             case TaskMetaWritten(key=key, kind=kind, ts=ts, doc=doc):
                 run = self._run(key.flow, key.run, changes)
                 task = self._task(run, key, changes)
+                before = facts_state(task.facts)
                 if record(task.facts, kind, ts, doc) and kind is not MetaKind.TASK_SELF:
                     self._touch(run, task, ts / 1000)
-                self._dirty_runs.add(run.key)
-                changes.tasks.add(key)
+                if facts_state(task.facts) != before:
+                    self._dirty_runs.add(run.key)
+                    changes.tasks.add(key)
             case CardWritten(key=key):
                 run = self._run(key.task.flow, key.task.run, changes)
                 task = self._task(run, key.task, changes)

@@ -588,3 +588,21 @@ def test_scan_events_again_change_nothing(index: Index) -> None:
     index.apply([Reset(tuple(scanned()))])
     changes = index.apply(scanned())
     assert not changes.renders and not changes.updates and not changes.flows
+
+
+def test_reading_the_same_files_again_changes_nothing() -> None:
+    """A catch-up reads a run the watcher newly follows: known files must not be re-published."""
+    index = Index()
+    index.apply([Reset(tuple(scanned()))])
+    before = {run.key: index.revision(run.key) for f in index.flows.values() for run in f.runs.values()}
+    assert not index.apply(scanned())
+    assert not index.apply(expanded(scanned()))  # the same files as one-by-one events
+    assert {key: index.revision(key) for key in before} == before
+
+
+def test_a_re_read_that_says_something_new_still_counts() -> None:
+    index = Index()
+    index.apply([Reset(tuple(scanned()))])
+    start = task("start", "1")
+    changes = index.apply([meta_read(start, started(start, 1001.0, n=1))])  # a retry began
+    assert changes.tasks == {start}
