@@ -47,6 +47,8 @@ class Pipeline:
         self.watcher = Watcher(config.roots, config.timing, config.force_polling)
         self.live = LiveRuns(config.timing.settle_seconds)
         self.followed: set[RunKey] = set()  # the runs watched deeply: they may still change
+        self._read_since_watched: set[Path] = set()  # deep-watched folders read after their watch
+        self.caught_up = asyncio.Event()  # every followed run is watched and was read since
         self._settle_timer: asyncio.TimerHandle | None = None
         self.ready = asyncio.Event()
         self._reported: set[tuple[Path, str]] = set()
@@ -94,6 +96,8 @@ class Pipeline:
             await self.rescan()
         elif isinstance(item, Opened):
             await self.catch_up(item.folders)
+            self._read_since_watched.update(item.folders)
+            self.check_caught_up()
         elif self.lost_a_run(item):
             log.info("a flow or run folder was deleted; reading the datastore again")
             await self.rescan()
@@ -133,9 +137,11 @@ class Pipeline:
         return known
 
     async def rescan(self) -> None:
+        watched = set(self.watcher.watched("deep"))  # before the scan: it reads them all after
         events, problems = await asyncio.to_thread(disk.scan, self.roots, self.limits, self.scope)
         for problem in problems:
             self.report(problem)
+        self._read_since_watched = watched
         self.ingest([Reset(tuple(events))])
         # The scan leaves data updates unread: re-read those someone is looking at.
         for name in self.hub.topics:
@@ -164,12 +170,23 @@ class Pipeline:
         )
         self.followed = live
         self.watcher.follow(f for key in live for f in run_folders(self.roots, key))
+        self.check_caught_up()
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
         if next_check is not None:
             delay = max(0.0, next_check - time.time()) + 1.0
             self._settle_timer = asyncio.get_running_loop().call_later(delay, self.follow_live_runs)
+
+    def check_caught_up(self) -> None:
+        """`caught_up` says whether every followed run is watched and was read since."""
+        watched = self.watcher.watched("deep")
+        self._read_since_watched &= watched
+        wanted = {f for key in self.followed for f in run_folders(self.roots, key) if f.is_dir()}
+        if wanted <= self._read_since_watched:
+            self.caught_up.set()
+        else:
+            self.caught_up.clear()
 
     async def catch_up(self, folders: tuple[Path, ...]) -> None:
         """Read what was written in newly watched folders before their watch existed."""

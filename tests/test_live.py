@@ -112,7 +112,8 @@ async def test_only_live_runs_are_watched_deeply(start_app: Any, roots: Roots) -
     task.add_card(components=[demo.progress("p", 0, 10)])
     client: TestClient = await start_app(make_config(roots, timing=settled()))
     pipeline = client.app[PIPELINE]
-    await until(lambda: deep(pipeline) == existing_folders(roots, going.key))
+    assert pipeline.caught_up.is_set()  # start_app waited for it: watched, and read since
+    assert deep(pipeline) == existing_folders(roots, going.key)
     assert not deep(pipeline) & set(run_folders(roots, done.key))
 
 
