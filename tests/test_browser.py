@@ -29,6 +29,13 @@ async def shown_frame(page: Any) -> Any:
     raise AssertionError("no card frame settled")
 
 
+def swapped_away(page: Any, error: Exception) -> bool:
+    """The frame was removed under us: detached, or (a sandboxed card runs out of process) its
+    target closed. Only the page itself closing is a real failure."""
+    text = str(error)
+    return not page.is_closed() and ("detached" in text or "Target page, context or browser" in text)
+
+
 async def shown_eval(page: Any, script: str) -> Any:
     """Evaluate in the shown card frame, asking again if the viewer swapped it meanwhile."""
     for _ in range(50):
@@ -36,7 +43,7 @@ async def shown_eval(page: Any, script: str) -> Any:
         try:
             return await frame.evaluate(script)
         except PlaywrightError as error:
-            if "detached" not in str(error):
+            if not swapped_away(page, error):
                 raise
     raise AssertionError("the card frame never held still")
 
@@ -52,7 +59,7 @@ async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
         try:
             return await frame.wait_for_function(script, arg=arg, timeout=left * 1000)
         except PlaywrightError as error:
-            if "detached" not in str(error):
+            if not swapped_away(page, error):
                 raise
 
 
