@@ -156,6 +156,21 @@ def rss_mb(pid: int) -> float:
         return int(handle.read().split()[1]) * PAGE / 1e6
 
 
+class PeakRSS(threading.Thread):
+    """A process's highest RSS, sampled every 100 ms until `stop` is set."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, rss_mb(pid), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            try:
+                self.peak = max(self.peak, rss_mb(self.pid))
+            except OSError:
+                return
+
+
 # --- numbers -----------------------------------------------------------------------------------
 
 

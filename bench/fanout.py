@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    PeakRSS,
     cpu_seconds,
     machine_busy_seconds,
     percentile,
@@ -279,23 +280,6 @@ async def until_last_update(
 # --- the benchmark ----------------------------------------------------------------------------
 
 
-class Sampler(threading.Thread):
-    """The server's RSS every 100 ms, until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.peak = rss_mb(pid)
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.1):
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except OSError:
-                return
-
-
 def read_event(process: subprocess.Popen[str], kind: str, timeout: float) -> dict[str, Any]:
     assert process.stdout is not None
     result: dict[str, Any] = {}
@@ -346,7 +330,7 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], list[str]]:
         )
         ready = read_event(clients, "ready", 120)
         rss_connected = rss_mb(server.pid)
-        sampler = Sampler(server.pid)
+        sampler = PeakRSS(server.pid)
         sampler.start()
         cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
         client_cpu0, busy0 = cpu_seconds(clients.pid), machine_busy_seconds()

@@ -19,7 +19,6 @@ import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     CHROMIUM,
     CHROMIUM_FLAGS,
+    PeakRSS,
     Server,
     percentile,
     report,
@@ -268,19 +268,6 @@ def metaflow_runinfo(folder: Path, run: str, cards: int, timeout: float) -> dict
 # --- the benchmark ----------------------------------------------------------------------------
 
 
-class Peak(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, rss_mb(pid), threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.1):
-            try:
-                self.peak = max(self.peak, rss_mb(self.pid))
-            except OSError:
-                return
-
-
 def run(args: argparse.Namespace) -> tuple[list[list[object]], list[str]]:
     errors: list[str] = []
     temporary = args.fixture is None
@@ -290,7 +277,7 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], list[str]]:
         how = f"written in {wrote:.0f} s" if wrote is not None else "reused"
         print(f"fixture: {args.tasks} tasks in {datastore} ({how})", flush=True)
         server, port_open, cold = cold_start(datastore, run_id)
-        peak = Peak(server.pid)
+        peak = PeakRSS(server.pid)
         peak.start()
         try:
             rss_start = rss_mb(server.pid)
