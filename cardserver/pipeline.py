@@ -168,9 +168,10 @@ class Pipeline:
         live, next_check = self.live.update(
             self.index, changed, time.time(), reset=changes is not None and changes.reset
         )
-        self.followed = live
-        self.watcher.follow(f for key in live for f in run_folders(self.roots, key))
-        self.check_caught_up()
+        if live != self.followed or not self.caught_up.is_set():  # not on every update
+            self.followed = live
+            self.watcher.follow(f for key in live for f in run_folders(self.roots, key))
+            self.check_caught_up()
         if self._settle_timer is not None:
             self._settle_timer.cancel()
             self._settle_timer = None
@@ -209,18 +210,31 @@ class Pipeline:
 
     def scope_of(self, folder: Path) -> Scope | None:
         """The part of the tree a watched folder holds, within `--flow`/`--run-id`."""
-        flow = run = None
-        if folder.is_relative_to(self.roots.cards):
-            parts = folder.relative_to(self.roots.cards).parts
-            flow = parts[0] if parts else None
-            run = parts[2] if len(parts) >= 3 and parts[1] == "runs" else None
-        elif folder.is_relative_to(self.roots.datastore):
-            parts = folder.relative_to(self.roots.datastore).parts
-            flow = parts[0] if parts else None
-            run = parts[1] if len(parts) >= 2 else None
-        if flow is None or not self.scope.wants(flow, run):
-            return None if flow is not None else self.scope
+        names = self.folder_names(folder)
+        if names is None:
+            return None
+        flow, run = names
+        if flow is None:
+            return self.scope
+        if not self.scope.wants(flow, run):
+            return None
         return Scope(flow, run if run is not None else self.scope.run)
+
+    def folder_names(self, path: Path) -> tuple[str | None, str | None] | None:
+        """(flow, run) of a root, flow or run folder in either tree (a cards flow's `runs`
+        folder counts as the flow); None for any other path."""
+        if path.is_relative_to(self.roots.cards):
+            parts = path.relative_to(self.roots.cards).parts
+            if len(parts) >= 2 and parts[1] != "runs":
+                return None
+            parts = parts[:1] + parts[2:]
+        elif path.is_relative_to(self.roots.datastore):
+            parts = path.relative_to(self.roots.datastore).parts
+        else:
+            return None
+        if len(parts) > 2:
+            return None
+        return (parts[0] if parts else None), (parts[1] if len(parts) == 2 else None)
 
     def lost_a_run(self, batch: Batch) -> bool:
         """A known flow or run folder was deleted: drop what it held by reading all again."""
@@ -228,19 +242,10 @@ class Pipeline:
 
     def is_known_folder(self, path: Path) -> bool:
         """`path` is the folder of a flow or run in the index, in either tree."""
-        for root, run_depth in ((self.roots.cards, 3), (self.roots.datastore, 2)):
-            if not path.is_relative_to(root):
-                continue
-            parts = path.relative_to(root).parts
-            flow = self.index.flows.get(parts[0]) if parts else None
-            if flow is None:
-                return False
-            if len(parts) == 1:
-                return True
-            return len(parts) == run_depth and parts[-1] in flow.runs and (
-                run_depth == 2 or parts[1] == "runs"
-            )
-        return False
+        names = self.folder_names(path)
+        if names is None or names[0] is None or names[0] not in self.index.flows:
+            return False
+        return names[1] is None or names[1] in self.index.flows[names[0]].runs
 
     def shown_data_times(self) -> dict[CardKey, float | None]:
         """The cards someone is subscribed to, with the data update time last seen."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -35,6 +34,7 @@ from pathlib import Path
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from .config import CARDS_DIR, Roots, WatchTiming
+from .disk import subdirs
 
 log = logging.getLogger("cardserver.watcher")
 
@@ -87,23 +87,15 @@ def nearest_existing(path: Path) -> Path:
     return Path(path.anchor or "/")
 
 
-def child_folders(folder: Path) -> list[Path]:
-    try:
-        with os.scandir(folder) as entries:
-            return [folder / e.name for e in entries if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-
-
 def shape_folders(roots: Roots) -> frozenset[Path]:
     """The folders where flows and runs appear: each root, each flow, each cards `runs`."""
     shape: set[Path] = set()
     if roots.datastore.is_dir():
         shape.add(roots.datastore)
-        shape.update(f for f in child_folders(roots.datastore) if f.name != CARDS_DIR)
+        shape.update(roots.datastore / f for f in subdirs(str(roots.datastore)) if f != CARDS_DIR)
     if roots.cards.is_dir():
         shape.add(roots.cards)
-        for flow in child_folders(roots.cards):
+        for flow in (roots.cards / name for name in subdirs(str(roots.cards))):
             shape.add(flow)
             if (flow / "runs").is_dir():
                 shape.add(flow / "runs")
