@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ import secrets
 import sys
 import tempfile
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,11 @@ import click
 from cardserver import config as cfg
 from cardserver import disk
 from cardserver.config import Config, ConfigError
-from cardserver.index import Index
 from cardserver.layout import is_name
-from cardserver.web.server import serve
+from cardserver.prescan import Prescan
+
+# asyncio and cardserver.web (aiohttp, jinja2) are imported only once serving: `card server`
+# forks its first scan before, so the scan and those imports overlap (see cardserver/prescan.py).
 
 
 def build_config(
@@ -160,8 +161,8 @@ def server(root: Path | None, flow: str | None, run_id: str | None, verbose: boo
             raise ConfigError("--run-id needs --flow")
         config = build_config(root, flow=flow, run_id=run_id, **options)
         describe_roots(config)
-        asyncio.run(serve(config, announce=lambda url: announce(
-            f"cardserver: serving {config.roots.datastore} at", config)))
+        first_scan = Prescan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
+        run_server(config, f"cardserver: serving {config.roots.datastore} at", first_scan=first_scan)
 
     run_command(job)
 
@@ -189,7 +190,23 @@ def list_cards(root: Path | None, flow: str | None, run_id: str | None, as_json:
     run_command(job)
 
 
+def run_server(config: Config, prefix: str, side_job: Callable[[], Coroutine[Any, Any, None]] | None = None,
+               first_scan: Prescan | None = None) -> None:
+    import asyncio
+
+    from cardserver.web.server import serve
+
+    try:
+        asyncio.run(serve(config, side_job=side_job, first_scan=first_scan,
+                          announce=lambda url: announce(prefix, config)))
+    finally:
+        if first_scan is not None:
+            first_scan.close()  # no child outlives a server that failed to start
+
+
 def card_rows(config: Config) -> list[dict[str, Any]]:
+    from cardserver.index import Index
+
     events, _ = disk.scan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
     index = Index()
     index.apply(events)
@@ -224,6 +241,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @common_options
 def demo(interval: float, verbose: bool, **options: Any) -> None:
     """A live demo run in a temporary datastore (no Metaflow needed), served."""
+    import asyncio
+
     from cardserver.demo import run_demo
 
     setup_logging(verbose)
@@ -235,12 +254,11 @@ def demo(interval: float, verbose: bool, **options: Any) -> None:
                                                  folder / cfg.DATASTORE_DIR / cfg.CARDS_DIR))
 
         async def writer() -> None:
-            stop = asyncio.Event()
-            await run_demo(config.roots.datastore, stop, interval=interval, cards=config.roots.cards)
+            await run_demo(config.roots.datastore, asyncio.Event(), interval=interval,
+                           cards=config.roots.cards)
 
         config.roots.datastore.mkdir(parents=True, exist_ok=True)
-        asyncio.run(serve(config, side_job=writer, announce=lambda url: announce(
-            f"cardserver: demo run in {folder} at", config)))
+        run_server(config, f"cardserver: demo run in {folder} at", side_job=writer)
 
     run_command(job)
 

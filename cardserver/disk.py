@@ -212,7 +212,10 @@ def slim(doc: dict[str, Any]) -> dict[str, Any]:
 # run, path objects and per-file events were most of the scan's time.
 
 
-def scan(roots: Roots, limits: Limits, scope: Scope) -> tuple[list[Event], list[Problem]]:
+Scanned = tuple[list[Event], list[Problem]]
+
+
+def scan(roots: Roots, limits: Limits, scope: Scope) -> Scanned:
     """Read both trees once. Card data updates are not read here (see `DataWritten.update`)."""
     problems: list[Problem] = []
     with collector_paused():
@@ -261,6 +264,22 @@ def chosen(path: str, only: str | None) -> list[str]:
         return []
 
 
+def run_keys(roots: Roots, scope: Scope) -> set[RunKey]:
+    """Every run with a folder in either tree, by listing alone."""
+    top, cards = str(roots.datastore), str(roots.cards)
+    found = {
+        RunKey(flow, run)
+        for flow in chosen(top, scope.flow) if flow != CARDS_DIR
+        for run in chosen(f"{top}/{flow}", scope.run) if run not in ("data", "_meta")
+    }
+    found.update(
+        RunKey(flow, run)
+        for flow in chosen(cards, scope.flow)
+        for run in chosen(f"{cards}/{flow}/runs", scope.run)
+    )
+    return found
+
+
 def scan_datastore(
     roots: Roots, limits: Limits, scope: Scope, problems: list[Problem]
 ) -> Iterator[Event]:
@@ -292,8 +311,8 @@ def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem])
                     yield found
 
 
-_NO_DOC: Mapping[str, Any] = MappingProxyType({})
-_FIRST_ATTEMPT: Mapping[str, Any] = MappingProxyType({"value": "0", "tags": ["attempt_id:0"]})
+NO_DOC: Mapping[str, Any] = MappingProxyType({})
+FIRST_ATTEMPT: Mapping[str, Any] = MappingProxyType({"value": "0", "tags": ["attempt_id:0"]})
 
 
 def scan_task_meta(
@@ -310,10 +329,10 @@ def scan_task_meta(
     task_self, verdict = MetaKind.TASK_SELF, MetaKind.ATTEMPT_OK  # once: see python/cpython#93910
     for kind, ts, name in found:
         if kind is task_self:
-            read.append((kind, ts, _NO_DOC))  # the run's _self already names the user
+            read.append((kind, ts, NO_DOC))  # the run's _self already names the user
         elif starts <= 1 and kind is not verdict:
             # One attempt: its number is 0 and the file name says the rest; skip the read.
-            read.append((kind, ts, _FIRST_ATTEMPT))
+            read.append((kind, ts, FIRST_ATTEMPT))
         else:
             doc = read_json(f"{meta_dir}/{name}", limits.max_meta_bytes)
             if isinstance(doc, Problem):

@@ -15,18 +15,21 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from . import disk
 from .config import CARDS_DIR, Config, Roots
-from .disk import Problem, Scope
-from .events import CardRemoved, DataWritten, Event, Reset
+from .disk import Problem, Scanned, Scope
+from .events import CardRemoved, DataWritten, Event, Reset, collector_paused
 from .feed import Feed, parse_topic
 from .hub import Hub
 from .index import Changes, Index
 from .layout import CardFileKind, CardKey, RunKey, card_path, parse_card_path
 from .live import LiveRuns
+from .prescan import Prescan
 from .status import Status
 from .watcher import Batch, Change, Item, Opened, Rescan, Watcher
 
@@ -36,8 +39,9 @@ NEW_FOLDER_FILES = 10_000  # a new folder's files are read directly: inotify may
 
 
 class Pipeline:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, first_scan: Prescan | None = None) -> None:
         self.config = config
+        self.first_scan = first_scan  # read before this pipeline started: see `prescan`
         self.roots = config.roots
         self.limits = config.limits
         self.scope = Scope(config.flow, config.run_id)
@@ -75,7 +79,12 @@ class Pipeline:
         first = asyncio.ensure_future(anext(batches, None))  # OS watches exist before the scan
         await asyncio.sleep(0)
         try:
-            await self.rescan()
+            if self.first_scan is not None:
+                parts, self.first_scan = self.first_scan.parts, None
+                await self.rescan([part.result for part in parts])
+                await self.read_missed_runs()
+            else:
+                await self.rescan()
         except Exception:  # requests wait for `ready`: a bug here must not hang them all
             log.exception("failed to read the datastore; serving what is known")
         self.check_live_poll()
@@ -136,38 +145,63 @@ class Pipeline:
                             known.append((path, kind, seen))
         return known
 
-    async def rescan(self) -> None:
+    async def rescan(self, reads: list[Callable[[], Scanned]] | None = None) -> None:
+        """Read the whole tree and start the index over. `reads` may read it in parts instead:
+        each is applied as soon as it is read, the changes announced once all are in."""
         watched = set(self.watcher.watched("deep"))  # before the scan: it reads them all after
-        events, problems = await asyncio.to_thread(disk.scan, self.roots, self.limits, self.scope)
-        for problem in problems:
-            self.report(problem)
+        if reads is None:
+            reads = [partial(disk.scan, self.roots, self.limits, self.scope)]
+        changes: Changes | None = None
+        with collector_paused(keep=True):
+            for done in asyncio.as_completed([asyncio.to_thread(read) for read in reads]):
+                events, problems = await done
+                for problem in problems:
+                    self.report(problem)
+                # The first part's Reset says "everything changed", which covers the rest.
+                applied = self.index.apply([Reset(tuple(events))] if changes is None else events)
+                changes = changes or applied
         self._read_since_watched = watched
-        self.ingest([Reset(tuple(events))])
+        if changes is not None:
+            self.announce(changes)
         # The scan leaves data updates unread: re-read those someone is looking at.
         for name in self.hub.topics:
             topic = parse_topic(name)
             if topic is not None and topic.card is not None:
                 await self.load_update(topic.card)
 
+    async def read_missed_runs(self) -> None:
+        """The first scan began before the watch was open: read the runs that appeared meanwhile
+        (and start over if one vanished). Runs it saw that may still change are read again
+        anyway, once their deep watch opens."""
+        listed = await asyncio.to_thread(disk.run_keys, self.roots, self.scope)
+        known = {run.key for flow in self.index.flows.values() for run in flow.runs.values()}
+        if known - listed:
+            await self.rescan()
+        elif listed - known:
+            await self.catch_up(tuple(f for key in listed - known for f in run_folders(self.roots, key)))
+
     # --- the flow --------------------------------------------------------------------------
 
     def ingest(self, events: list[Event]) -> Changes:
         changes = self.index.apply(events)
+        self.announce(changes)
+        return changes
+
+    def announce(self, changes: Changes) -> None:
+        """Tell subscribers, and the watcher which runs to follow."""
         if changes:
             self.feed.publish(changes)
             self.follow_live_runs(changes)
-        return changes
 
     # --- what the watcher follows -------------------------------------------------------------
 
     def follow_live_runs(self, changes: Changes | None = None) -> None:
+        reset = changes is not None and changes.reset
         changed: set[RunKey] = set()
-        if changes is not None:
+        if changes is not None and not reset:  # after a reset every run counts as changed
             changed = changes.runs | {t.run_key for t in changes.tasks}
             changed |= {c.run_key for c in changes.renders | changes.updates}
-        live, next_check = self.live.update(
-            self.index, changed, time.time(), reset=changes is not None and changes.reset
-        )
+        live, next_check = self.live.update(self.index, changed, time.time(), reset=reset)
         if live != self.followed or not self.caught_up.is_set():  # not on every update
             self.followed = live
             self.watcher.follow(f for key in live for f in run_folders(self.roots, key))

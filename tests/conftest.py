@@ -53,8 +53,8 @@ def start_app(aiohttp_client: Any) -> Callable[..., Any]:
     """`await start_app(config)` -> a TestClient whose pipeline has finished its first scan and
     watches every live run (so a test's writes cannot race the start-up catch-up read)."""
 
-    async def start(config: Config) -> TestClient:
-        client: TestClient = await aiohttp_client(create_app(config))
+    async def start(config: Config, first_scan: Any = None) -> TestClient:
+        client: TestClient = await aiohttp_client(create_app(config, first_scan))
         pipeline = client.app[PIPELINE]
         await asyncio.wait_for(pipeline.ready.wait(), WAIT)
         await asyncio.wait_for(pipeline.caught_up.wait(), WAIT)  # live runs watched and re-read

@@ -193,6 +193,24 @@ def test_scan_reports_a_broken_verdict_and_keeps_the_rest_of_the_task(roots: Roo
 def test_scan_builds_the_index_that_reading_every_file_builds(roots: Roots) -> None:
     """The scan's one event per task stands for the one-file events of its files: the index
     must end the same either way, for every kind of run."""
+    run, flaky = write_every_kind_of_run(roots)
+    events, problems = scan(roots, LIMITS, ALL)
+    assert problems == []
+    bulk, one_by_one = Index(), Index()
+    bulk_changes = bulk.apply([Reset(tuple(events))])
+    per_file = [read_one(roots, path) for path in sorted(roots.datastore.rglob("*")) if path.is_file()]
+    one_by_one_changes = one_by_one.apply([Reset(tuple(e for e in per_file if e is not None))])
+    assert bulk.flows == one_by_one.flows
+    assert bulk_changes == one_by_one_changes
+    shown = {t.shown for t in bulk.run(run.key).tasks.values()}  # type: ignore[union-attr]
+    assert {Status.SUCCEEDED, Status.FAILED} <= shown  # the run is one worth comparing
+    assert bulk.task(flaky.key).summary()["attempt"] == 2  # type: ignore[union-attr]
+    assert len(bulk.task(flaky.key).cards) == 2  # type: ignore[union-attr]
+
+
+def write_every_kind_of_run(roots: Roots) -> tuple[demo.DemoRun, demo.DemoTask]:
+    """Finished and live runs, retries, a killed attempt, old-layout, named and orphan cards;
+    returns the run with the odd tasks and its retried task."""
     demo.write_fixture_run(roots.datastore, "SameFlow", tasks=3, cards_per_task=2)
     demo.write_fixture_run(roots.datastore, "SameFlow", tasks=2, finished=False, system_meta=True)
     run = demo.start_run(roots.datastore, flow="SameFlow")
@@ -210,19 +228,7 @@ def test_scan_builds_the_index_that_reading_every_file_builds(roots: Roots) -> N
     silent.add_card(id="named")
     orphan = demo.DemoTask(TaskKey("SameFlow", run.run, "train", "99"), run)
     orphan.add_card(legacy=True)  # an old-layout card whose task has no status files
-
-    events, problems = scan(roots, LIMITS, ALL)
-    assert problems == []
-    bulk, one_by_one = Index(), Index()
-    bulk_changes = bulk.apply([Reset(tuple(events))])
-    per_file = [read_one(roots, path) for path in sorted(roots.datastore.rglob("*")) if path.is_file()]
-    one_by_one_changes = one_by_one.apply([Reset(tuple(e for e in per_file if e is not None))])
-    assert bulk.flows == one_by_one.flows
-    assert bulk_changes == one_by_one_changes
-    shown = {t.shown for t in bulk.run(run.key).tasks.values()}  # type: ignore[union-attr]
-    assert {Status.SUCCEEDED, Status.FAILED} <= shown  # the run is one worth comparing
-    assert bulk.task(flaky.key).summary()["attempt"] == 2  # type: ignore[union-attr]
-    assert len(bulk.task(flaky.key).cards) == 2  # type: ignore[union-attr]
+    return run, flaky
 
 
 def read_one(roots: Roots, path: Path) -> Event | None:

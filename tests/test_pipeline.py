@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from conftest import make_config, next_message, subscribe
 
-from cardserver import demo, disk
+from cardserver import demo, disk, prescan
 from cardserver.config import Limits, Roots
 from cardserver.demo import DemoCard, DemoRun, DemoTask
 from cardserver.pipeline import Pipeline
@@ -396,6 +396,49 @@ async def test_a_write_while_the_tree_is_read_again_is_not_lost(
     assert [f["flow"] for f in found["flows"]] == ["LateFlow"]
     assert found["flows"][0]["newest"]["run"] == late[0].run
     await ws.close()
+
+
+@dataclass
+class Done:
+    """A part of the first scan, already read (as a forked reader's is when its process ends)."""
+
+    found: disk.Scanned
+
+    def result(self) -> disk.Scanned:
+        return self.found
+
+
+@dataclass
+class EarlyScan:
+    """What `prescan.Prescan` gives the pipeline: the tree read before the watch was open."""
+
+    parts: list[Done]
+
+    @classmethod
+    def of(cls, roots: Roots) -> EarlyScan:
+        limits, scope = Limits(), disk.Scope()
+        return cls([Done(prescan._datastore(roots, limits, scope)), Done(prescan._cards(roots, scope))])
+
+
+async def test_runs_made_or_deleted_while_the_first_scan_was_read_elsewhere(
+    start_app: Any, roots: Roots
+) -> None:
+    """`card server` reads the tree in other processes before its watch is open: a run that
+    appears or vanishes in between is found once the watch is open. All are finished runs,
+    the kind nothing else would read again."""
+    kept = demo.write_fixture_run(roots.datastore, "Early", tasks=2)
+    gone = demo.write_fixture_run(roots.datastore, "Early", tasks=2)
+    early = EarlyScan.of(roots)
+    late = demo.write_fixture_run(roots.datastore, "Early", tasks=3)
+    other = demo.write_fixture_run(roots.datastore, "LateFlow", tasks=1)
+    shutil.rmtree(roots.datastore / "Early" / gone.run)
+    shutil.rmtree(roots.cards / "Early" / "runs" / gone.run)
+
+    client: TestClient = await start_app(make_config(roots), first_scan=early)
+    index = client.app[PIPELINE].index
+    assert set(index.flows["Early"].runs) == {kept.run, late.run}
+    assert len(index.flows["Early"].runs[late.run].tasks) == 5  # start, 3 work, end
+    assert set(index.flows["LateFlow"].runs) == {other.run}
 
 
 def strict_json(text: str) -> Any:

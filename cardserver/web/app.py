@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..pipeline import Pipeline
+from ..prescan import Prescan
 from . import api, pages
 from .cards import CardPages
 from .keys import CARD_PAGES, CONFIG, GUARD, PIPELINE, SEEN_TRANSPORTS, SOCKET_TASKS, SOCKETS
@@ -17,10 +18,10 @@ from .security import Guard, make_middleware
 from .socket import close_all, websocket
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, first_scan: Prescan | None = None) -> web.Application:
     guard = Guard.from_config(config)
     seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
-    pipeline = Pipeline(config)
+    pipeline = Pipeline(config, first_scan)
     app = web.Application(
         middlewares=[
             make_middleware(guard, config.base_url, seen),

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config, ConfigError
+from ..prescan import Prescan
 from .app import create_app
 from .keys import SEEN_TRANSPORTS
 
@@ -45,9 +46,10 @@ async def serve(
     announce: Callable[[str], None],
     side_job: Callable[[], Coroutine[Any, Any, None]] | None = None,
     stop: asyncio.Event | None = None,
+    first_scan: Prescan | None = None,
 ) -> None:
     """Serve until `stop` is set (default: SIGINT/SIGTERM). Port in use -> ConfigError."""
-    app = create_app(config)
+    app = create_app(config, first_scan)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS,
                            access_log=None)
     await runner.setup()
