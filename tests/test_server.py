@@ -313,6 +313,16 @@ async def test_unknown_things_are_json_404(client: TestClient, path: str) -> Non
         assert isinstance(body["error"], str) and body["error"]
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_writing_to_the_api_is_405_with_allow(client: TestClient, method: str) -> None:
+    for path in ("/api/flows", "/api/runs/ShopFlow/1", "/api/status"):
+        response = await client.request(method, path)
+        assert response.status == 405, path
+        assert response.headers["Allow"] == "GET, HEAD"
+        assert "only reads" in (await response.json())["error"]
+    assert (await client.request(method, "/api/nothing")).status == 404
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -167,4 +167,9 @@ def add_routes(app: web.Application, base: str) -> None:
 
 
 async def unknown(request: web.Request) -> web.Response:
+    as_read = await request.app.router.resolve(request.clone(method="GET"))
+    if as_read.handler is not unknown:  # the endpoint exists: only the method is wrong
+        response = json_error(405, f"{request.method} is not allowed on {request.path!r}: the API only reads")
+        response.headers["Allow"] = "GET, HEAD"
+        return response
     return json_error(404, f"no API endpoint {request.path!r}")
