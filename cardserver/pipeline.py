@@ -36,6 +36,7 @@ from .watcher import Batch, Change, Item, Opened, Rescan, Watcher
 log = logging.getLogger("cardserver")
 
 NEW_FOLDER_FILES = 10_000  # a new folder's files are read directly: inotify may miss them
+OWN_WATCH_TASKS = 500  # a followed run this big gets an OS watch of its own (see `watch_groups`)
 
 
 class Pipeline:
@@ -51,6 +52,7 @@ class Pipeline:
         self.watcher = Watcher(config.roots, config.timing, config.force_polling)
         self.live = LiveRuns(config.timing.settle_seconds)
         self.followed: set[RunKey] = set()  # the runs watched deeply: they may still change
+        self._groups: list[tuple[Path, ...]] = []  # how they are watched: see `watch_groups`
         self._read_since_watched: set[Path] = set()  # deep-watched folders read after their watch
         self.caught_up = asyncio.Event()  # every followed run is watched and was read since
         self._settle_timer: asyncio.TimerHandle | None = None
@@ -202,9 +204,10 @@ class Pipeline:
             changed = changes.runs | {t.run_key for t in changes.tasks}
             changed |= {c.run_key for c in changes.renders | changes.updates}
         live, next_check = self.live.update(self.index, changed, time.time(), reset=reset)
-        if live != self.followed or not self.caught_up.is_set():  # not on every update
-            self.followed = live
-            self.watcher.follow(f for key in live for f in run_folders(self.roots, key))
+        groups = self.watch_groups(live)
+        if groups != self._groups or not self.caught_up.is_set():  # not on every update
+            self.followed, self._groups = live, groups
+            self.watcher.follow(groups)
             self.check_caught_up()
         if self._settle_timer is not None:
             self._settle_timer.cancel()
@@ -212,6 +215,15 @@ class Pipeline:
         if next_check is not None:
             delay = max(0.0, next_check - time.time()) + 1.0
             self._settle_timer = asyncio.get_running_loop().call_later(delay, self.follow_live_runs)
+
+    def watch_groups(self, live: set[RunKey]) -> list[tuple[Path, ...]]:
+        """The OS watches for these runs: each big one alone, biggest first, so no other run
+        starting or settling re-opens its watch (seconds for 10,000 tasks); the rest share one."""
+        sizes = {key: len(run.tasks) if (run := self.index.run(key)) else 0 for key in live}
+        big = sorted((key for key in live if sizes[key] >= OWN_WATCH_TASKS), key=lambda k: -sizes[k])
+        groups: list[tuple[Path, ...]] = [run_folders(self.roots, key) for key in big]
+        small = [folder for key in live - set(big) for folder in run_folders(self.roots, key)]
+        return [*groups, tuple(sorted(small))] if small else groups
 
     def check_caught_up(self) -> None:
         """`caught_up` says whether every followed run is watched and was read since."""

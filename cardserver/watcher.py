@@ -4,7 +4,10 @@ What is watched. A finished run never changes, and watching a 10,000-task run co
 inotify watches (seconds of start-up), so the tree is watched in two parts:
 - the *shape*, one level deep: each root, each flow folder and each flow's cards `runs` folder,
   where new flows and runs appear;
-- the *deep* watch over the folders the caller `follow`s: the runs that may still change.
+- the *deep* watches over the folders the caller `follow`s: the runs that may still change,
+  one OS watch per group of folders the caller gives. Opening a watch holds the GIL for the
+  whole tree (~0.2 ms per task of a run): with its own watch, a big live run is not watched
+  again each time another run starts or settles.
 When a folder joins either part the watcher yields `Opened(folders)`: whatever was written
 there before the watch existed must be read by the caller.
 
@@ -26,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from enum import IntEnum
@@ -39,6 +43,7 @@ from .disk import subdirs
 log = logging.getLogger("cardserver.watcher")
 
 RESCAN_BATCH = 20_000  # a batch this large may have overflowed the OS queue: read the tree again
+DEEP_WATCHES = 8  # at most: groups beyond are watched together with the last (threads, idle wake-ups)
 
 
 class Change(IntEnum):
@@ -148,15 +153,18 @@ class Watcher:
         self.pacer = Pacer(timing)
         self.mode = "starting"
         self._stop = threading.Event()
-        self._followed: frozenset[Path] = frozenset()
+        self._followed: tuple[frozenset[Path], ...] = ()
         self._queue: asyncio.Queue[Batch | Rescan | _Replan | None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self._pumps: dict[str, _Pump] = {}  # by role: "shape", "deep", "waiting"
+        self._pumps: dict[str, _Pump] = {}  # by role: "shape", "waiting"
+        self._deep: dict[frozenset[Path], _Pump] = {}  # by the group of folders it was opened for
+        # Each pump waits in a thread of its own: the loop's default pool is shared and small.
+        self._threads = ThreadPoolExecutor(DEEP_WATCHES + 2, thread_name_prefix="cardserver-watch")
         self._rescan_reason: str | None = None
 
     def stop(self) -> None:
         self._stop.set()
-        for pump in self._pumps.values():
+        for pump in self._all_pumps():
             pump.stop.set()
         if self._queue is not None:
             self._queue.put_nowait(None)
@@ -164,17 +172,26 @@ class Watcher:
     def describe(self) -> str:
         return self.mode
 
-    def follow(self, folders: Iterable[Path]) -> None:
-        """Watch these folders deeply from now on (the runs that may still change)."""
-        wanted = frozenset(folders)
+    def follow(self, groups: Iterable[Iterable[Path]]) -> None:
+        """Watch these folders deeply from now on (the runs that may still change), one OS watch
+        per group, the most costly first: a group that stays keeps its watch."""
+        wanted = tuple(frozenset(group) for group in groups)
+        if len(wanted) > DEEP_WATCHES:
+            wanted = (*wanted[: DEEP_WATCHES - 1], frozenset().union(*wanted[DEEP_WATCHES - 1 :]))
         if wanted != self._followed:
             self._followed = wanted
             if self._queue is not None:
                 self._queue.put_nowait(_REPLAN)
 
     def watched(self, role: str) -> frozenset[Path]:
+        """The folders watched in that role: "shape", "deep" (all groups) or "waiting"."""
+        if role == "deep":
+            return frozenset().union(*(pump.folders for pump in self._deep.values()))
         pump = self._pumps.get(role)
         return pump.folders if pump is not None else frozenset()
+
+    def _all_pumps(self) -> list[_Pump]:
+        return [*self._pumps.values(), *self._deep.values()]
 
     async def batches(self) -> AsyncIterator[Item]:
         """Changed paths under the roots, batch by batch, until `stop()`."""
@@ -205,30 +222,49 @@ class Watcher:
 
     def _refresh(self) -> tuple[Path, ...]:
         """Bring the shape and deep watches up to date; the folders that joined them."""
-        opened: list[Path] = []
-        for role, wanted, recursive in (
-            ("shape", shape_folders(self.roots), False),
-            ("deep", frozenset(f for f in self._followed if f.is_dir()), True),
-        ):
-            before = self.watched(role)
-            if wanted != before:
-                self._replace(role, wanted, recursive)
-                opened.extend(sorted(self.watched(role) - before))
-        return tuple(opened)
+        before = self.watched("shape"), self.watched("deep")
+        shape = shape_folders(self.roots)
+        if shape != before[0]:
+            self._replace("shape", shape, recursive=False)
+        self._refresh_deep()
+        return tuple(sorted(self.watched("shape") - before[0])) + tuple(
+            sorted(self.watched("deep") - before[1])
+        )
+
+    def _refresh_deep(self) -> None:
+        """One watch per followed group (its folders that exist); a group that stays keeps its
+        watch. New watches open before old ones close: a folder changing group misses nothing."""
+        wanted = {frozenset(f for f in group if f.is_dir()) for group in self._followed}
+        wanted.discard(frozenset())
+        stale = self._deep.keys() - wanted
+        for group in wanted - self._deep.keys():
+            pump = self._start(group, recursive=True)
+            if pump is not None:
+                self._deep[group] = pump
+        for group in stale:
+            self._retire(self._deep.pop(group))
 
     def _replace(self, role: str, folders: frozenset[Path], recursive: bool) -> None:
         """Open the new watch before closing the old, so no change falls between them."""
         old = self._pumps.pop(role, None)
         if folders:
-            pump = self._notify(folders, recursive)
+            pump = self._start(folders, recursive)
             if pump is not None:
                 self._pumps[role] = pump
-                pump.task = asyncio.create_task(self._pump(pump, paced=role == "deep"))
         if old is not None:
-            old.stop.set()  # its thread returns within one step; `_close` waits for it
-            closing = asyncio.create_task(self._close(old))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            self._retire(old)
+
+    def _start(self, folders: frozenset[Path], recursive: bool) -> _Pump | None:
+        pump = self._notify(folders, recursive)
+        if pump is not None:
+            pump.task = asyncio.create_task(self._pump(pump, paced=recursive))
+        return pump
+
+    def _retire(self, pump: _Pump) -> None:
+        pump.stop.set()  # its thread returns within one step; `_close` waits for it
+        closing = asyncio.create_task(self._close(pump))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     def _notify(self, folders: frozenset[Path], recursive: bool) -> _Pump | None:
         for _ in range(3):  # a folder may vanish between listing and watching
@@ -267,7 +303,7 @@ class Watcher:
         pump.notify.close()
 
     async def _close_all(self) -> None:
-        pumps, self._pumps = list(self._pumps.values()), {}
+        pumps, self._pumps, self._deep = self._all_pumps(), {}, {}
         for pump in pumps:
             await self._close(pump)
         for closing in list(self._closing):
@@ -305,8 +341,9 @@ class Watcher:
     def _reshapes(self, batch: Batch) -> bool:
         """A folder came or went where flows and runs live, or a followed folder appeared."""
         shape = self.watched("shape")
+        followed = frozenset().union(*self._followed)
         for change, path in batch:
-            if change is not Change.MODIFIED and (path.parent in shape or path in self._followed):
+            if change is not Change.MODIFIED and (path.parent in shape or path in followed):
                 return True
         return False
 
@@ -315,11 +352,12 @@ class Watcher:
         # returns, so no RustNotify call outlives its watch.
         queue = self._queue
         assert queue is not None
+        loop = asyncio.get_running_loop()
         while not pump.stop.is_set():
             step, timeout = self.pacer.next_wait() if paced else self.pacer.shape()
             try:
-                raw = await asyncio.to_thread(
-                    pump.notify.watch, self.timing.debounce_ms, step, timeout, pump.stop
+                raw = await loop.run_in_executor(
+                    self._threads, pump.notify.watch, self.timing.debounce_ms, step, timeout, pump.stop
                 )
             except (WatchfilesRustInternalError, RuntimeError, OSError) as error:
                 log.warning("file watcher failed (%s); reading the tree again", error)

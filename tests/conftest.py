@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, metaflow_env, stop_process
 from cardserver.config import Config, Roots, WatchTiming
+from cardserver.watcher import Watcher
 from cardserver.web.app import create_app
 from cardserver.web.keys import PIPELINE
 
@@ -84,6 +85,19 @@ async def next_message(
 
 async def subscribe(ws: aiohttp.ClientWebSocketResponse, topic: str, **extra: Any) -> None:
     await ws.send_json({"op": "subscribe", "topic": topic, **extra})
+
+
+def count_watches(watcher: Watcher, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The folders of every OS watch the watcher opens from now on (each costs its whole tree)."""
+    opened: list[list[str]] = []
+    real = watcher._rust_notify
+
+    def counted(names: list[str], recursive: bool) -> Any:
+        opened.append(names)
+        return real(names, recursive)
+
+    monkeypatch.setattr(watcher, "_rust_notify", counted)
+    return opened
 
 
 # --- server processes (for real Metaflow and the browser) ------------------------------------

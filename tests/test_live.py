@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
-from conftest import make_config, next_message, subscribe
+from conftest import count_watches, make_config, next_message, subscribe
 
 from cardserver import demo, disk
+from cardserver import pipeline as pipeline_module
 from cardserver.config import Limits, Roots, WatchTiming
 from cardserver.disk import Scope
 from cardserver.events import Reset
@@ -176,3 +178,34 @@ async def test_a_deleted_run_disappears(start_app: Any, roots: Roots) -> None:
     await next_message(ws, lambda m: True)  # the snapshot after reading the datastore again
     await until(lambda: gone.key.run not in client.app[PIPELINE].index.flows["F"].runs)
     assert await runs() == {keep.key.run}
+
+
+async def test_a_big_live_run_keeps_its_own_watch_while_others_come_and_go(
+    start_app: Any, roots: Roots, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a watch over 10,000 tasks holds the GIL for seconds: a big run is watched alone,
+    so a small run starting or settling never re-opens it, and its updates keep arriving."""
+    monkeypatch.setattr(pipeline_module, "OWN_WATCH_TASKS", 3)
+    big = demo.start_run(roots.datastore, flow="Big")
+    tasks = [big.start_task("work") for _ in range(4)]  # over the (lowered) threshold
+    card = tasks[0].add_card(components=[demo.progress("p", 0, 9)])
+    small, _ = running_run(roots)
+    client: TestClient = await start_app(make_config(roots, timing=settled(settle_seconds=0.5)))
+    pipeline = client.app[PIPELINE]
+    big_folders = run_folders(roots, big.key)
+    assert pipeline.watch_groups(pipeline.followed) == [
+        big_folders, tuple(sorted(run_folders(roots, small.key)))
+    ]
+    opened = count_watches(pipeline.watcher, monkeypatch)
+    later, task = running_run(roots)
+    await until(lambda: existing_folders(roots, later.key) <= deep(pipeline))
+    task.finish()
+    later.start_task("end").finish()  # it settles and leaves after 0.5 s
+    await until(lambda: not deep(pipeline) & set(run_folders(roots, later.key)))
+    assert opened and not any(str(f) in names for names in opened for f in big_folders)
+
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, f"card/{card.key}")
+    await next_message(ws, lambda m: m.get("type") == "card")
+    card.update({"p": {"value": 7}})
+    await next_message(ws, lambda m: m.get("type") == "update" and m["data"]["p"]["value"] == 7)

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import count_watches
 
 from cardserver import watcher as watcher_module
 from cardserver.config import Roots, WatchTiming
@@ -210,7 +211,7 @@ async def test_a_deep_write_in_a_followed_run_is_seen(roots: Roots, running: lis
     deep = run / "steps" / "s" / "tasks" / "2" / "cards"
     deep.mkdir(parents=True)
     live = await watch(roots, running)
-    live.watcher.follow([run])
+    live.watcher.follow([[run]])
     assert await live.next() == Opened((run,))
     target = deep / "blank-abc.html"
     target.write_text("<html></html>")
@@ -234,7 +235,7 @@ async def test_following_stops(roots: Roots, running: list[Running]) -> None:
     run = roots.datastore / "F" / "1"
     (run / "start").mkdir(parents=True)
     live = await watch(roots, running)
-    live.watcher.follow([run])
+    live.watcher.follow([[run]])
     assert await live.next() == Opened((run,))
     live.watcher.follow([])
     sentinel = roots.datastore / "F" / "latest_run"
@@ -246,12 +247,52 @@ async def test_following_stops(roots: Roots, running: list[Running]) -> None:
     assert live.watcher.watched("deep") == frozenset()
 
 
+async def test_a_group_that_stays_followed_keeps_its_watch(
+    roots: Roots, running: list[Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a watch costs its whole tree: another run coming or going must not re-open the
+    watch of a big one, and a write in it during the change is still seen."""
+    big, small, later = (roots.datastore / "F" / name for name in ("1", "2", "3"))
+    for folder in (big, small, later):
+        (folder / "start").mkdir(parents=True)
+    live = await watch(roots, running)
+    opened = count_watches(live.watcher, monkeypatch)
+    live.watcher.follow([[big], [small]])
+    assert await live.next() == Opened((big, small))
+    live.watcher.follow([[big], [later]])
+    assert await live.next() == Opened((later,))
+    live.watcher.follow([[big]])
+    await live.until_quiet_replan()
+    assert sorted(opened) == [[str(big)], [str(small)], [str(later)]]  # big: opened once
+    assert live.watcher.watched("deep") == {big}
+    target = big / "start" / "x.json"
+    target.write_text("{}")
+    await live.until(target)
+
+
+async def test_groups_beyond_the_cap_share_the_last_watch(
+    roots: Roots, running: list[Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folders = [roots.datastore / "F" / str(n) for n in range(watcher_module.DEEP_WATCHES + 2)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    live = await watch(roots, running)
+    opened = count_watches(live.watcher, monkeypatch)
+    live.watcher.follow([[folder] for folder in folders])
+    assert await live.next() == Opened(tuple(sorted(folders)))
+    assert len(opened) == watcher_module.DEEP_WATCHES
+    assert sorted(map(str, folders[watcher_module.DEEP_WATCHES - 1 :])) in opened
+    target = folders[-1] / "x.json"
+    target.write_text("{}")
+    await live.until(target)
+
+
 async def test_a_followed_folder_is_opened_when_it_appears(roots: Roots, running: list[Running]) -> None:
     runs = roots.cards / "F" / "runs"
     runs.mkdir(parents=True)
     live = await watch(roots, running)
     run = runs / "7"
-    live.watcher.follow([run])  # not there yet: nothing to open
+    live.watcher.follow([[run]])  # not there yet: nothing to open
     await live.until_quiet_replan()
     run.mkdir()
     await live.until(run)
