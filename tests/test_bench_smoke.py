@@ -99,3 +99,9 @@ def test_idle_smoke() -> None:
         assert rows, f"no table row for {server} on {tree}:\n{out}"
         cpu = rows[0].split(")", 2)[-1].split()[0]
         float(cpu)  # measured, not "-"
+
+
+def test_bigrun_smoke() -> None:
+    table = rows(run_smoke("bigrun.py"), "Big live run (smoke)")
+    assert int(table["probe round trips"][0]) > 10
+    assert float(table["worst round trip, a small run starts beside (ms)"][0]) > 0
