@@ -12,7 +12,6 @@ one is the longest time the server could not answer anything.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report, start_cardserver
+from bench.common import report, run_options, start_cardserver
 from cardserver import demo
 
 FLOW = "BigLiveFlow"
@@ -104,11 +103,7 @@ def measure(datastore: Path, quiet: float) -> tuple[list[list[object]], list[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="300 tasks, < 30 s")
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--fixture", help="folder to keep the live run in (written if missing)")
-    args = parser.parse_args()
+    args = run_options(__doc__, smoke="300 tasks, < 30 s").parse_args()
     if args.smoke:
         args.tasks = 300
     folder = Path(args.fixture) if args.fixture else Path(tempfile.mkdtemp(prefix="cardserver-bigrun-"))

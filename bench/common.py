@@ -3,6 +3,7 @@ percentiles and result tables. Benchmarks only ever talk to 127.0.0.1."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import queue
 import socket
@@ -218,6 +219,15 @@ def report(title: str, rows: Iterable[Sequence[object]], errors: Sequence[str], 
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if (errors and smoke) else 0
+
+
+def run_options(doc: str, smoke: str) -> argparse.ArgumentParser:
+    """The options of a benchmark on one generated run: --smoke, --tasks, --fixture."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--fixture", help="folder to keep the run in, reused while it has --tasks")
+    return parser
 
 
 def verdict(ok: bool) -> str:

@@ -34,6 +34,7 @@ from bench.common import (
     percentile,
     report,
     rss_mb,
+    run_options,
     start_cardserver,
     start_metaflow_server,
     verdict,
@@ -356,10 +357,7 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], list[str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="300 tasks, < 60 s")
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--fixture", help="folder to keep the fixture in (written if missing)")
+    parser = run_options(__doc__, smoke="300 tasks, < 60 s")
     parser.add_argument("--calls", type=int, default=30, help="cached API calls to time")
     parser.add_argument("--starts", type=int, default=6,
                         help="server launches; the first is reported apart, the median of the rest")
