@@ -196,12 +196,8 @@ def run_server(config: Config, prefix: str, side_job: Callable[[], Coroutine[Any
 
     from cardserver.web.server import serve
 
-    try:
-        asyncio.run(serve(config, side_job=side_job, first_scan=first_scan,
-                          announce=lambda url: announce(prefix, config)))
-    finally:
-        if first_scan is not None:
-            first_scan.close()  # no child outlives a server that failed to start
+    asyncio.run(serve(config, side_job=side_job, first_scan=first_scan,
+                      announce=lambda url: announce(prefix, config)))
 
 
 def card_rows(config: Config) -> list[dict[str, Any]]:

@@ -67,6 +67,8 @@ class Pipeline:
         self._task = asyncio.create_task(self._run(), name="cardserver-watch")
 
     async def stop(self) -> None:
+        if self.first_scan is not None:
+            self.first_scan.close()  # a reader still busy would hold up the shutdown
         if self._settle_timer is not None:
             self._settle_timer.cancel()
         self.watcher.stop()
@@ -82,8 +84,7 @@ class Pipeline:
         await asyncio.sleep(0)
         try:
             if self.first_scan is not None:
-                parts, self.first_scan = self.first_scan.parts, None
-                await self.rescan([part.result for part in parts])
+                await self.rescan([part.result for part in self.first_scan.parts])
                 await self.read_missed_runs()
             else:
                 await self.rescan()
@@ -220,7 +221,7 @@ class Pipeline:
         """The OS watches for these runs: each big one alone, biggest first, so no other run
         starting or settling re-opens its watch (seconds for 10,000 tasks); the rest share one."""
         sizes = {key: len(run.tasks) if (run := self.index.run(key)) else 0 for key in live}
-        big = sorted((key for key in live if sizes[key] >= OWN_WATCH_TASKS), key=lambda k: -sizes[k])
+        big = sorted((key for key in live if sizes[key] >= OWN_WATCH_TASKS), key=lambda k: (-sizes[k], k))
         groups: list[tuple[Path, ...]] = [run_folders(self.roots, key) for key in big]
         small = [folder for key in live - set(big) for folder in run_folders(self.roots, key)]
         return [*groups, tuple(sorted(small))] if small else groups

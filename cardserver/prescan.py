@@ -46,6 +46,7 @@ class Part:
         self.read = read
         self.pid: int | None = None
         self.output: IO[bytes] | None = None
+        self.closed = False
         fork = getattr(os, "fork", None)  # Windows has none
         if fork is None:
             return
@@ -54,38 +55,43 @@ class Part:
             self.pid = fork()
         except OSError as error:
             log.info("cannot fork to read the %s (%s): reading it in this process", name, error)
-            self.close()
+            if self.output is not None:
+                self.output.close()
+                self.output = None
             return
         if self.pid == 0:
             _child(read, self.output)
 
     def result(self) -> Scanned:
         """What the child read; blocks until it is done, so call it in a thread. Once."""
-        pid, output = self.pid, self.output
-        self.pid = self.output = None
-        if output is None:
+        if self.output is None:
+            if self.closed:
+                return [], []
             return self.read()
-        with output:
-            if pid is not None and _exited_cleanly(pid):
-                output.seek(0)
-                try:
-                    events, problems = marshal.loads(output.read())
-                    return [_decode(e) for e in events], [Problem(Path(p), r) for p, r in problems]
-                except (EOFError, ValueError, TypeError, KeyError) as error:
-                    log.info("the %s was read into something unreadable (%s)", self.name, error)
+        try:
+            if self.pid is not None and _exited_cleanly(self.pid):
+                self.output.seek(0)
+                events, problems = marshal.loads(self.output.read())
+                return [_decode(e) for e in events], [Problem(Path(p), r) for p, r in problems]
+        except (EOFError, ValueError, TypeError, KeyError) as error:
+            log.info("the %s was read into something unreadable (%s)", self.name, error)
+        finally:
+            self.pid = None
+            self.output.close()
+            self.output = None
+        if self.closed:  # the server is stopping: nobody wants the tree any more
+            return [], []
         log.info("the process reading the %s failed: reading it in this process", self.name)
         return self.read()
 
     def close(self) -> None:
-        """Stop the child if its result will not be wanted (the server could not start)."""
-        if self.pid is not None:
+        """Stop the child if it is still reading: the server is stopping or could not start."""
+        self.closed = True
+        pid = self.pid
+        if pid is not None:
             with suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            _exited_cleanly(self.pid)
-            self.pid = None
-        if self.output is not None:
-            self.output.close()
-            self.output = None
+                os.kill(pid, signal.SIGKILL)
+            _exited_cleanly(pid)  # reaps it, unless `result` in its thread already does
 
 
 def _child(read: Callable[[], Scanned], output: IO[bytes]) -> NoReturn:

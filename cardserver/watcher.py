@@ -158,8 +158,9 @@ class Watcher:
         self._closing: set[asyncio.Task[None]] = set()
         self._pumps: dict[str, _Pump] = {}  # by role: "shape", "waiting"
         self._deep: dict[frozenset[Path], _Pump] = {}  # by the group of folders it was opened for
-        # Each pump waits in a thread of its own: the loop's default pool is shared and small.
-        self._threads = ThreadPoolExecutor(DEEP_WATCHES + 2, thread_name_prefix="cardserver-watch")
+        # Pumps wait in threads of their own (the loop's default pool is shared and small); twice
+        # as many as there are watches, as a replaced pump takes one last step beside the new one.
+        self._threads = ThreadPoolExecutor(2 * (DEEP_WATCHES + 2), thread_name_prefix="cardserver-watch")
         self._rescan_reason: str | None = None
 
     def stop(self) -> None:

@@ -414,6 +414,9 @@ class EarlyScan:
 
     parts: list[Done]
 
+    def close(self) -> None:
+        """Nothing to stop: the parts were read already."""
+
     @classmethod
     def of(cls, roots: Roots) -> EarlyScan:
         limits, scope = Limits(), disk.Scope()
