@@ -264,13 +264,16 @@ def chosen(path: str, only: str | None) -> list[str]:
         return []
 
 
+NOT_RUNS = ("data", "_meta")  # a flow folder's artifact store and its own status
+
+
 def run_keys(roots: Roots, scope: Scope) -> set[RunKey]:
     """Every run with a folder in either tree, by listing alone."""
     top, cards = str(roots.datastore), str(roots.cards)
     found = {
         RunKey(flow, run)
         for flow in chosen(top, scope.flow) if flow != CARDS_DIR
-        for run in chosen(f"{top}/{flow}", scope.run) if run not in ("data", "_meta")
+        for run in chosen(f"{top}/{flow}", scope.run) if run not in NOT_RUNS
     }
     found.update(
         RunKey(flow, run)
@@ -288,7 +291,7 @@ def scan_datastore(
         if flow == CARDS_DIR:
             continue
         for run in chosen(f"{top}/{flow}", scope.run):
-            if run not in ("data", "_meta"):
+            if run not in NOT_RUNS:
                 yield from scan_run(RunKey(flow, run), f"{top}/{flow}/{run}", limits, problems)
 
 
