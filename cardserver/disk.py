@@ -267,32 +267,36 @@ def chosen(path: str, only: str | None) -> list[str]:
 NOT_RUNS = ("data", "_meta")  # a flow folder's artifact store and its own status
 
 
+def datastore_runs(roots: Roots, scope: Scope) -> Iterator[tuple[RunKey, str]]:
+    """Each run folder of the status tree within the scope, with its path."""
+    top = str(roots.datastore)
+    for flow in chosen(top, scope.flow):
+        if flow != CARDS_DIR:
+            for run in chosen(f"{top}/{flow}", scope.run):
+                if run not in NOT_RUNS:
+                    yield RunKey(flow, run), f"{top}/{flow}/{run}"
+
+
+def card_runs(roots: Roots, scope: Scope) -> Iterator[tuple[RunKey, str]]:
+    """Each run folder of the cards tree within the scope, with its path."""
+    top = str(roots.cards)
+    for flow in chosen(top, scope.flow):
+        for run in chosen(f"{top}/{flow}/runs", scope.run):
+            yield RunKey(flow, run), f"{top}/{flow}/runs/{run}"
+
+
 def run_keys(roots: Roots, scope: Scope) -> set[RunKey]:
     """Every run with a folder in either tree, by listing alone."""
-    top, cards = str(roots.datastore), str(roots.cards)
-    found = {
-        RunKey(flow, run)
-        for flow in chosen(top, scope.flow) if flow != CARDS_DIR
-        for run in chosen(f"{top}/{flow}", scope.run) if run not in NOT_RUNS
-    }
-    found.update(
-        RunKey(flow, run)
-        for flow in chosen(cards, scope.flow)
-        for run in chosen(f"{cards}/{flow}/runs", scope.run)
-    )
+    found = {key for key, _ in datastore_runs(roots, scope)}
+    found.update(key for key, _ in card_runs(roots, scope))
     return found
 
 
 def scan_datastore(
     roots: Roots, limits: Limits, scope: Scope, problems: list[Problem]
 ) -> Iterator[Event]:
-    top = str(roots.datastore)
-    for flow in chosen(top, scope.flow):
-        if flow == CARDS_DIR:
-            continue
-        for run in chosen(f"{top}/{flow}", scope.run):
-            if run not in NOT_RUNS:
-                yield from scan_run(RunKey(flow, run), f"{top}/{flow}/{run}", limits, problems)
+    for key, run_dir in datastore_runs(roots, scope):
+        yield from scan_run(key, run_dir, limits, problems)
 
 
 def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem]) -> Iterator[Event]:
@@ -346,21 +350,19 @@ def scan_task_meta(
 
 
 def scan_cards(roots: Roots, scope: Scope) -> Iterator[TaskCardsRead]:
-    top = str(roots.cards)
-    for flow in chosen(top, scope.flow):
-        for run in chosen(f"{top}/{flow}/runs", scope.run):
-            run_dir = f"{top}/{flow}/runs/{run}"
-            for step in subdirs(f"{run_dir}/steps"):
-                for task in subdirs(f"{run_dir}/steps/{step}/tasks"):
-                    task_dir = f"{run_dir}/steps/{step}/tasks/{task}"
-                    found = scan_task_cards(TaskKey(flow, run, step, task), False, task_dir)
-                    if found is not None:
-                        yield found
-            for task in subdirs(f"{run_dir}/tasks"):
-                task_dir = f"{run_dir}/tasks/{task}"
-                found = scan_task_cards(TaskKey(flow, run, LEGACY_STEP, task), True, task_dir)
+    for key, run_dir in card_runs(roots, scope):
+        flow, run = key.flow, key.run
+        for step in subdirs(f"{run_dir}/steps"):
+            for task in subdirs(f"{run_dir}/steps/{step}/tasks"):
+                task_dir = f"{run_dir}/steps/{step}/tasks/{task}"
+                found = scan_task_cards(TaskKey(flow, run, step, task), False, task_dir)
                 if found is not None:
                     yield found
+        for task in subdirs(f"{run_dir}/tasks"):
+            task_dir = f"{run_dir}/tasks/{task}"
+            found = scan_task_cards(TaskKey(flow, run, LEGACY_STEP, task), True, task_dir)
+            if found is not None:
+                yield found
 
 
 def scan_task_cards(task: TaskKey, legacy: bool, task_dir: str) -> TaskCardsRead | None:

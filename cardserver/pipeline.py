@@ -160,9 +160,10 @@ class Pipeline:
                 events, problems = await done
                 for problem in problems:
                     self.report(problem)
-                # The first part's Reset says "everything changed", which covers the rest.
-                applied = self.index.apply([Reset(tuple(events))] if changes is None else events)
-                changes = changes or applied
+                if changes is None:  # its Reset says "everything changed", which covers the rest
+                    changes = self.index.apply([Reset(tuple(events))])
+                else:
+                    self.index.apply(events)
         self._read_since_watched = watched
         if changes is not None:
             self.announce(changes)
