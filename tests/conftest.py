@@ -117,12 +117,19 @@ class ServerProcess:
 
 def launch(args: list[str], cwd: Path, env: dict[str, str] | None = None,
            timeout: float = 30) -> ServerProcess:
-    """Run `card <args>` and wait for its one-line URL announcement."""
+    """Run `card <args>` from the checkout and wait for its one-line URL announcement."""
+    return launch_command([sys.executable, str(REPO / "cli.py"), *args], cwd,
+                          {**os.environ, **(env or {})}, timeout)
+
+
+def launch_command(command: list[str], cwd: Path, env: dict[str, str],
+                   timeout: float = 30) -> ServerProcess:
+    """Run a `card ...` command line on a free port and wait for its URL announcement."""
     port = free_port()
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "cli.py"), *args, "--port", str(port)],
-        cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [*command, "--port", str(port)],
+        cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import REPO, launch
 
 from cardserver import demo
+from cardserver.cli import build_config, card
 from cardserver.config import ConfigError
-from cli import build_config, card
 
 
 def fixture_datastore(tmp_path: Path) -> Path:

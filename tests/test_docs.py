@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 import pytest
 
+from cardserver.cli import card
 from cardserver.config import Config, Roots
 from cardserver.web.app import create_app
-from cli import card
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -45,5 +45,5 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_readme_install_command_runs_the_main_job() -> None:
-    assert "```sh\npip install . && card demo\n```" in README
+    assert "```sh\npython3 -m venv .venv && .venv/bin/pip install . && .venv/bin/card demo\n```" in README
     assert card.commands.keys() >= {"server", "list", "demo"}

@@ -25,7 +25,7 @@ from conftest import WAIT, make_config, next_message, subscribe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cli
+from cardserver import cli
 from cardserver.config import ConfigError, Limits, Roots
 from cardserver.demo import DemoCard, DemoRun, markdown, progress, start_run
 from cardserver.layout import LEGACY_STEP, CardFileKind, CardKey, TaskKey, card_path

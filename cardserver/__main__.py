@@ -1,0 +1,5 @@
+"""`python -m cardserver ...` is the `card` command."""
+
+from cardserver.cli import main
+
+main()
