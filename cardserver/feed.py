@@ -5,6 +5,7 @@ subscriber. Topics, in the user's words:
     runs/<flow>                               the runs of one flow, newest first
     run/<flow>/<run>                          one run: summary, steps, tasks with their cards
     card/<flow>/<run>/<step>/<task>/<card>    one card: its render version and data update
+    task/<flow>/<run>/<step>/<task>           one task's details (published by `taskfeed`)
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ from typing import Any
 
 from .hub import SNAPSHOT, Hub, Message
 from .index import Changes, Index, update_dict
-from .layout import CardKey, RunKey, card_key_from_parts, is_name
+from .layout import CardKey, RunKey, TaskKey, card_key_from_parts, is_name, task_key_from_parts
 
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    kind: str  # flows | runs | run | card
+    kind: str  # flows | runs | run | card | task
     flow: str | None = None
     run: RunKey | None = None
     card: CardKey | None = None
+    task: TaskKey | None = None
 
     def __str__(self) -> str:
+        if self.task is not None:
+            return f"task/{self.task}"
         if self.card is not None:
             return f"card/{self.card}"
         if self.run is not None:
@@ -50,6 +54,9 @@ def parse_topic(text: str) -> Topic | None:
     if kind == "card":
         key = card_key_from_parts(parts)
         return Topic("card", card=key) if key else None
+    if kind == "task":
+        task = task_key_from_parts(parts)
+        return Topic("task", task=task) if task else None
     return None
 
 
@@ -97,6 +104,8 @@ class Feed:
             return [message(name, SNAPSHOT, "runs", flow=topic.flow, runs=runs)]
         if topic.run is not None:
             return [self._run_snapshot(topic.run)]
+        if topic.task is not None:
+            return []  # read from disk on subscribe, then published: see `taskfeed`
         assert topic.card is not None
         return self._card_messages(topic.card, render=True, update=True)
 

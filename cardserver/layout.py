@@ -242,3 +242,56 @@ def meta_file_name(kind: MetaKind, ts: int) -> str:
     if kind is MetaKind.TASK_SELF:
         return "_self.json"
     return f"sysmeta_{kind.value}_{ts}.json"
+
+
+# --- a task's own folder (attempts, verdicts, logs), read on demand by the task view -------
+
+# `<a>.attempt.json`, `<a>.task_begin`, `<a>.task_end`, `<a>.DONE.lock`, `<a>.runtime`,
+# `<a>.runtime_stdout.log`, `<a>.runtime_stderr.log`, `<a>.data.json` (not read: artifacts).
+_ATTEMPT_FILE = re.compile(
+    r"(?P<attempt>\d{1,4})\.(?P<kind>attempt\.json|task_begin|task_end|DONE\.lock|runtime"
+    r"|runtime_stdout\.log|runtime_stderr\.log)"
+)
+# `_meta/sysmeta_<field>_<ts>.json`: user, versions, attempts, and card-info (field = card uuid).
+_SYSMETA_NAME = re.compile(r"sysmeta_(?P<field>[A-Za-z0-9_\-]{1,100}?)_(?P<ts>\d{1,20})\.json")
+LOG_STREAMS = ("stdout", "stderr")
+
+
+def task_dir(key: TaskKey) -> PurePosixPath:
+    """A task's folder, relative to the datastore root."""
+    return PurePosixPath(key.flow, key.run, key.step, key.task)
+
+
+def task_key_from_parts(parts: list[str]) -> TaskKey | None:
+    """Validate URL or API segments `flow/run/step/task` into a key."""
+    if len(parts) != 4 or not all(is_name(p) for p in parts) or parts[2] == PARAMETERS_STEP:
+        return None
+    return TaskKey(*parts)
+
+
+def parse_attempt_file(name: str) -> tuple[int, str] | None:
+    """(attempt, kind) of a file in a task's folder, e.g. `1.runtime` -> (1, "runtime")."""
+    match = _ATTEMPT_FILE.fullmatch(name)
+    return (int(match["attempt"]), match["kind"]) if match else None
+
+
+def parse_sysmeta_name(name: str) -> tuple[str, int] | None:
+    """(field, ts) of a `_meta/sysmeta_<field>_<ts>.json` file."""
+    match = _SYSMETA_NAME.fullmatch(name)
+    return (match["field"], int(match["ts"])) if match else None
+
+
+def log_file_name(attempt: int, stream: str) -> str:
+    return f"{attempt}.runtime_{stream}.log"
+
+
+def task_of_path(rel: PurePosixPath, cards: bool) -> TaskKey | None:
+    """The task whose folder holds `rel` (relative to the datastore root, or to the cards root
+    when `cards`), at any depth; None outside task folders."""
+    parts = rel.parts
+    if cards:
+        found = parse_card_parts(parts)
+        return found.key.task if found else None
+    if len(parts) < 5 or parts[1] == "data":
+        return None
+    return task_key_from_parts(list(parts[:4]))

@@ -31,6 +31,7 @@ from .layout import CardFileKind, CardKey, RunKey, card_path, parse_card_path
 from .live import LiveRuns
 from .prescan import Prescan
 from .status import Status
+from .taskfeed import TaskFeed
 from .watcher import Batch, Change, Item, Opened, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
@@ -49,6 +50,7 @@ class Pipeline:
         self.index = Index()
         self.hub = Hub()
         self.feed = Feed(self.index, self.hub)
+        self.tasks = TaskFeed(config.roots, config.limits, self.index, self.hub)
         self.watcher = Watcher(config.roots, config.timing, config.force_polling)
         self.live = LiveRuns(config.timing.settle_seconds)
         self.followed: set[RunKey] = set()  # the runs watched deeply: they may still change
@@ -115,6 +117,7 @@ class Pipeline:
             await self.rescan()
         else:
             self.ingest(self.classify(item))
+            self.tasks.paths_changed(path for _, path in item)
 
     # --- the polling fallback ----------------------------------------------------------------
 
@@ -196,6 +199,10 @@ class Pipeline:
         if changes:
             self.feed.publish(changes)
             self.follow_live_runs(changes)
+            if changes.reset:
+                self.tasks.refresh_all()
+            else:
+                self.tasks.changed(changes.tasks)
 
     # --- what the watcher follows -------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..config import Config
 from ..pipeline import Pipeline
 from ..prescan import Prescan
-from . import api, pages
+from . import api, pages, tasks
 from .cards import CardPages
 from .keys import CARD_PAGES, CONFIG, GUARD, PIPELINE, SEEN_TRANSPORTS, SOCKET_TASKS, SOCKETS
 from .security import Guard, make_middleware
@@ -38,6 +38,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     app[SEEN_TRANSPORTS] = seen
     base = config.base_url
     app.router.add_get(f"{base}ws", websocket)
+    tasks.add_routes(app, base)  # before the API's catch-all
     api.add_routes(app, base)
     pages.add_routes(app, base)
     app.cleanup_ctx.append(run_pipeline)

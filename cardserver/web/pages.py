@@ -24,7 +24,7 @@ from .security import CARD_CSP, CARD_IFRAME_SANDBOX, CARD_ROUTE, VIEWER_CSP, pla
 class View:
     """What the shell opens on; the browser side takes it from there."""
 
-    kind: str  # follow | flow | run | card
+    kind: str  # follow | flow | run | card | task
     flow: str | None = None
     run: str | None = None
     step: str | None = None

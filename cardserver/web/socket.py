@@ -123,6 +123,8 @@ class Session:
             tasks = self.app[SOCKET_TASKS]
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+        if topic.task is not None:
+            pipeline.tasks.refresh(topic.task)  # its details are read from disk, then published
         return True
 
     def error(self, topic: object, text: str) -> None:

@@ -1,0 +1,92 @@
+"""The task topic, `task/<flow>/<run>/<step>/<task>`: a task's details (attempts, verdicts,
+log sizes, metadata, cards, traceback), read from its folder on demand and pushed again
+whenever anything in that folder, or the task in the index, changes while someone watches.
+
+A log that grew shows as a new size in its attempt's `logs`: the browser fetches the new lines.
+Reads happen only for watched tasks, in a thread, one at a time per task (a burst of changes
+while one read runs costs one more read, not one per change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .config import Limits, Roots
+from .feed import message
+from .hub import SNAPSHOT, Hub
+from .index import Index, card_order
+from .layout import TaskKey, task_key_from_parts, task_of_path
+from .taskinfo import read_task, task_detail
+
+
+def task_topic(key: TaskKey) -> str:
+    return f"task/{key}"
+
+
+class TaskFeed:
+    def __init__(self, roots: Roots, limits: Limits, index: Index, hub: Hub) -> None:
+        self.roots = roots
+        self.limits = limits
+        self.index = index
+        self.hub = hub
+        self._reading: dict[TaskKey, asyncio.Task[None]] = {}
+        self._again: set[TaskKey] = set()
+
+    async def detail(self, key: TaskKey) -> dict[str, Any] | None:
+        """The task's details now; None when neither the disk nor the index knows it."""
+        found = await asyncio.to_thread(read_task, self.roots.datastore, key, self.limits.max_meta_bytes)
+        task = self.index.task(key)
+        if found is None and task is None:
+            return None
+        cards = [c.summary() for c in sorted(task.cards.values(), key=card_order)] if task else []
+        return task_detail(key, found, cards, task.shown.value if task else None)
+
+    # --- pushes -----------------------------------------------------------------------------
+
+    def paths_changed(self, paths: Iterable[Path]) -> None:
+        """Files changed on disk: push again each watched task whose folder holds one."""
+        if not any(name.startswith("task/") for name in self.hub.topics):
+            return  # nobody looks at a task: a busy run's batches cost nothing here
+        self.changed({key for path in paths if (key := self.task_of(path)) is not None})
+
+    def changed(self, keys: Iterable[TaskKey]) -> None:
+        for key in keys:
+            if self.hub.has_subscribers(task_topic(key)):
+                self.refresh(key)
+
+    def refresh_all(self) -> None:
+        """After a whole read of the tree: every watched task may have changed."""
+        for name in self.hub.topics:
+            key = task_key_from_parts(name.split("/")[1:]) if name.startswith("task/") else None
+            if key is not None:
+                self.refresh(key)
+
+    def refresh(self, key: TaskKey) -> None:
+        if key in self._reading:
+            self._again.add(key)
+            return
+        self._reading[key] = asyncio.create_task(self._push(key))
+
+    async def _push(self, key: TaskKey) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                detail = await self.detail(key)
+                topic = task_topic(key)
+                if detail is None:
+                    self.hub.publish(message(topic, SNAPSHOT, "task-detail", exists=False))
+                else:
+                    self.hub.publish(message(topic, SNAPSHOT, "task-detail", **detail))
+                if key not in self._again:
+                    return
+        finally:
+            del self._reading[key]
+
+    def task_of(self, path: Path) -> TaskKey | None:
+        for root, cards in ((self.roots.cards, True), (self.roots.datastore, False)):
+            if path.is_relative_to(root):
+                return task_of_path(PurePosixPath(path.relative_to(root).as_posix()), cards)
+        return None

@@ -1,0 +1,251 @@
+"""One task's details, read from its folder when someone looks (never in the index's hot
+path): each attempt's start, end and verdict, its log sizes, the task's metadata, which
+attempt each card belongs to, and the traceback of a failed attempt.
+
+The facts (DESIGN.md §2): `<a>.attempt.json` holds the attempt's start `time`; `<a>.task_end`
+is written when the task process ends; `<a>.runtime` is the runtime's verdict
+(`return_code`, `killed`, `success`), also for workers it killed; `_meta/_self.json` holds the
+tags; `_meta/sysmeta_<field>_<ts>.json` the user, versions, `attempt_ok` per attempt, and a
+`card-info` per card (field = the card's uuid, `attempt_id:N` in its tags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import disk, logs
+from .layout import LOG_STREAMS, TaskKey, log_file_name, parse_attempt_file, parse_sysmeta_name, task_dir
+
+MAX_ENTRIES = 10_000  # a task folder holds a few dozen files: never list more than this
+METADATA_FIELDS = ("user", "python_version", "metaflow_version", "runtime", "script-name", "ds-type")
+_CARD_UUID = re.compile(r"[0-9a-f]{32}")  # a card-info field is the card's uuid
+
+
+@dataclass(slots=True)
+class AttemptFiles:
+    """What one attempt left in the task folder."""
+
+    stats: dict[str, os.stat_result] = field(default_factory=dict)  # by kind: "runtime", ...
+    started: float | None = None
+    verdict: dict[str, Any] | None = None  # the runtime's `<a>.runtime`
+    attempt_ok: bool | None = None  # `_meta` attempt_ok, when the runtime wrote no verdict
+
+
+@dataclass(slots=True)
+class TaskFolder:
+    attempts: dict[int, AttemptFiles] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    card_attempts: dict[str, int] = field(default_factory=dict)  # card uuid -> attempt
+    traceback: dict[str, Any] | None = None
+
+
+def folder_of(datastore: Path, key: TaskKey) -> Path | None:
+    """The task's folder, proven inside the datastore (no `..`, no symlink out)."""
+    root = datastore.resolve()
+    candidate = (datastore / task_dir(key)).resolve()
+    return candidate if candidate.is_relative_to(root) and candidate.is_dir() else None
+
+
+def read_task(datastore: Path, key: TaskKey, cap: int) -> TaskFolder | None:
+    """Everything the task view shows about a task; None when its folder does not exist."""
+    folder = folder_of(datastore, key)
+    if folder is None:
+        return None
+    found = TaskFolder()
+    for name, stat in entries(folder):
+        parsed = parse_attempt_file(name)
+        if parsed is not None:
+            found.attempts.setdefault(parsed[0], AttemptFiles()).stats[parsed[1]] = stat
+    for number, files in found.attempts.items():
+        read_attempt(folder, number, files, cap)
+    read_meta(folder / "_meta", found, cap)
+    found.traceback = failed_traceback(folder, found.attempts)
+    return found
+
+
+def entries(folder: Path) -> list[tuple[str, os.stat_result]]:
+    """The regular files of a folder with their stats, at most MAX_ENTRIES."""
+    out: list[tuple[str, os.stat_result]] = []
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if len(out) >= MAX_ENTRIES:
+                    break
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        out.append((entry.name, entry.stat(follow_symlinks=False)))
+                except OSError:
+                    continue  # vanished while listed
+    except OSError:
+        return []
+    return out
+
+
+def read_attempt(folder: Path, number: int, files: AttemptFiles, cap: int) -> None:
+    if "attempt.json" in files.stats:
+        doc = disk.read_json(folder / f"{number}.attempt.json", cap)
+        if isinstance(doc, dict) and isinstance(doc.get("time"), int | float):
+            files.started = float(doc["time"])
+    if "runtime" in files.stats:
+        doc = disk.read_json(folder / f"{number}.runtime", cap)
+        if isinstance(doc, dict):
+            files.verdict = doc
+
+
+def read_meta(meta: Path, found: TaskFolder, cap: int) -> None:
+    """Tags from `_self.json`; the newest value of each metadata field; attempt_ok per attempt;
+    the attempt of each card."""
+    newest: dict[str, tuple[int, Path]] = {}
+    oks: list[Path] = []
+    infos: list[Path] = []
+    for name, _ in entries(meta):
+        parsed = parse_sysmeta_name(name)
+        if name == "_self.json":
+            read_tags(meta / name, found, cap)
+        elif parsed is None:
+            continue
+        elif parsed[0] == "attempt_ok":
+            oks.append(meta / name)
+        elif parsed[0] in METADATA_FIELDS:
+            if parsed[1] > newest.get(parsed[0], (-1, meta))[0]:
+                newest[parsed[0]] = (parsed[1], meta / name)
+        elif _CARD_UUID.fullmatch(parsed[0]):
+            infos.append(meta / name)
+    for field_name, (_, path) in newest.items():
+        doc = disk.read_json(path, cap)
+        if isinstance(doc, dict):
+            found.metadata[field_name.replace("-", "_")] = doc.get("value")
+    for path in infos:
+        doc = disk.read_json(path, cap)
+        if isinstance(doc, dict) and doc.get("type") == "card-info":
+            card_info(doc, found)
+    for path in oks:
+        doc = disk.read_json(path, cap)
+        attempt = attempt_tag(doc) if isinstance(doc, dict) else None
+        if isinstance(doc, dict) and attempt in found.attempts:
+            found.attempts[attempt].attempt_ok = doc.get("value") == "True"
+
+
+def read_tags(path: Path, found: TaskFolder, cap: int) -> None:
+    doc = disk.read_json(path, cap)
+    if isinstance(doc, dict):
+        found.metadata["tags"] = strings(doc.get("tags"))
+        found.metadata["system_tags"] = strings(doc.get("system_tags"))
+
+
+def card_info(doc: dict[str, Any], found: TaskFolder) -> None:
+    attempt = attempt_tag(doc)
+    try:
+        value = json.loads(doc.get("value") or "{}")
+    except (TypeError, ValueError):
+        return
+    uuid = value.get("card_uuid") if isinstance(value, dict) else None
+    if isinstance(uuid, str) and attempt is not None:
+        found.card_attempts[uuid] = attempt
+
+
+def attempt_tag(doc: dict[str, Any]) -> int | None:
+    """N of the `attempt_id:N` tag Metaflow puts on each metadata entry."""
+    for tag in strings(doc.get("tags")):
+        if tag.startswith("attempt_id:") and tag[11:].isdigit():
+            return int(tag[11:])
+    return None
+
+
+def strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def failed_traceback(folder: Path, attempts: dict[int, AttemptFiles]) -> dict[str, Any] | None:
+    """The traceback of the latest failed attempt that printed one."""
+    for number in sorted(attempts, reverse=True):
+        files = attempts[number]
+        if verdict(files, latest=False) != "failed" or "runtime_stderr.log" not in files.stats:
+            continue
+        try:
+            found = logs.traceback_of(folder / log_file_name(number, "stderr"))
+        except OSError:
+            continue
+        if found:
+            return {"attempt": number, "exception": found[-1].text,
+                    "lines": [line.as_dict() for line in found]}
+    return None
+
+
+# --- what the API and the task topic show -------------------------------------------------
+
+
+def verdict(files: AttemptFiles, latest: bool) -> str:
+    """succeeded | failed | killed from the runtime's verdict, else from `_meta`; an attempt
+    that has not ended is running if it is the latest, and was killed if a retry followed."""
+    doc = files.verdict
+    if doc is not None:
+        if doc.get("success") is True:
+            return "succeeded"
+        return "killed" if doc.get("killed") is True else "failed"
+    if files.attempt_ok is not None:
+        return "succeeded" if files.attempt_ok else "failed"
+    if "task_end" in files.stats or "DONE.lock" in files.stats:
+        return "finished"  # ended, and no verdict was recorded where we can read it
+    return "running" if latest else "killed"
+
+
+def finished_at(files: AttemptFiles) -> float | None:
+    for kind in ("task_end", "DONE.lock", "runtime"):
+        if kind in files.stats:
+            return files.stats[kind].st_mtime
+    return None
+
+
+def attempt_summary(number: int, files: AttemptFiles, latest: bool,
+                    cards: list[dict[str, Any]]) -> dict[str, Any]:
+    started = files.started
+    if started is None and "task_begin" in files.stats:
+        started = files.stats["task_begin"].st_mtime
+    finished = finished_at(files)
+    doc = files.verdict or {}
+    code = doc.get("return_code")
+    return {
+        "attempt": number,
+        "started": started,
+        "finished": finished,
+        "duration": finished - started if finished is not None and started is not None else None,
+        "verdict": verdict(files, latest),
+        "return_code": code if isinstance(code, int) else None,
+        "killed": doc.get("killed") is True,
+        "logs": {s: log_size(files, s) for s in LOG_STREAMS},
+        "cards": cards,
+    }
+
+
+def log_size(files: AttemptFiles, stream: str) -> int | None:
+    stat = files.stats.get(f"runtime_{stream}.log")
+    return stat.st_size if stat is not None else None
+
+
+def task_detail(key: TaskKey, found: TaskFolder | None, cards: list[dict[str, Any]],
+                shown_status: str | None) -> dict[str, Any]:
+    """The task view's whole state. `cards` are the index's card summaries for the task;
+    `shown_status` the index's status of it (None when the index does not know it)."""
+    head = {"flow": key.flow, "run": key.run, "step": key.step, "task": key.task}
+    if found is None:
+        return {**head, "exists": shown_status is not None, "status": shown_status, "attempts": [],
+                "metadata": {}, "traceback": None, "cards": cards}
+    by_attempt: dict[int, list[dict[str, Any]]] = {}
+    for card in cards:
+        attempt = found.card_attempts.get(str(card.get("name", "")).rsplit("-", 1)[-1])
+        card["attempt"] = attempt
+        by_attempt.setdefault(attempt if attempt is not None else -1, []).append(card)
+    latest = max(found.attempts, default=None)
+    attempts = [attempt_summary(n, found.attempts[n], n == latest, by_attempt.get(n, []))
+                for n in sorted(found.attempts)]
+    status = attempts[-1]["verdict"] if attempts else shown_status
+    if status == "running" and shown_status == "killed":  # the index saw the whole run end
+        status = attempts[-1]["verdict"] = "killed"
+    return {**head, "exists": True, "status": status, "attempts": attempts,
+            "metadata": found.metadata, "traceback": found.traceback, "cards": cards}
