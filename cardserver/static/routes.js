@@ -17,3 +17,11 @@ export function cardSource(flow, run, card) {
 export function cardTopic(flow, run, card) {
   return `card/${flow}/${run}/${card.step}/${card.task}/${card.name}`;
 }
+
+export function taskPath(flow, run, row) {
+  return `${runPath(flow, run)}/${enc(row.step)}/${enc(row.task)}`;
+}
+
+export function taskTopic({ flow, run, step, task }) {
+  return `task/${flow}/${run}/${step}/${task}`;
+}

@@ -5,8 +5,9 @@
 import { CardList, toRows } from "./cardlist.js";
 import { followCard, newestRun, newer } from "./follow.js";
 import { Frames } from "./frames.js";
-import { cardPath, cardSource, runPath } from "./routes.js";
+import { cardPath, cardSource, runPath, taskPath } from "./routes.js";
 import { LiveSocket, socketUrl } from "./socket.js";
+import { TaskView } from "./taskview.js";
 
 const $ = (id) => document.getElementById(id);
 const view = JSON.parse($("view").textContent);
@@ -24,13 +25,17 @@ const state = {
   tasks: new Map(),
   rows: [],
   selected: null,
-  want: view.kind === "card" ? `${view.step}/${view.task}/${view.card}` : null,
+  want: view.kind === "card" ? `${view.step}/${view.task}/${view.card}`
+    : view.kind === "task" ? `${view.step}/${view.task}` : null,
+  tab: view.kind === "task" ? "task" : "card", // what the stage shows: the card or the task view
   follow: view.kind === "follow" || new URLSearchParams(location.search).has("follow"),
 };
 
 const list = new CardList($("card-list"), { onPick: (id) => pick(id, { byHand: true }) });
 const frames = new Frames($("frames"), { onUpdate: () => {} });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
+const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
+  onCard: (step, task, name) => pick(`${step}/${task}/${name}`, { byHand: true, tab: "card" }) });
 
 const handlers = {
   flows: (m) => { state.flows = m.flows; drawFlowPicker(); chooseRun(); },
@@ -39,6 +44,7 @@ const handlers = {
   "run-detail": (m) => runDetail(m),
   task: (m) => { state.tasks.set(`${m.task.step}/${m.task.task}`, m.task); rowsChanged(); },
   "task-removed": (m) => { state.tasks.delete(`${m.step}/${m.task}`); rowsChanged(); },
+  "task-detail": (m) => taskView.onMessage(m),
 };
 
 function onMessage(message) {
@@ -126,28 +132,60 @@ function rowsChanged() {
     list.setRows(state.rows);
     drawStepFilter();
     $("task-count").textContent = `${state.tasks.size} tasks · ${state.rows.filter((r) => r.card).length} cards`;
-    if (state.want && state.rows.some((r) => r.id === state.want)) {
-      const wanted = state.want;
+    if (state.selected && !state.rows.some((r) => r.id === state.selected)) {
+      // The task got its first card (or lost one): stay on the same task.
+      const same = wantedRow(state.selected.split("/").slice(0, 2).join("/"));
+      state.selected = same ? same.id : null;
+      if (same) list.select(same.id, { reveal: false });
+    }
+    const wanted = state.want && wantedRow(state.want);
+    if (wanted) {
       state.want = null;
-      pick(wanted, { byHand: false });
+      pick(wanted.id, { byHand: false, tab: state.tab });
     } else if (state.follow) {
       const id = followCard(state.rows, state.selected);
       if (id && id !== state.selected) pick(id, { byHand: false });
     }
+    drawFailureBadge();
+    if (!selectedRow()) showTab();
     drawCardBar();
   });
 }
 
-function pick(id, { byHand }) {
+// A card row by its id, or a task's first row by `step/task` (the task view's deep link).
+function wantedRow(want) {
+  return state.rows.find((r) => r.id === want) || state.rows.find((r) => `${r.step}/${r.task}` === want);
+}
+
+// Show a row: its card, or its task view (`tab`, and always for a task without a card).
+function pick(id, { byHand, tab }) {
   const row = state.rows.find((r) => r.id === id);
-  if (!row || !row.card) return;
+  if (!row) return;
   if (byHand && state.follow) setFollow(false);
   state.selected = id;
+  if (tab) state.tab = tab;
+  if (!row.card) state.tab = "task";
   list.select(id);
   $("empty").hidden = true;
-  frames.show(new URL(`${cardSource(state.flow, state.run, { ...row, name: row.card.name })}?embed=viewer`, ROOT).href);
+  if (row.card) {
+    frames.show(new URL(`${cardSource(state.flow, state.run, { ...row, name: row.card.name })}?embed=viewer`, ROOT).href);
+  }
+  showTab();
   drawCardBar();
   updateAddress(byHand);
+}
+
+function showTab() {
+  const row = selectedRow();
+  const task = state.tab === "task" && row !== null;
+  $("frames").hidden = task;
+  $("task-panel").hidden = !task;
+  $("tab-card").setAttribute("aria-selected", String(!task));
+  $("tab-task").setAttribute("aria-selected", String(task));
+  $("tab-card").disabled = !row || !row.card;
+  $("tab-task").disabled = !row;
+  if (task) taskView.show(state.flow, state.run, row.step, row.task);
+  else taskView.hide();
 }
 
 function selectedRow() {
@@ -174,8 +212,9 @@ $("follow").setAttribute("aria-pressed", String(state.follow));
 function updateAddress(push = false) {
   if (!state.flow || !state.run) return;
   const row = selectedRow();
-  let path = row ? cardPath(state.flow, state.run, { ...row, name: row.card.name })
-    : runPath(state.flow, state.run);
+  let path = !row ? runPath(state.flow, state.run)
+    : state.tab === "task" || !row.card ? taskPath(state.flow, state.run, row)
+      : cardPath(state.flow, state.run, { ...row, name: row.card.name });
   if (state.follow && !view.pinned_run) path += "?follow";
   const url = new URL(path, ROOT).href;
   if (url === location.href) return;
@@ -189,7 +228,8 @@ window.addEventListener("popstate", () => {
   if (rel[0] !== "run" || rel.length < 3) return;
   state.follow = new URLSearchParams(location.search).has("follow");
   $("follow").setAttribute("aria-pressed", String(state.follow));
-  state.want = rel.length === 6 ? rel.slice(3).join("/") : null;
+  state.want = rel.length === 6 || rel.length === 5 ? rel.slice(3).join("/") : null;
+  if (state.want) state.tab = rel.length === 5 ? "task" : "card";
   showRun(rel[1], rel[2]);
   rowsChanged();
 });
@@ -258,12 +298,36 @@ function drawCardBar() {
     open.hidden = true;
     return;
   }
-  $("card-title").textContent = `${row.step}/${row.task} · ${row.card.id || row.card.type}`;
+  $("card-title").textContent = `${row.step}/${row.task} · ${row.card ? row.card.id || row.card.type : "no card"}`;
   $("card-status").textContent = row.status;
   $("card-status").dataset.status = row.status;
-  open.href = new URL(cardSource(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
-  open.hidden = false;
+  open.hidden = !row.card;
+  if (row.card) open.href = new URL(cardSource(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
 }
+
+// A failure in the shown run is visible at once, whatever is shown: a badge that opens the
+// most recently started failed task on its traceback.
+function drawFailureBadge() {
+  const failed = [...state.tasks.values()].filter((t) => t.status === "failed");
+  const badge = $("failure-badge");
+  badge.hidden = !failed.length;
+  if (!failed.length) return;
+  failed.sort((a, b) => (b.started || 0) - (a.started || 0));
+  badge.textContent = `✕ ${failed.length} failed`;
+  badge.dataset.task = `${failed[0].step}/${failed[0].task}`;
+}
+
+$("failure-badge").addEventListener("click", () => {
+  const row = wantedRow($("failure-badge").dataset.task);
+  if (row) pick(row.id, { byHand: true, tab: "task" });
+});
+$("tab-card").addEventListener("click", () => { state.tab = "card"; showTab(); updateAddress(true); });
+$("tab-task").addEventListener("click", () => { state.tab = "task"; showTab(); updateAddress(true); });
+// The card list picks card rows; a task without a card opens its task view.
+$("card-list").addEventListener("click", (event) => {
+  const row = event.target.closest(".row.nocard");
+  if (row) pick(row.dataset.id, { byHand: true, tab: "task" });
+});
 
 function showConnection(value, failures = 0) {
   const node = $("connection");
