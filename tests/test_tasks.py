@@ -14,8 +14,7 @@ import metaflow
 import pytest
 from conftest import make_config, next_message, start_flow, subscribe
 from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish, run_task_flows
-
-from cardserver.config import Roots
+from test_metaflow import roots_in
 
 pytestmark = pytest.mark.timeout(300)
 FLOW_WAIT = 120.0
@@ -148,12 +147,6 @@ async def test_logs_and_tasks_need_the_token(ran: Ran, start_app: Any) -> None:
     assert (await client.get(f"/api/logs/{task}", headers=bearer)).status == 200
     foreign = await client.get(f"/api/logs/{task}", headers={**bearer, "Origin": "null"})
     assert foreign.status == 403  # a card page (opaque origin) reads no logs
-
-
-def roots_in(workdir: Path) -> Roots:
-    datastore = workdir / ".metaflow"
-    datastore.mkdir()
-    return Roots(datastore, datastore / "mf.cards")
 
 
 async def test_attempts_and_verdicts_are_pushed_live(tmp_path: Path, start_app: Any) -> None:
