@@ -117,9 +117,10 @@ def join(feed: Feed, name: str) -> Subscriber:
         (f"card/LiveFlow/12/{LEGACY_STEP}/3/blank-id-{UUID}",
          Topic("card", card=CardKey(TaskKey("LiveFlow", "12", LEGACY_STEP, "3"),
                                     f"blank-id-{UUID}"))),
+        ("task/LiveFlow/12/start/3", Topic("task", task=TaskKey("LiveFlow", "12", "start", "3"))),
     ],
 )
-def test_parse_topic_accepts_the_four_forms(text: str, expected: Topic) -> None:
+def test_parse_topic_accepts_the_five_forms(text: str, expected: Topic) -> None:
     topic = parse_topic(text)
     assert topic == expected
     assert str(topic) == text
@@ -134,7 +135,8 @@ def test_parse_topic_accepts_the_four_forms(text: str, expected: Topic) -> None:
         "card", "card/a/1/start/1", f"card/a/1/start/1/blank-{UUID}/x",
         f"card/../1/start/1/blank-{UUID}", "card/a/1/start/1/..", "card/a/1/start/1/tmpa1b2c3d4",
         f"card/a/1/start/1/blank-{UUID}.html", "card/a//start/1/blank-x",
-        "task/a/1/start/1", "runs/" + "a" * 1100, "run/a\x00/1",
+        "task", "task/a/1/start", "task/a/1/start/1/x", "task/a/1/_parameters/1", "task/a/../start/1",
+        "tasks/a/1/start/1", "runs/" + "a" * 1100, "run/a\x00/1",
     ],
 )
 def test_parse_topic_rejects(text: str) -> None:
