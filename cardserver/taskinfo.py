@@ -63,7 +63,8 @@ def read_task(datastore: Path, key: TaskKey, cap: int) -> TaskFolder | None:
             found.attempts.setdefault(parsed[0], AttemptFiles()).stats[parsed[1]] = stat
     for number, files in found.attempts.items():
         read_attempt(folder, number, files, cap)
-    read_meta(folder / "_meta", found, cap)
+    if not (folder / "_meta").is_symlink():  # a link could point anywhere outside the task
+        read_meta(folder / "_meta", found, cap)
     found.traceback = failed_traceback(folder, found.attempts)
     return found
 
