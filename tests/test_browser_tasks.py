@@ -5,6 +5,7 @@ pages back, a hostile log line stays text, and a failure in a followed run shows
 from __future__ import annotations
 
 import asyncio
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish, ru
 pytestmark = pytest.mark.timeout(300)
 UI_WAIT = 20_000  # ms
 FLOW_WAIT = 120_000  # ms
-FRAME_BOUND_MS = 250  # a scroll must be painted within this, on a loaded 2-core machine
+# A scroll is painted within two frames (~33 ms) when idle; bounds with headroom for a 2-core
+# machine under other tests' load. Rendering every line instead takes seconds per frame.
+MEDIAN_FRAME_MS = 120
+WORST_FRAME_MS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ async def test_big_log_stays_responsive_while_scrolling(
     assert now >= 3 * loaded, (loaded, now)  # paged back by byte offset
     rendered = await page.eval_on_selector_all(".log-line", "nodes => nodes.length")
     assert rendered < 200  # virtual: only what is on screen
-    assert max(frames) < FRAME_BOUND_MS, sorted(frames)[-5:]
+    assert statistics.median(frames) < MEDIAN_FRAME_MS and max(frames) < WORST_FRAME_MS, sorted(frames)
     started = asyncio.get_running_loop().time()
     await page.click("[data-stream=stderr]")
     await page.wait_for_selector("[data-part=log-info] >> text=0 B", timeout=UI_WAIT)
