@@ -89,6 +89,7 @@ async def test_retry_shows_both_attempts_and_its_card(ran: Ran, server: ServerPr
     page, problems = await open_page(browser, f"{server.url}run/{RETRY_FLOW}/{ran.runs[RETRY_FLOW]}/flaky/2")
     await page.wait_for_selector("[data-part=traceback]:not([hidden])", timeout=UI_WAIT)
     assert "(attempt 1)" in await page.text_content("[data-part=exception]")
+    assert await page.text_content("[data-part=why]") == "An earlier attempt failed:"
     assert await attempts_shown(page) == [["1", "failed", "1"], ["2", "succeeded", "0"]]
     await page.click("[data-part=attempts] tr:nth-child(2) button.linkish")  # its card: tries
     await page.wait_for_selector("#frames:not([hidden]) iframe", timeout=UI_WAIT)

@@ -18,7 +18,7 @@ export class TaskView {
     this.detail = null;
     this.choice = { attempt: null, stream: null };
     const $ = (name) => element.querySelector(`[data-part="${name}"]`);
-    this.parts = { title: $("title"), status: $("status"), traceback: $("traceback"),
+    this.parts = { title: $("title"), status: $("status"), traceback: $("traceback"), why: $("why"),
       exception: $("exception"), tracebackLines: $("traceback-lines"), attempts: $("attempts"),
       metadata: $("metadata"), attempt: $("attempt"), streams: $("streams"), logInfo: $("log-info") };
     this.log = new LogList($("log"), { fetchPage: (query) => this.fetchPage(query) });
@@ -117,9 +117,11 @@ export class TaskView {
   drawTraceback(traceback) {
     this.parts.traceback.hidden = !traceback;
     if (!traceback) return;
+    const retried = this.detail.attempts.some((a) => a.attempt > traceback.attempt);
+    this.parts.why.textContent = retried ? "An earlier attempt failed:" : "Why it failed:";
     this.parts.exception.textContent = `${traceback.exception} (attempt ${traceback.attempt + 1})`;
     this.parts.tracebackLines.textContent = traceback.lines.map((l) => l.text).join("\n");
-    this.parts.traceback.scrollTop = this.parts.traceback.scrollHeight; // the user's own frames are last
+    this.parts.tracebackLines.scrollTop = this.parts.tracebackLines.scrollHeight; // the user's frames are last
   }
 
   drawAttempts(attempts) {
