@@ -74,6 +74,7 @@ class Pipeline:
         if self._settle_timer is not None:
             self._settle_timer.cancel()
         self.watcher.stop()
+        await self.tasks.close()
         for task in (self._task, self._live_poll):
             if task is not None:
                 task.cancel()

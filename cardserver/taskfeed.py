@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -84,6 +85,12 @@ class TaskFeed:
                     return
         finally:
             del self._reading[key]
+
+    async def close(self) -> None:
+        for reading in list(self._reading.values()):
+            reading.cancel()
+            with suppress(asyncio.CancelledError):
+                await reading
 
     def task_of(self, path: Path) -> TaskKey | None:
         for root, cards in ((self.roots.cards, True), (self.roots.datastore, False)):

@@ -37,6 +37,7 @@ export class TaskView {
     this.key = key;
     this.detail = null;
     this.choice = { attempt: null, stream: null };
+    this.byHand = false;
     this.parts.title.textContent = `${step}/${task}`;
     this.parts.status.textContent = "";
     this.parts.traceback.hidden = true;
@@ -54,18 +55,15 @@ export class TaskView {
 
   onMessage(message) {
     if (!this.key || message.topic !== taskTopic(this.key)) return;
-    const first = this.detail === null;
+    const before = this.detail === null ? null : this.choice;
     this.detail = message;
-    if (first) {
-      const last = message.attempts?.length ? message.attempts[message.attempts.length - 1].attempt : null;
-      const failed = message.traceback !== null && message.traceback !== undefined;
-      this.choice = { attempt: failed ? message.traceback.attempt : last, stream: failed ? "stderr" : "stdout" };
-    }
+    if (!this.byHand) this.choice = defaultChoice(message);
     this.draw();
-    this.syncLog(first);
+    this.syncLog(!before || before.attempt !== this.choice.attempt || before.stream !== this.choice.stream);
   }
 
   choose(change) {
+    this.byHand = true; // from now on pushes keep what the user chose
     this.choice = { ...this.choice, ...change };
     this.draw();
     this.syncLog(true);
@@ -162,6 +160,15 @@ export class TaskView {
     }
     this.parts.metadata.replaceChildren(...nodes);
   }
+}
+
+// A failed task opens on the stderr of the attempt whose traceback is shown; any other on the
+// latest attempt's stdout.
+function defaultChoice(detail) {
+  const attempts = detail.attempts || [];
+  const latest = attempts.length ? attempts[attempts.length - 1].attempt : null;
+  if (detail.status === "failed" && detail.traceback) return { attempt: detail.traceback.attempt, stream: "stderr" };
+  return { attempt: latest, stream: detail.status === "failed" ? "stderr" : "stdout" };
 }
 
 function cell(content) {
