@@ -1,6 +1,7 @@
 """The task view in Chromium, on real Metaflow runs: a failed task without a card opens on its
 traceback, killed siblings and retries show their attempts, a 10 MiB log scrolls smoothly and
-pages back, a hostile log line stays text, and a failure in a followed run shows at once."""
+pages back, a log that grows is appended live, a hostile log line stays text, and a failure in a
+followed run shows at once."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServerProcess, launch, start_flow
+from conftest import ServerProcess, launch, make_config, start_flow
 from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish, run_task_flows
+
+from cardserver import demo
 
 pytestmark = pytest.mark.timeout(300)
 UI_WAIT = 20_000  # ms
@@ -142,3 +145,26 @@ async def test_follow_mode_shows_a_failure_at_once(tmp_path: Path, browser: Any)
         if flow is not None:
             await asyncio.to_thread(finish, flow)
         server.stop()
+
+
+def mflog(*texts: str) -> str:
+    return "".join(f"[MFLOG|0|2026-11-29T10:03:11.835570Z|runtime|5e0d4dc9]{text}\n" for text in texts)
+
+
+async def test_a_log_that_grows_is_appended_live(roots: Any, start_app: Any, browser: Any) -> None:
+    run = demo.start_run(roots.datastore, flow="DemoFlow")
+    task = run.start_task("train")
+    client = await start_app(make_config(roots))
+    url = client.make_url(f"/run/DemoFlow/{run.run}/train/{task.key.task}")
+    page, problems = await open_page(browser, str(url))
+    await page.wait_for_selector("[data-part=log-info] >> text=no log saved yet", timeout=UI_WAIT)
+    log = task.meta_dir.parent / "0.runtime_stdout.log"
+    log.write_text(mflog("one", "two"))
+    await page.wait_for_selector(".log-line >> text=two", timeout=UI_WAIT)
+    with log.open("a") as handle:  # S3 uploads grow a remote task's log while it runs
+        handle.write(mflog("three", HOSTILE))
+    await page.wait_for_selector(f".log-line >> text={HOSTILE}", timeout=UI_WAIT)
+    texts = await page.eval_on_selector_all(".log-line .text", "nodes => nodes.map(n => n.textContent)")
+    assert texts == ["one", "two", "three", HOSTILE]
+    assert await page.get_attribute("[data-part=log]", "data-lines") == "4"
+    assert await page.text_content("[data-part=status]") == "running" and problems == []
