@@ -287,11 +287,11 @@ def log_file_name(attempt: int, stream: str) -> str:
 
 def task_of_path(rel: PurePosixPath, cards: bool) -> TaskKey | None:
     """The task whose folder holds `rel` (relative to the datastore root, or to the cards root
-    when `cards`), at any depth; None outside task folders."""
+    when `cards`: a card's HTML only, as its data updates change nothing about the task)."""
     parts = rel.parts
     if cards:
         found = parse_card_parts(parts)
-        return found.key.task if found else None
+        return found.key.task if found and found.kind is CardFileKind.HTML else None
     if len(parts) < 5 or parts[1] == "data":
         return None
     return task_key_from_parts(list(parts[:4]))

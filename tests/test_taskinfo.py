@@ -33,6 +33,8 @@ def test_task_of_path_in_both_trees() -> None:
     assert task_of_path(PurePosixPath("F/data/ab/abcdef/x"), cards=False) is None
     card = "F/runs/1/steps/train/tasks/2/cards/blank-0123456789abcdef0123456789abcdef.html"
     assert task_of_path(PurePosixPath(card), cards=True) == KEY
+    update = "F/runs/1/steps/train/tasks/2/runtime/blank-0123456789abcdef0123456789abcdef.data.json"
+    assert task_of_path(PurePosixPath(update), cards=True) is None
 
 
 def write(path: Path, doc: object) -> None:
