@@ -168,3 +168,16 @@ async def test_a_log_that_grows_is_appended_live(roots: Any, start_app: Any, bro
     assert texts == ["one", "two", "three", HOSTILE]
     assert await page.get_attribute("[data-part=log]", "data-lines") == "4"
     assert await page.text_content("[data-part=status]") == "running" and problems == []
+
+
+async def test_t_key_switches_between_card_and_task(ran: Ran, server: ServerProcess, browser: Any) -> None:
+    url = f"{server.url}run/{RETRY_FLOW}/{ran.runs[RETRY_FLOW]}"
+    page, problems = await open_page(browser, url)
+    await page.click(".row[data-card] >> nth=0")  # flaky/2's card
+    await page.wait_for_selector("#frames:not([hidden]) iframe", timeout=UI_WAIT)
+    await page.keyboard.press("t")
+    await page.wait_for_selector("#task-panel:not([hidden]) [data-part=attempts] tr", timeout=UI_WAIT)
+    assert page.url.endswith("/flaky/2") and await page.is_hidden("#frames")
+    await page.keyboard.press("t")
+    await page.wait_for_selector("#frames:not([hidden])", timeout=UI_WAIT)
+    assert "/flaky/2/blank-tries-" in page.url and problems == []

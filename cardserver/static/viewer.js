@@ -363,6 +363,7 @@ $("toggle-list").addEventListener("click", () => {
 document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select, textarea") || event.metaKey || event.ctrlKey) return;
   if (event.key === "f") setFollow(!state.follow);
+  else if (event.key === "t" && selectedRow()) $(state.tab === "task" ? "tab-card" : "tab-task").click();
   else if (event.target === document.body && ["j", "k", "ArrowDown", "ArrowUp"].includes(event.key)) {
     list.key(event);
   }
