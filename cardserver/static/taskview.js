@@ -73,14 +73,17 @@ export class TaskView {
   syncLog(fresh) {
     const attempt = (this.detail?.attempts || []).find((a) => a.attempt === this.choice.attempt);
     const size = attempt ? attempt.logs[this.choice.stream] : null;
-    this.parts.logInfo.textContent = size === null || size === undefined ? "no log saved yet"
-      : `${bytes(size)}${attempt.verdict === "running" ? " · Metaflow saves local logs when the task ends" : ""}`;
-    if (size === null || size === undefined) { this.log.reset(); return; }
+    const saved = size !== null && size !== undefined;
+    const running = attempt?.verdict === "running" || (!attempt && this.detail?.status === "running");
+    this.parts.logInfo.textContent = (saved ? bytes(size) : "no log saved yet") +
+      (running && !saved ? " · Metaflow saves a local task's logs when it ends" : "");
+    if (!saved) { this.log.reset(); return; }
     if (fresh) this.log.load();
     else this.log.grown(size);
   }
 
   async fetchPage({ tail, before, after }) {
+    if (!this.key) return null;
     const { flow, run, step, task } = this.key;
     const query = new URLSearchParams({ stream: this.choice.stream, attempt: String(this.choice.attempt), tail: String(tail) });
     if (before !== undefined) query.set("before", String(before));
