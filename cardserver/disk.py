@@ -32,6 +32,7 @@ from .events import (
 )
 from .layout import (
     LEGACY_STEP,
+    NOT_RUNS,
     PARAMETERS_STEP,
     CardFileKind,
     CardKey,
@@ -40,6 +41,7 @@ from .layout import (
     RunKey,
     TaskKey,
     card_stem,
+    cards_runs_dir,
     is_name,
     parse_card_path,
     parse_datastore_path,
@@ -264,9 +266,6 @@ def chosen(path: str, only: str | None) -> list[str]:
         return []
 
 
-NOT_RUNS = ("data", "_meta")  # a flow folder's artifact store and its own status
-
-
 def datastore_runs(roots: Roots, scope: Scope) -> Iterator[tuple[RunKey, str]]:
     """Each run folder of the status tree within the scope, with its path."""
     top = str(roots.datastore)
@@ -281,8 +280,8 @@ def card_runs(roots: Roots, scope: Scope) -> Iterator[tuple[RunKey, str]]:
     """Each run folder of the cards tree within the scope, with its path."""
     top = str(roots.cards)
     for flow in chosen(top, scope.flow):
-        for run in chosen(f"{top}/{flow}/runs", scope.run):
-            yield RunKey(flow, run), f"{top}/{flow}/runs/{run}"
+        for run in chosen(f"{top}/{cards_runs_dir(flow)}", scope.run):
+            yield RunKey(flow, run), f"{top}/{cards_runs_dir(flow)}/{run}"
 
 
 def run_keys(roots: Roots, scope: Scope) -> set[RunKey]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .hub import SNAPSHOT, Hub, Message
+from .hub import SNAPSHOT, Hub, Message, TopicWatch
 from .index import Changes, Index, update_dict
 from .layout import CardKey, RunKey, TaskKey, card_key_from_parts, is_name, task_key_from_parts
 
@@ -32,7 +33,7 @@ class Topic:
         if self.task is not None:
             return f"task/{self.task}"
         if self.card is not None:
-            return f"card/{self.card}"
+            return card_topic(self.card)
         if self.run is not None:
             return f"run/{self.run}"
         if self.flow is not None:
@@ -61,7 +62,19 @@ def parse_topic(text: str) -> Topic | None:
 
 
 def card_topic(key: CardKey) -> str:
+    """A card's topic; also its page's URL below the app root (one string, built only here)."""
     return f"card/{key}"
+
+
+def shown_cards(show: Callable[[CardKey, bool], None]) -> TopicWatch:
+    """A hub watch that tells `show` (the source's) when a card gains or loses its viewers."""
+
+    def watch(name: str, shown: bool) -> None:
+        topic = parse_topic(name)
+        if topic is not None and topic.card is not None:
+            show(topic.card, shown)
+
+    return watch
 
 
 def encode(payload: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 SNAPSHOT = ""  # the entity of a topic's full-state message; it supersedes all pending deltas
@@ -82,16 +82,27 @@ class Subscriber:
         self.topics: set[str] = set()
 
 
+# Told when a topic gains its first subscriber (True) or loses its last (False).
+TopicWatch = Callable[[str, bool], None]
+
+
 class Hub:
     def __init__(self) -> None:
         self._topics: dict[str, set[Subscriber]] = {}
+        self.watches: list[TopicWatch] = []  # who wants to know which topics are looked at
 
     def subscribe(self, subscriber: Subscriber, topic: str, initial: Iterable[Message]) -> None:
         """Register and queue the topic's current state; later publishes follow in order."""
-        self._topics.setdefault(topic, set()).add(subscriber)
+        members = self._topics.get(topic)
+        if members is None:
+            members = self._topics[topic] = set()
+        members.add(subscriber)
         subscriber.topics.add(topic)
         for message in initial:
             subscriber.mailbox.put(message)
+        if len(members) == 1:
+            for watch in self.watches:
+                watch(topic, True)
 
     def unsubscribe(self, subscriber: Subscriber, topic: str) -> None:
         subscriber.topics.discard(topic)
@@ -101,6 +112,8 @@ class Hub:
             members.discard(subscriber)
             if not members:
                 del self._topics[topic]
+                for watch in self.watches:
+                    watch(topic, False)
 
     def leave(self, subscriber: Subscriber) -> None:
         for topic in list(subscriber.topics):

@@ -7,7 +7,7 @@ changed so the feed can tell subscribers; every query is answered from memory. N
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,10 @@ class Run:
             "cards": cards,
             "counts": counts,
         }
+
+    def last_activity(self) -> float:
+        """When anything last happened in the run (its start, if nothing yet)."""
+        return max((task.last_activity for task in self.tasks.values()), default=self.started or 0.0)
 
     def steps(self) -> list[str]:
         """Steps in the order they first ran, which is the flow's order for linear flows."""
@@ -396,6 +400,23 @@ class Index:
     def card(self, key: CardKey) -> Card | None:
         task = self._find_task(key.task)
         return task.cards.get(key.name) if task else None
+
+    def all_runs(self) -> Iterator[Run]:
+        for flow in self.flows.values():
+            yield from flow.runs.values()
+
+    def run_keys(self) -> set[RunKey]:
+        return {run.key for run in self.all_runs()}
+
+    def has_flow(self, name: str) -> bool:
+        return name in self.flows
+
+    def live_cards(self) -> Iterator[Card]:
+        """The cards of running and pending tasks: those that may still be written."""
+        for run in self.all_runs():
+            for task in run.tasks.values():
+                if task.status in (Status.RUNNING, Status.PENDING):
+                    yield from task.cards.values()
 
     def runs(self, flow: str) -> list[Run]:
         """Newest first."""

@@ -292,6 +292,45 @@ def task_of_path(rel: PurePosixPath, cards: bool) -> TaskKey | None:
     if cards:
         found = parse_card_parts(parts)
         return found.key.task if found and found.kind is CardFileKind.HTML else None
-    if len(parts) < 5 or parts[1] == "data":
+    if len(parts) < 5 or parts[1] == ARTIFACTS_DIR:
         return None
     return task_key_from_parts(list(parts[:4]))
+
+
+# --- the folders of flows and runs, in either tree ------------------------------------------
+
+RUNS_DIR = "runs"  # a cards flow's folder of runs
+ARTIFACTS_DIR = "data"  # a datastore flow's artifact store: never read
+NOT_RUNS = (ARTIFACTS_DIR, "_meta")  # a datastore flow folder's entries that are not runs
+
+
+def datastore_run_dir(key: RunKey) -> PurePosixPath:
+    """A run's folder in the datastore (its status), relative to the datastore root."""
+    return PurePosixPath(key.flow, key.run)
+
+
+def cards_run_dir(key: RunKey) -> PurePosixPath:
+    """A run's folder in the cards root (its cards), relative to the cards root."""
+    return PurePosixPath(key.flow, RUNS_DIR, key.run)
+
+
+def cards_runs_dir(flow: str) -> PurePosixPath:
+    """A flow's folder of runs in the cards root."""
+    return PurePosixPath(flow, RUNS_DIR)
+
+
+def folder_names(parts: tuple[str, ...], cards: bool) -> tuple[str | None, str | None] | None:
+    """(flow, run) of the root, a flow or a run folder, from its parts below its root (a cards
+    flow's `runs` folder counts as the flow); None for any other folder."""
+    if cards:
+        if len(parts) >= 2 and parts[1] != RUNS_DIR:
+            return None
+        parts = parts[:1] + parts[2:]
+    if len(parts) > 2:
+        return None
+    return (parts[0] if parts else None), (parts[1] if len(parts) == 2 else None)
+
+
+def is_artifact_path(parts: tuple[str, ...]) -> bool:
+    """A path in a flow's artifact store, from its parts below the datastore root."""
+    return len(parts) >= 2 and parts[1] == ARTIFACTS_DIR

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .index import Index, Run
+from .index import Index
 from .layout import RunKey
 from .status import Status
 
 FINAL = frozenset({Status.SUCCEEDED, Status.FAILED})
-
-
-def last_activity(run: Run) -> float:
-    return max((task.last_activity for task in run.tasks.values()), default=run.started or 0.0)
 
 
 class LiveRuns:
@@ -41,16 +37,15 @@ class LiveRuns:
                 self._quiet_since[key] = now
         live: set[RunKey] = set()
         next_check: float | None = None
-        for flow in index.flows.values():
-            for run in flow.runs.values():
-                if run.status not in FINAL:
-                    live.add(run.key)
-                    continue
-                since = self._quiet_since.get(run.key)
-                if since is None:  # once per run: it walks the run's tasks
-                    since = self._quiet_since[run.key] = last_activity(run)
-                settles = since + self.settle_seconds
-                if settles > now:
-                    live.add(run.key)
-                    next_check = settles if next_check is None else min(next_check, settles)
+        for run in index.all_runs():
+            if run.status not in FINAL:
+                live.add(run.key)
+                continue
+            since = self._quiet_since.get(run.key)
+            if since is None:  # once per run: it walks the run's tasks
+                since = self._quiet_since[run.key] = run.last_activity()
+            settles = since + self.settle_seconds
+            if settles > now:
+                live.add(run.key)
+                next_check = settles if next_check is None else min(next_check, settles)
         return live, next_check

@@ -1,415 +1,81 @@
-"""The one-way flow, wired: disk -> events -> index -> feed -> hub.
-
-The watcher says which paths changed; `disk` turns each into a domain event (reading the file
-where needed); the index applies them and says what changed; the feed publishes that to the
-hub. Everything that reaches the index goes through `ingest`, including the lazy read of a
-card's data update when someone first asks for it.
-
-One control signal runs the other way: after each change the pipeline tells the watcher which
-runs may still change (`live.LiveRuns`), and reads again whatever the watcher newly opened.
+"""The pipeline: applies a source's events to the index and announces what changed (the feed
+to the hub, the task topics). It does not read, watch, poll or plan: the source does
+(`source.py`), and tells it what to apply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
-from functools import partial
-from pathlib import Path, PurePosixPath
 
-from . import disk
-from .config import CARDS_DIR, Config, Roots
-from .disk import Problem, Scanned, Scope
-from .events import CardRemoved, DataWritten, Event, Reset, collector_paused
-from .feed import Feed, parse_topic
+from .events import Event, Reset, collector_paused
+from .feed import Feed
 from .hub import Hub
 from .index import Changes, Index
-from .layout import CardFileKind, CardKey, RunKey, card_path, parse_card_path
-from .live import LiveRuns
-from .prescan import Prescan
-from .status import Status
+from .layout import TaskKey
+from .source import Source
 from .taskfeed import TaskFeed
-from .watcher import Batch, Change, Item, Opened, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
 
-NEW_FOLDER_FILES = 10_000  # a new folder's files are read directly: inotify may miss them
-OWN_WATCH_TASKS = 500  # a followed run this big gets an OS watch of its own (see `watch_groups`)
-
 
 class Pipeline:
-    def __init__(self, config: Config, first_scan: Prescan | None = None) -> None:
-        self.config = config
-        self.first_scan = first_scan  # read before this pipeline started: see `prescan`
-        self.roots = config.roots
-        self.limits = config.limits
-        self.scope = Scope(config.flow, config.run_id)
+    def __init__(self, source: Source) -> None:
+        self.source = source
         self.index = Index()
         self.hub = Hub()
         self.feed = Feed(self.index, self.hub)
-        self.tasks = TaskFeed(config.roots, config.limits, self.index, self.hub)
-        self.watcher = Watcher(config.roots, config.timing, config.force_polling)
-        self.live = LiveRuns(config.timing.settle_seconds)
-        self.followed: set[RunKey] = set()  # the runs watched deeply: they may still change
-        self._groups: list[tuple[Path, ...]] = []  # how they are watched: see `watch_groups`
-        self._read_since_watched: set[Path] = set()  # deep-watched folders read after their watch
-        self.caught_up = asyncio.Event()  # every followed run is watched and was read since
-        self._settle_timer: asyncio.TimerHandle | None = None
-        self.ready = asyncio.Event()
-        self._reported: set[tuple[Path, str]] = set()
+        self.tasks = TaskFeed(source.read_task, self.index, self.hub)
+        self.ready = asyncio.Event()  # the first read is in the index
         self._task: asyncio.Task[None] | None = None
-        self._live_poll: asyncio.Task[None] | None = None
-
-    # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cardserver-watch")
+        self._task = asyncio.create_task(self._run(), name="cardserver-pipeline")
 
     async def stop(self) -> None:
-        if self.first_scan is not None:
-            self.first_scan.close()  # a reader still busy would hold up the shutdown
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
-        self.watcher.stop()
+        await self.source.close()
         await self.tasks.close()
-        for task in (self._task, self._live_poll):
-            if task is not None:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
 
     async def _run(self) -> None:
-        batches = self.watcher.batches()
-        first = asyncio.ensure_future(anext(batches, None))  # OS watches exist before the scan
-        await asyncio.sleep(0)
         try:
-            if self.first_scan is not None:
-                await self.rescan([part.result for part in self.first_scan.parts])
-                await self.read_missed_runs()
-            else:
-                await self.rescan()
+            await self.source.first_read(self)
         except Exception:  # requests wait for `ready`: a bug here must not hang them all
             log.exception("failed to read the datastore; serving what is known")
-        self.check_live_poll()
         self.ready.set()
-        item = await first
-        while item is not None:
-            try:
-                await self.handle(item)
-            except Exception:  # a bug must not stop the watching: log it, read everything again
-                log.exception("failed to apply a change; reading the datastore again")
-                await self.rescan()
-            self.check_live_poll()
-            item = await anext(batches, None)
+        await self.source.follow(self)
 
-    async def handle(self, item: Item) -> None:
-        if isinstance(item, Rescan):
-            log.info("reading the datastore again: %s", item.reason)
-            await self.rescan()
-        elif isinstance(item, Opened):
-            await self.catch_up(item.folders)
-            self._read_since_watched.update(item.folders)
-            self.check_caught_up()
-        elif self.lost_a_run(item):
-            log.info("a flow or run folder was deleted; reading the datastore again")
-            await self.rescan()
-        else:
-            self.ingest(self.classify(item))
-            self.tasks.paths_changed(path for _, path in item)
+    # --- the sink a source hands its events to -----------------------------------------------
 
-    # --- the polling fallback ----------------------------------------------------------------
-
-    def check_live_poll(self) -> None:
-        if self.watcher.force_polling and self._live_poll is None:
-            self._live_poll = asyncio.create_task(self._poll_live(), name="cardserver-live-poll")
-
-    async def _poll_live(self) -> None:
-        """Only while polling: watchfiles' poller compares mtimes in whole seconds, so two
-        same-size updates within a second look like one. Re-check live cards' own files."""
-        delay = self.config.timing.poll_delay_ms / 1000
-        while True:
-            await asyncio.sleep(delay)
-            # Index reads and file reads stay on the loop, like `classify`; only stats go out.
-            known = self.live_card_files()
-            changed = await asyncio.to_thread(changed_files, known)
-            self.ingest([e for path in changed for e in self.read_file(path)])
-
-    def live_card_files(self) -> list[tuple[Path, CardFileKind, object]]:
-        """Each file of a running or pending task's cards, with the signature last seen."""
-        known: list[tuple[Path, CardFileKind, object]] = []
-        for flow in self.index.flows.values():
-            for run in flow.runs.values():
-                for task in run.tasks.values():
-                    if task.status not in (Status.RUNNING, Status.PENDING):
-                        continue
-                    for card in task.cards.values():
-                        for kind, seen in ((CardFileKind.HTML, card.version),
-                                           (CardFileKind.DATA, card.data_mtime)):
-                            path = self.roots.cards / card_path(card.key, kind, card.legacy)
-                            known.append((path, kind, seen))
-        return known
-
-    async def rescan(self, reads: list[Callable[[], Scanned]] | None = None) -> None:
-        """Read the whole tree and start the index over. `reads` may read it in parts instead:
-        each is applied as soon as it is read, the changes announced once all are in."""
-        watched = set(self.watcher.watched("deep"))  # before the scan: it reads them all after
-        if reads is None:
-            reads = [partial(disk.scan, self.roots, self.limits, self.scope)]
+    async def start_over(self, parts: AsyncIterator[list[Event]]) -> Changes:
         changes: Changes | None = None
         with collector_paused(keep=True):
-            for done in asyncio.as_completed([asyncio.to_thread(read) for read in reads]):
-                events, problems = await done
-                for problem in problems:
-                    self.report(problem)
+            async for events in parts:
                 if changes is None:  # its Reset says "everything changed", which covers the rest
                     changes = self.index.apply([Reset(tuple(events))])
                 else:
                     self.index.apply(events)
-        self._read_since_watched = watched
-        if changes is not None:
-            self.announce(changes)
-        # The scan leaves data updates unread: re-read those someone is looking at.
-        for name in self.hub.topics:
-            topic = parse_topic(name)
-            if topic is not None and topic.card is not None:
-                await self.load_update(topic.card)
-
-    async def read_missed_runs(self) -> None:
-        """The first scan began before the watch was open: read the runs that appeared meanwhile
-        (and start over if one vanished). Runs it saw that may still change are read again
-        anyway, once their deep watch opens."""
-        listed = await asyncio.to_thread(disk.run_keys, self.roots, self.scope)
-        known = {run.key for flow in self.index.flows.values() for run in flow.runs.values()}
-        if known - listed:
-            await self.rescan()
-        elif listed - known:
-            await self.catch_up(tuple(f for key in listed - known for f in run_folders(self.roots, key)))
-
-    # --- the flow --------------------------------------------------------------------------
-
-    def ingest(self, events: list[Event]) -> Changes:
-        changes = self.index.apply(events)
+        if changes is None:
+            return Changes()
         self.announce(changes)
         return changes
 
+    def apply(self, events: list[Event], tasks: Iterable[TaskKey] = ()) -> Changes:
+        changes = self.index.apply(events)
+        self.announce(changes)
+        if tasks:  # a batch's lazy list of tasks, or nothing to look at
+            self.tasks.touched(tasks)
+        return changes
+
     def announce(self, changes: Changes) -> None:
-        """Tell subscribers, and the watcher which runs to follow."""
         if changes:
             self.feed.publish(changes)
-            self.follow_live_runs(changes)
             if changes.reset:
                 self.tasks.refresh_all()
             else:
                 self.tasks.changed(changes.tasks)
-
-    # --- what the watcher follows -------------------------------------------------------------
-
-    def follow_live_runs(self, changes: Changes | None = None) -> None:
-        reset = changes is not None and changes.reset
-        changed: set[RunKey] = set()
-        if changes is not None and not reset:  # after a reset every run counts as changed
-            changed = changes.runs | {t.run_key for t in changes.tasks}
-            changed |= {c.run_key for c in changes.renders | changes.updates}
-        live, next_check = self.live.update(self.index, changed, time.time(), reset=reset)
-        groups = self.watch_groups(live)
-        if groups != self._groups or not self.caught_up.is_set():  # not on every update
-            self.followed, self._groups = live, groups
-            self.watcher.follow(groups)
-            self.check_caught_up()
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
-            self._settle_timer = None
-        if next_check is not None:
-            delay = max(0.0, next_check - time.time()) + 1.0
-            self._settle_timer = asyncio.get_running_loop().call_later(delay, self.follow_live_runs)
-
-    def watch_groups(self, live: set[RunKey]) -> list[tuple[Path, ...]]:
-        """The OS watches for these runs: each big one alone, biggest first, so no other run
-        starting or settling re-opens its watch (seconds for 10,000 tasks); the rest share one."""
-        sizes = {key: len(run.tasks) if (run := self.index.run(key)) else 0 for key in live}
-        big = sorted((key for key in live if sizes[key] >= OWN_WATCH_TASKS), key=lambda k: (-sizes[k], k))
-        groups: list[tuple[Path, ...]] = [run_folders(self.roots, key) for key in big]
-        small = [folder for key in live - set(big) for folder in run_folders(self.roots, key)]
-        return [*groups, tuple(sorted(small))] if small else groups
-
-    def check_caught_up(self) -> None:
-        """`caught_up` says whether every followed run is watched and was read since."""
-        watched = self.watcher.watched("deep")
-        self._read_since_watched &= watched
-        wanted = {f for key in self.followed for f in run_folders(self.roots, key) if f.is_dir()}
-        if wanted <= self._read_since_watched:
-            self.caught_up.set()
-        else:
-            self.caught_up.clear()
-
-    async def catch_up(self, folders: tuple[Path, ...]) -> None:
-        """Read what was written in newly watched folders before their watch existed."""
-        scopes = {self.scope_of(folder) for folder in folders}
-        events: list[Event] = []
-        for scope in scopes:
-            if scope is None:
-                continue
-            found, problems = await asyncio.to_thread(disk.scan, self.roots, self.limits, scope)
-            events.extend(found)
-            for problem in problems:
-                self.report(problem)
-        shown = self.shown_data_times()
-        self.ingest(events)
-        # The scan leaves data updates unread: re-read those someone is looking at, if newer.
-        for key, seen in shown.items():
-            card = self.index.card(key)
-            if card is not None and card.data_mtime != seen:
-                await self.load_update(key, force=True)
-
-    def scope_of(self, folder: Path) -> Scope | None:
-        """The part of the tree a watched folder holds, within `--flow`/`--run-id`."""
-        names = self.folder_names(folder)
-        if names is None:
-            return None
-        flow, run = names
-        if flow is None:
-            return self.scope
-        if not self.scope.wants(flow, run):
-            return None
-        return Scope(flow, run if run is not None else self.scope.run)
-
-    def folder_names(self, path: Path) -> tuple[str | None, str | None] | None:
-        """(flow, run) of a root, flow or run folder in either tree (a cards flow's `runs`
-        folder counts as the flow); None for any other path."""
-        if path.is_relative_to(self.roots.cards):
-            parts = path.relative_to(self.roots.cards).parts
-            if len(parts) >= 2 and parts[1] != "runs":
-                return None
-            parts = parts[:1] + parts[2:]
-        elif path.is_relative_to(self.roots.datastore):
-            parts = path.relative_to(self.roots.datastore).parts
-        else:
-            return None
-        if len(parts) > 2:
-            return None
-        return (parts[0] if parts else None), (parts[1] if len(parts) == 2 else None)
-
-    def lost_a_run(self, batch: Batch) -> bool:
-        """A known flow or run folder was deleted: drop what it held by reading all again."""
-        return any(change is Change.DELETED and self.is_known_folder(path) for change, path in batch)
-
-    def is_known_folder(self, path: Path) -> bool:
-        """`path` is the folder of a flow or run in the index, in either tree."""
-        names = self.folder_names(path)
-        if names is None or names[0] is None or names[0] not in self.index.flows:
-            return False
-        return names[1] is None or names[1] in self.index.flows[names[0]].runs
-
-    def shown_data_times(self) -> dict[CardKey, float | None]:
-        """The cards someone is subscribed to, with the data update time last seen."""
-        shown: dict[CardKey, float | None] = {}
-        for name in self.hub.topics:
-            topic = parse_topic(name)
-            if topic is not None and topic.card is not None:
-                card = self.index.card(topic.card)
-                shown[topic.card] = card.data_mtime if card is not None else None
-        return shown
-
-    def classify(self, batch: Batch) -> list[Event]:
-        events: list[Event] = []
-        for change, path in batch:
-            if not self.relevant(path):
-                continue
-            if change is Change.DELETED:
-                removed = self.removed_card(path)
-                if removed is not None:
-                    events.append(removed)
-                continue
-            if change is Change.ADDED and path.is_dir():
-                events.extend(self.read_new_folder(path))
-                continue
-            events.extend(self.read_file(path))
-        return events
-
-    def relevant(self, path: Path) -> bool:
-        """Cheap, string-only test that skips the artifact store and anything outside."""
-        if path.is_relative_to(self.roots.cards):
-            return True
-        try:
-            parts = path.relative_to(self.roots.datastore).parts
-        except ValueError:
-            return False
-        return not (len(parts) >= 2 and parts[1] == "data") and parts[:1] != (CARDS_DIR,)
-
-    def read_file(self, path: Path) -> list[Event]:
-        found = disk.card_event(self.roots, path, self.limits, self.scope)
-        if found is None:
-            found = disk.datastore_event(self.roots, path, self.limits, self.scope)
-        if isinstance(found, Problem):
-            self.report(found)
-            return []
-        if found is not None:
-            self._reported = {r for r in self._reported if r[0] != path}
-            return [found]
-        return []
-
-    def read_new_folder(self, folder: Path) -> list[Event]:
-        events: list[Event] = []
-        seen = 0
-        for dirpath, dirnames, filenames in os.walk(folder):
-            if Path(dirpath).parent == self.roots.datastore:  # a flow folder: skip its artifacts
-                dirnames[:] = [d for d in dirnames if d != "data"]
-            for name in filenames:
-                seen += 1
-                if seen > NEW_FOLDER_FILES:
-                    return events
-                events.extend(self.read_file(Path(dirpath) / name))
-        return events
-
-    def removed_card(self, path: Path) -> CardRemoved | None:
-        try:
-            rel = PurePosixPath(path.relative_to(self.roots.cards).as_posix())
-        except ValueError:
-            return None
-        found = parse_card_path(rel)
-        if found is None or found.kind is not CardFileKind.HTML:
-            return None
-        return CardRemoved(found.key)
-
-    def report(self, problem: Problem) -> None:
-        """Log a bad file once, not once per event; the last good state stays served."""
-        key = (problem.path, problem.reason)
-        if key not in self._reported:
-            self._reported.add(key)
-            log.warning("skipping %s: %s", problem.path, problem.reason)
-
-    # --- lazy reads ------------------------------------------------------------------------
-
-    async def load_update(self, key: CardKey, force: bool = False) -> None:
-        """Read a card's data update the first time someone wants it (the scan skips them),
-        or again (`force`) when a scan saw a newer one."""
-        card = self.index.card(key)
-        if card is None or card.data_mtime is None or (card.update is not None and not force):
-            return
-        path = self.roots.cards / card_path(key, CardFileKind.DATA, card.legacy)
-        update = await asyncio.to_thread(disk.read_data_update, path, self.limits)
-        if isinstance(update, Problem):
-            self.report(update)
-            return
-        self.ingest([DataWritten(key, card.legacy, card.data_mtime, update)])
-
-
-def run_folders(roots: Roots, key: RunKey) -> tuple[Path, Path]:
-    """A run's folder in the datastore (status) and in the cards root (cards)."""
-    return roots.datastore / key.flow / key.run, roots.cards / key.flow / "runs" / key.run
-
-
-def changed_files(known: list[tuple[Path, CardFileKind, object]]) -> list[Path]:
-    """The files whose signature (HTML: mtime_ns and size; data: mtime) is not the one known."""
-    changed = []
-    for path, kind, seen in known:
-        stat = disk.stat_version(path)
-        if stat is None:
-            continue
-        now = disk.version_of(stat) if kind is CardFileKind.HTML else stat.st_mtime
-        if now != seen:
-            changed.append(path)
-    return changed

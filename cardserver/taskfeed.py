@@ -1,26 +1,26 @@
 """The task topic, `task/<flow>/<run>/<step>/<task>`: a task's details (attempts, verdicts,
-log sizes, metadata, cards, traceback), read from its folder on demand and pushed again
+log sizes, metadata, cards, traceback), read by the source on demand and pushed again
 whenever anything in that folder, or the task in the index, changes while someone watches.
 
 A log that grew shows as a new size in its attempt's `logs`: the browser fetches the new lines.
-Reads happen only for watched tasks, in a thread, one at a time per task (a burst of changes
+Reads happen only for watched tasks, one at a time per task (a burst of changes
 while one read runs costs one more read, not one per change).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
-from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import Limits, Roots
 from .feed import message
 from .hub import SNAPSHOT, Hub
 from .index import Index, card_order
-from .layout import TaskKey, task_key_from_parts, task_of_path
-from .taskinfo import read_task, task_detail
+from .layout import TaskKey, task_key_from_parts
+from .taskinfo import TaskFolder, task_detail
+
+ReadTask = Callable[[TaskKey], Awaitable[TaskFolder | None]]
 
 
 def task_topic(key: TaskKey) -> str:
@@ -28,9 +28,8 @@ def task_topic(key: TaskKey) -> str:
 
 
 class TaskFeed:
-    def __init__(self, roots: Roots, limits: Limits, index: Index, hub: Hub) -> None:
-        self.roots = roots
-        self.limits = limits
+    def __init__(self, read: ReadTask, index: Index, hub: Hub) -> None:
+        self.read = read  # the source's read of a task's folder
         self.index = index
         self.hub = hub
         self._reading: dict[TaskKey, asyncio.Task[None]] = {}
@@ -38,7 +37,7 @@ class TaskFeed:
 
     async def detail(self, key: TaskKey) -> dict[str, Any] | None:
         """The task's details now; None when neither the disk nor the index knows it."""
-        found = await asyncio.to_thread(read_task, self.roots.datastore, key, self.limits.max_meta_bytes)
+        found = await self.read(key)
         task = self.index.task(key)
         if found is None and task is None:
             return None
@@ -47,11 +46,11 @@ class TaskFeed:
 
     # --- pushes -----------------------------------------------------------------------------
 
-    def paths_changed(self, paths: Iterable[Path]) -> None:
-        """Files changed on disk: push again each watched task whose folder holds one."""
+    def touched(self, keys: Iterable[TaskKey]) -> None:
+        """Files changed in these tasks' folders: push again each watched one."""
         if not any(name.startswith("task/") for name in self.hub.topics):
             return  # nobody looks at a task: a busy run's batches cost nothing here
-        self.changed({key for path in paths if (key := self.task_of(path)) is not None})
+        self.changed(set(keys))
 
     def changed(self, keys: Iterable[TaskKey]) -> None:
         for key in keys:
@@ -91,9 +90,3 @@ class TaskFeed:
             reading.cancel()
             with suppress(asyncio.CancelledError):
                 await reading
-
-    def task_of(self, path: Path) -> TaskKey | None:
-        for root, cards in ((self.roots.cards, True), (self.roots.datastore, False)):
-            if path.is_relative_to(root):
-                return task_of_path(PurePosixPath(path.relative_to(root).as_posix()), cards)
-        return None

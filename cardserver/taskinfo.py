@@ -250,3 +250,34 @@ def task_detail(key: TaskKey, found: TaskFolder | None, cards: list[dict[str, An
         status = attempts[-1]["verdict"] = "killed"
     return {**head, "exists": True, "status": status, "attempts": attempts,
             "metadata": found.metadata, "traceback": found.traceback, "cards": cards}
+
+
+# --- a page of a log ------------------------------------------------------------------------
+
+
+def read_page(datastore: Path, key: TaskKey, stream: str, attempt: int | None, lines: int,
+              before: int | None, since: int | None) -> tuple[int, logs.Page] | None:
+    """A page of one attempt's log (the latest attempt that has one, by default)."""
+    folder = folder_of(datastore, key)
+    if folder is None:
+        return None
+    if attempt is None:
+        attempt = latest_log(folder, stream)
+        if attempt is None:
+            return None
+    path = folder / log_file_name(attempt, stream)
+    if path.is_symlink():  # a link could point anywhere: logs are only the task's own files
+        return None
+    try:
+        if since is not None:
+            return attempt, logs.after(path, since, lines)
+        return attempt, logs.tail(path, lines, before)
+    except OSError:  # missing, vanished, a folder: nothing to show
+        return None
+
+
+def latest_log(folder: Path, stream: str) -> int | None:
+    kind = f"runtime_{stream}.log"
+    found = [parsed[0] for name, _ in entries(folder)
+             if (parsed := parse_attempt_file(name)) is not None and parsed[1] == kind]
+    return max(found, default=None)

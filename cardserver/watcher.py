@@ -39,6 +39,7 @@ from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from .config import CARDS_DIR, Roots, WatchTiming
 from .disk import subdirs
+from .layout import cards_runs_dir
 
 log = logging.getLogger("cardserver.watcher")
 
@@ -102,8 +103,8 @@ def shape_folders(roots: Roots) -> frozenset[Path]:
         shape.add(roots.cards)
         for flow in (roots.cards / name for name in subdirs(str(roots.cards))):
             shape.add(flow)
-            if (flow / "runs").is_dir():
-                shape.add(flow / "runs")
+            if (runs := roots.cards / cards_runs_dir(flow.name)).is_dir():
+                shape.add(runs)
     return frozenset(shape)
 
 

@@ -21,9 +21,10 @@ from aiohttp.test_utils import TestClient
 
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, metaflow_env, stop_process
 from cardserver.config import Config, Roots, WatchTiming
+from cardserver.localsource import LocalSource
 from cardserver.watcher import Watcher
 from cardserver.web.app import create_app
-from cardserver.web.keys import PIPELINE
+from cardserver.web.keys import READY, SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
 __all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port"]  # re-exported for the tests
@@ -56,12 +57,18 @@ def start_app(aiohttp_client: Any) -> Callable[..., Any]:
 
     async def start(config: Config, first_scan: Any = None) -> TestClient:
         client: TestClient = await aiohttp_client(create_app(config, first_scan))
-        pipeline = client.app[PIPELINE]
-        await asyncio.wait_for(pipeline.ready.wait(), WAIT)
-        await asyncio.wait_for(pipeline.caught_up.wait(), WAIT)  # live runs watched and re-read
+        await asyncio.wait_for(client.app[READY].wait(), WAIT)
+        await asyncio.wait_for(client.app[SOURCE].caught_up.wait(), WAIT)  # live runs watched and re-read
         return client
 
     return start
+
+
+def local_source(client: TestClient) -> LocalSource:
+    """The app's source, as the local disk source it is in these tests."""
+    source = client.app[SOURCE]
+    assert isinstance(source, LocalSource)
+    return source
 
 
 async def next_message(

@@ -1,4 +1,4 @@
-"""Which runs are watched deeply (cardserver.live, and the pipeline acting on it): every run
+"""Which runs are watched deeply (cardserver.live, and the local source acting on it): every run
 that may still change, and no finished one."""
 
 from __future__ import annotations
@@ -11,18 +11,19 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import count_watches, make_config, next_message, subscribe
+from conftest import count_watches, local_source, make_config, next_message, subscribe
 
 from cardserver import demo, disk
-from cardserver import pipeline as pipeline_module
+from cardserver import following as following_module
 from cardserver.config import Limits, Roots, WatchTiming
 from cardserver.disk import Scope
 from cardserver.events import Reset
+from cardserver.following import run_folders
 from cardserver.index import Index
 from cardserver.layout import RunKey
 from cardserver.live import LiveRuns
-from cardserver.pipeline import Pipeline, run_folders
-from cardserver.web.keys import PIPELINE
+from cardserver.localsource import LocalSource
+from cardserver.web.keys import INDEX
 
 WAIT = 10.0
 
@@ -83,15 +84,15 @@ def test_a_reset_reads_quiet_times_from_the_files_again(roots: Roots) -> None:
     assert live.update(index, (), now=later + 1, reset=True)[0] == set()  # ...until re-read
 
 
-# --- the pipeline follows what the rule says -------------------------------------------------
+# --- the local source follows what the rule says -------------------------------------------------
 
 
 def settled(**timing: Any) -> WatchTiming:
     return WatchTiming(cold_step_ms=10, shape_step_ms=10, settle_seconds=timing.get("settle_seconds", 0.0))
 
 
-def deep(pipeline: Pipeline) -> frozenset[Path]:
-    return pipeline.watcher.watched("deep")
+def deep(source: LocalSource) -> frozenset[Path]:
+    return source.watcher.watched("deep")
 
 
 def existing_folders(roots: Roots, key: RunKey) -> set[Path]:
@@ -113,10 +114,10 @@ async def test_only_live_runs_are_watched_deeply(start_app: Any, roots: Roots) -
     going, task = running_run(roots)
     task.add_card(components=[demo.progress("p", 0, 10)])
     client: TestClient = await start_app(make_config(roots, timing=settled()))
-    pipeline = client.app[PIPELINE]
-    assert pipeline.caught_up.is_set()  # start_app waited for it: watched, and read since
-    assert deep(pipeline) == existing_folders(roots, going.key)
-    assert not deep(pipeline) & set(run_folders(roots, done.key))
+    source = local_source(client)
+    assert source.caught_up.is_set()  # start_app waited for it: watched, and read since
+    assert deep(source) == existing_folders(roots, going.key)
+    assert not deep(source) & set(run_folders(roots, done.key))
 
 
 async def test_a_new_run_is_followed_and_its_updates_arrive(start_app: Any, roots: Roots) -> None:
@@ -134,17 +135,17 @@ async def test_a_new_run_is_followed_and_its_updates_arrive(start_app: Any, root
     await next_message(
         ws, lambda m: m.get("type") == "update" and m["data"]["p"]["value"] == 2, timeout=WAIT
     )
-    await until(lambda: existing_folders(roots, run.key) <= deep(client.app[PIPELINE]))
+    await until(lambda: existing_folders(roots, run.key) <= deep(local_source(client)))
 
 
 async def test_a_run_that_finishes_stops_being_watched(start_app: Any, roots: Roots) -> None:
     run, task = running_run(roots)
     client: TestClient = await start_app(make_config(roots, timing=settled(settle_seconds=0.5)))
-    pipeline = client.app[PIPELINE]
-    await until(lambda: deep(pipeline) == existing_folders(roots, run.key))
+    source = local_source(client)
+    await until(lambda: deep(source) == existing_folders(roots, run.key))
     task.finish()
     run.start_task("end").finish()
-    await until(lambda: deep(pipeline) == frozenset())
+    await until(lambda: deep(source) == frozenset())
 
 
 async def test_catching_up_on_a_folder_delivers_a_missed_update(start_app: Any, roots: Roots) -> None:
@@ -153,12 +154,12 @@ async def test_catching_up_on_a_folder_delivers_a_missed_update(start_app: Any, 
     card = task.add_card(components=[demo.progress("p", 0, 10)])
     card.update({"p": {"value": 1}})  # the run counts as succeeded: its `end` did
     client: TestClient = await start_app(make_config(roots, timing=settled()))
-    pipeline = client.app[PIPELINE]
+    source = local_source(client)
     ws = await client.ws_connect("/ws")
     await subscribe(ws, f"card/{card.key}")
     await next_message(ws, lambda m: m.get("type") == "update")
     card.update({"p": {"value": 5}})  # unwatched: only a catch-up can find it
-    await pipeline.catch_up(run_folders(roots, run.key))
+    await source.catch_up(run_folders(roots, run.key))
     await next_message(ws, lambda m: m.get("type") == "update" and m["data"]["p"]["value"] == 5)
 
 
@@ -176,7 +177,7 @@ async def test_a_deleted_run_disappears(start_app: Any, roots: Roots) -> None:
         return {r["run"] for r in body["runs"]}
 
     await next_message(ws, lambda m: True)  # the snapshot after reading the datastore again
-    await until(lambda: gone.key.run not in client.app[PIPELINE].index.flows["F"].runs)
+    await until(lambda: gone.key.run not in client.app[INDEX].flows["F"].runs)
     assert await runs() == {keep.key.run}
 
 
@@ -185,23 +186,23 @@ async def test_a_big_live_run_keeps_its_own_watch_while_others_come_and_go(
 ) -> None:
     """Opening a watch over 10,000 tasks holds the GIL for seconds: a big run is watched alone,
     so a small run starting or settling never re-opens it, and its updates keep arriving."""
-    monkeypatch.setattr(pipeline_module, "OWN_WATCH_TASKS", 3)
+    monkeypatch.setattr(following_module, "OWN_WATCH_TASKS", 3)
     big = demo.start_run(roots.datastore, flow="Big")
     tasks = [big.start_task("work") for _ in range(4)]  # over the (lowered) threshold
     card = tasks[0].add_card(components=[demo.progress("p", 0, 9)])
     small, _ = running_run(roots)
     client: TestClient = await start_app(make_config(roots, timing=settled(settle_seconds=0.5)))
-    pipeline = client.app[PIPELINE]
+    source = local_source(client)
     big_folders = run_folders(roots, big.key)
-    assert pipeline.watch_groups(pipeline.followed) == [
+    assert source.following.watch_groups(client.app[INDEX], source.following.followed) == [
         big_folders, tuple(sorted(run_folders(roots, small.key)))
     ]
-    opened = count_watches(pipeline.watcher, monkeypatch)
+    opened = count_watches(source.watcher, monkeypatch)
     later, task = running_run(roots)
-    await until(lambda: existing_folders(roots, later.key) <= deep(pipeline))
+    await until(lambda: existing_folders(roots, later.key) <= deep(source))
     task.finish()
     later.start_task("end").finish()  # it settles and leaves after 0.5 s
-    await until(lambda: not deep(pipeline) & set(run_folders(roots, later.key)))
+    await until(lambda: not deep(source) & set(run_folders(roots, later.key)))
     assert opened and not any(str(f) in names for names in opened for f in big_folders)
 
     ws = await client.ws_connect("/ws")

@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import make_config, next_message, subscribe
+from conftest import local_source, make_config, next_message, subscribe
 
 from cardserver import demo, disk, prescan
 from cardserver.config import Limits, Roots
 from cardserver.demo import DemoCard, DemoRun, DemoTask
-from cardserver.pipeline import Pipeline
-from cardserver.web.keys import PIPELINE
+from cardserver.pathevents import PathEvents
+from cardserver.web.keys import INDEX
 
 ROOT = os.geteuid() == 0
 
@@ -73,8 +73,8 @@ class Live:
     seen: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def pipeline(self) -> Pipeline:
-        return self.client.app[PIPELINE]
+    def paths(self) -> PathEvents:
+        return local_source(self.client).paths
 
     async def settle(self) -> list[dict[str, Any]]:
         """Write the beacon and wait for it; returns every message that came before it."""
@@ -338,8 +338,8 @@ async def test_a_half_written_status_file_is_retried_on_the_next_write(
 
 async def test_artifact_store_changes_cost_nothing(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
     read: list[Path] = []
-    pipeline = live.pipeline
-    read_file, read_new_folder = pipeline.read_file, pipeline.read_new_folder
+    paths = live.paths
+    read_file, read_new_folder = paths.read_file, paths.read_new_folder
 
     def spy_file(path: Path) -> Any:
         read.append(path)
@@ -349,8 +349,8 @@ async def test_artifact_store_changes_cost_nothing(live: Live, monkeypatch: pyte
         read.append(path)
         return read_new_folder(path)
 
-    monkeypatch.setattr(pipeline, "read_file", spy_file)
-    monkeypatch.setattr(pipeline, "read_new_folder", spy_folder)
+    monkeypatch.setattr(paths, "read_file", spy_file)
+    monkeypatch.setattr(paths, "read_new_folder", spy_folder)
     await subscribe(live.ws, "flows")
     await subscribe(live.ws, f"run/{live.run.key}")
     await next_message(live.ws, lambda m: m.get("type") == "run-detail")
@@ -438,7 +438,7 @@ async def test_runs_made_or_deleted_while_the_first_scan_was_read_elsewhere(
     shutil.rmtree(roots.cards / "Early" / "runs" / gone.run)
 
     client: TestClient = await start_app(make_config(roots), first_scan=early)
-    index = client.app[PIPELINE].index
+    index = client.app[INDEX]
     assert set(index.flows["Early"].runs) == {kept.run, late.run}
     assert len(index.flows["Early"].runs[late.run].tasks) == 5  # start, 3 work, end
     assert set(index.flows["LateFlow"].runs) == {other.run}
@@ -483,17 +483,17 @@ async def test_a_bug_while_applying_changes_does_not_stop_watching(
     run = demo.start_run(roots.datastore, flow="SturdyFlow")
     card = run.start_task("start").add_card(components=[demo.progress("bar", 0, 9, "n")])
     client = await start_app(make_config(roots))
-    pipeline = client.app[PIPELINE]
-    real = Pipeline.classify
+    paths = local_source(client).paths
+    real = PathEvents.classify
     calls = {"n": 0}
 
-    def classify_once_broken(self: Pipeline, batch: Any) -> Any:
+    def classify_once_broken(self: PathEvents, batch: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("a bug")
         return real(self, batch)
 
-    monkeypatch.setattr(pipeline, "classify", classify_once_broken.__get__(pipeline))
+    monkeypatch.setattr(paths, "classify", classify_once_broken.__get__(paths))
     ws = await client.ws_connect("/ws")
     topic = f"card/{card.key}"
     await subscribe(ws, topic)

@@ -23,7 +23,7 @@ from conftest import REPO, WAIT, free_port, make_config, next_message, subscribe
 from cardserver.config import Limits, Roots
 from cardserver.demo import markdown, progress, start_run
 from cardserver.hub import Message, Subscriber
-from cardserver.web.keys import PIPELINE
+from cardserver.web.keys import HUB
 
 UPDATES = 300
 BLOB = 64 * 1024  # each update carries the card's full state: ~64 KiB on the wire
@@ -119,7 +119,7 @@ async def test_stalled_client_is_dropped_while_others_get_every_update(
         components=[markdown("log", "x" * BLOB), progress("p", 0, UPDATES)]
     )
     client = await start_app(make_config(roots, limits=limits))
-    spy = HubSpy(client.app[PIPELINE].hub)
+    spy = HubSpy(client.app[HUB])
     topic = f"card/{card.key}"
 
     sock = await stalled_client(client.port, topic)

@@ -10,8 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from cardserver.layout import TaskKey, parse_attempt_file, parse_sysmeta_name, task_of_path
-from cardserver.taskinfo import AttemptFiles, read_task, task_detail, verdict
-from cardserver.web.tasks import read_page
+from cardserver.taskinfo import AttemptFiles, read_page, read_task, task_detail, verdict
 
 KEY = TaskKey("F", "1", "train", "2")
 CAP = 64 * 1024

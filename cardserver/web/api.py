@@ -11,7 +11,7 @@ from aiohttp import web
 from .. import __version__
 from ..index import Index, Run, Task
 from ..layout import RunKey, card_key_from_parts, is_name
-from .keys import GUARD, PIPELINE
+from .keys import GUARD, HUB, INDEX, READY, SOURCE
 from .security import json_error
 
 MAX_LIMIT = 10_000
@@ -37,23 +37,24 @@ def paging(request: web.Request) -> tuple[int, int] | web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    pipeline = request.app[PIPELINE]
+    app = request.app
+    source = app[SOURCE].status()
     return reply(
         {
             "version": __version__,
-            "datastore": str(pipeline.roots.datastore),
-            "cards": str(pipeline.roots.cards),
-            "watching": pipeline.watcher.describe(),
-            "ready": pipeline.ready.is_set(),
-            "followed_runs": len(pipeline.followed),
-            "flows": len(pipeline.index.flows),
-            "subscribers": pipeline.hub.subscriber_count(),
+            "datastore": source.get("datastore"),
+            "cards": source.get("cards"),
+            "watching": source.get("watching"),
+            "ready": app[READY].is_set(),
+            "followed_runs": source.get("followed_runs"),
+            "flows": len(app[INDEX].flows),
+            "subscribers": app[HUB].subscriber_count(),
         }
     )
 
 
 async def flows(request: web.Request) -> web.Response:
-    return reply({"flows": request.app[PIPELINE].index.flow_summaries()})
+    return reply({"flows": request.app[INDEX].flow_summaries()})
 
 
 async def runs(request: web.Request) -> web.Response:
@@ -61,7 +62,7 @@ async def runs(request: web.Request) -> web.Response:
     page = paging(request)
     if isinstance(page, web.Response):
         return page
-    index = request.app[PIPELINE].index
+    index = request.app[INDEX]
     if not is_name(flow) or flow not in index.flows:
         return json_error(404, f"no flow named {flow!r}")
     found = index.runs(flow)
@@ -124,7 +125,7 @@ async def run(request: web.Request) -> web.Response:
     key = RunKey(request.match_info["flow"], request.match_info["run"])
     if not (is_name(key.flow) and is_name(key.run)):
         return json_error(400, "bad flow or run name")
-    index = request.app[PIPELINE].index
+    index = request.app[INDEX]
     found = index.run(key)
     if found is None:
         return json_error(404, f"no run {key}")
@@ -148,9 +149,8 @@ async def card(request: web.Request) -> web.Response:
     key = card_key_from_parts(parts)
     if key is None:
         return json_error(400, "bad card path")
-    pipeline = request.app[PIPELINE]
-    await pipeline.load_update(key)
-    detail = pipeline.index.card_detail(key)
+    await request.app[SOURCE].load_update(key)
+    detail = request.app[INDEX].card_detail(key)
     if detail is None:
         return json_error(404, f"no card {key}")
     return reply({**detail, "link": request.app[GUARD].card_url(key)})

@@ -9,11 +9,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from ..config import Config
+from ..feed import shown_cards
+from ..localsource import LocalSource
 from ..pipeline import Pipeline
 from ..prescan import Prescan
 from . import api, pages, tasks
 from .cards import CardPages
-from .keys import CARD_PAGES, CONFIG, GUARD, PIPELINE, SEEN_TRANSPORTS, SOCKET_TASKS, SOCKETS
+from .keys import (
+    CARD_PAGES,
+    CONFIG,
+    FEED,
+    GUARD,
+    HUB,
+    INDEX,
+    READY,
+    SEEN_TRANSPORTS,
+    SOCKETS,
+    SOURCE,
+    TASKS,
+)
 from .security import Guard, make_middleware
 from .socket import close_all, websocket
 
@@ -21,27 +35,33 @@ from .socket import close_all, websocket
 def create_app(config: Config, first_scan: Prescan | None = None) -> web.Application:
     guard = Guard.from_config(config)
     seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
-    pipeline = Pipeline(config, first_scan)
+    source = LocalSource(config, first_scan)
+    pipeline = Pipeline(source)
+    pipeline.hub.watches.append(shown_cards(source.show))  # the hub knows which cards are looked at
     app = web.Application(
         middlewares=[
             make_middleware(guard, config.base_url, seen),
-            after_first_scan(pipeline, config.base_url),
+            after_first_scan(pipeline.ready, config.base_url),
         ],
         client_max_size=64 * 1024,  # we take no uploads
     )
     app[CONFIG] = config
     app[GUARD] = guard
-    app[PIPELINE] = pipeline
-    app[CARD_PAGES] = CardPages(config.roots, config.limits, guard)
+    app[INDEX] = pipeline.index
+    app[HUB] = pipeline.hub
+    app[FEED] = pipeline.feed
+    app[TASKS] = pipeline.tasks
+    app[SOURCE] = source
+    app[READY] = pipeline.ready
+    app[CARD_PAGES] = CardPages(source.read_card, guard)
     app[SOCKETS] = weakref.WeakSet()
-    app[SOCKET_TASKS] = set()
     app[SEEN_TRANSPORTS] = seen
     base = config.base_url
     app.router.add_get(f"{base}ws", websocket)
     tasks.add_routes(app, base)  # before the API's catch-all
     api.add_routes(app, base)
     pages.add_routes(app, base)
-    app.cleanup_ctx.append(run_pipeline)
+    app.cleanup_ctx.append(running(pipeline))
     app.on_shutdown.append(close_all)
     return app
 
@@ -49,7 +69,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def after_first_scan(pipeline: Pipeline, base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def after_first_scan(ready: asyncio.Event, base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The port opens at once, so the viewer's page and assets load while the datastore is
     read; what needs the index (API, sockets, cards) waits for the first scan, never half."""
     gated = (f"{base}api/", f"{base}ws", f"{base}card/")
@@ -57,15 +77,19 @@ def after_first_scan(pipeline: Pipeline, base: str) -> Callable[..., Awaitable[w
 
     @web.middleware
     async def wait_for_index(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not pipeline.ready.is_set() and request.path.startswith(gated) and request.path != always:
-            await pipeline.ready.wait()
+        if not ready.is_set() and request.path.startswith(gated) and request.path != always:
+            await ready.wait()
         return await handler(request)
 
     return wait_for_index
 
 
-async def run_pipeline(app: web.Application) -> AsyncIterator[None]:
-    pipeline = app[PIPELINE]
-    await pipeline.start()
-    yield
-    await pipeline.stop()
+def running(pipeline: Pipeline) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The pipeline runs for the app's lifetime (a `cleanup_ctx`)."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await pipeline.start()
+        yield
+        await pipeline.stop()
+
+    return run

@@ -12,13 +12,14 @@ import gzip
 import json
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-from ..config import Limits, Roots
+from ..feed import card_topic
 from ..index import Card
-from ..layout import CardFileKind, CardKey, card_path
+from ..layout import CardKey
+from ..source import Unavailable
 from .security import Guard
 
 CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at right now
@@ -26,12 +27,7 @@ CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at r
 SOCKET_FROM_CARD = "../../../../../ws"
 
 
-class CardUnavailable(Exception):
-    """Why a card cannot be served; the message is safe to show."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+ReadCard = Callable[[Card], Awaitable[bytes]]  # the source's read of a card's HTML
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +56,8 @@ def script_json(value: object) -> str:
 
 
 class CardPages:
-    def __init__(self, roots: Roots, limits: Limits, guard: Guard) -> None:
-        self.roots = roots
-        self.limits = limits
+    def __init__(self, read: ReadCard, guard: Guard) -> None:
+        self.read = read
         self.guard = guard
         self.runtime = load_runtime().replace("</", "<\\/")
         self.instance = secrets.token_hex(4)  # per start: a new runtime, or new capabilities
@@ -73,21 +68,21 @@ class CardPages:
 
     async def page(self, card: Card) -> CardPage:
         if card.version is None:
-            raise CardUnavailable(404, "card not rendered yet")
+            raise Unavailable(404, "card not rendered yet")
         slot = (card.key, card.version)
         cached = self._cache.get(slot)
         if cached is not None:
             self._cache.move_to_end(slot)
             return cached
-        page = await asyncio.to_thread(self._build, card)
+        html = await self.read(card)
+        page = await asyncio.to_thread(self._build, card, html)
         self._cache[slot] = page
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
         return page
 
-    def _build(self, card: Card) -> CardPage:
-        html = self.read(card)
-        topic = f"card/{card.key}"
+    def _build(self, card: Card, html: bytes) -> CardPage:
+        topic = card_topic(card.key)
         config = {"topic": topic, "cap": self.guard.capability(topic), "socket": SOCKET_FROM_CARD,
                   "version": card.version}
         snippet = (
@@ -96,24 +91,3 @@ class CardPages:
         ).encode()
         body = inject(html, snippet)
         return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), self.etag(card))
-
-    def path(self, card: Card) -> Path:
-        """The card file, proven inside the cards root (no `..`, no symlink out)."""
-        root = self.roots.cards.resolve()
-        candidate = (self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy)).resolve()
-        if not candidate.is_relative_to(root):
-            raise CardUnavailable(404, "card not found")
-        return candidate
-
-    def read(self, card: Card) -> bytes:
-        path = self.path(card)
-        try:
-            with path.open("rb") as handle:
-                html = handle.read(self.limits.max_card_bytes + 1)
-        except OSError:
-            raise CardUnavailable(404, "card not found") from None
-        if len(html) > self.limits.max_card_bytes:
-            cap = self.limits.max_card_bytes
-            size = f"{cap // (1024 * 1024)} MB" if cap >= 1024 * 1024 else f"{cap} bytes"
-            raise CardUnavailable(413, f"card file too large to serve (over {size})")
-        return html

@@ -8,15 +8,24 @@ import weakref
 from aiohttp import web
 
 from ..config import Config
-from ..pipeline import Pipeline
+from ..feed import Feed
+from ..hub import Hub
+from ..index import Index
+from ..source import Source
+from ..taskfeed import TaskFeed
 from .cards import CardPages
 from .security import Guard
 
+# The narrow things the web layer uses: never the pipeline itself.
 CONFIG = web.AppKey("config", Config)
-PIPELINE = web.AppKey("pipeline", Pipeline)
+INDEX = web.AppKey("index", Index)  # queries only
+HUB = web.AppKey("hub", Hub)
+FEED = web.AppKey("feed", Feed)  # a new subscriber's current state
+TASKS = web.AppKey("tasks", TaskFeed)  # task details, and their topic
+SOURCE = web.AppKey("source", Source)  # reads on demand: card bytes, data updates, logs
+READY = web.AppKey("ready", asyncio.Event)  # the first read is in the index
 GUARD = web.AppKey("guard", Guard)
 CARD_PAGES = web.AppKey("card_pages", CardPages)
 SOCKETS = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
-SOCKET_TASKS = web.AppKey("socket_tasks", set[asyncio.Task[None]])
 # Connections that sent a complete request head: the header deadline spares them.
 SEEN_TRANSPORTS = web.AppKey("seen_transports", weakref.WeakSet[asyncio.BaseTransport])

@@ -15,8 +15,9 @@ from markupsafe import Markup
 
 from .. import __version__
 from ..layout import card_key_from_parts, is_name
-from .cards import CardUnavailable, script_json
-from .keys import CARD_PAGES, CONFIG, PIPELINE
+from ..source import Unavailable
+from .cards import script_json
+from .keys import CARD_PAGES, CONFIG, INDEX
 from .security import CARD_CSP, CARD_IFRAME_SANDBOX, CARD_ROUTE, VIEWER_CSP, plain_error
 
 
@@ -97,7 +98,7 @@ def card_parts(request: web.Request) -> tuple[str, ...]:
 
 async def card(request: web.Request) -> web.StreamResponse:
     key = card_key_from_parts(list(card_parts(request)))
-    found = request.app[PIPELINE].index.card(key) if key else None
+    found = request.app[INDEX].card(key) if key else None
     if found is None:
         return plain_error(404, "card not found")
     pages = request.app[CARD_PAGES]
@@ -106,7 +107,7 @@ async def card(request: web.Request) -> web.StreamResponse:
         return web.Response(status=304, headers=headers)
     try:
         page = await pages.page(found)
-    except CardUnavailable as problem:
+    except Unavailable as problem:
         return plain_error(problem.status, str(problem))
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         headers["Content-Encoding"] = "gzip"

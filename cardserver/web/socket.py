@@ -24,7 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..feed import Topic, parse_topic
 from ..hub import Message, Overflow, Subscriber
-from .keys import GUARD, PIPELINE, SOCKET_TASKS, SOCKETS
+from .keys import CONFIG, FEED, GUARD, HUB, SOCKETS, TASKS
 from .security import json_error
 
 log = logging.getLogger("cardserver.socket")
@@ -35,8 +35,8 @@ VERSION = 1
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    guard, pipeline = request.app[GUARD], request.app[PIPELINE]
-    limits = pipeline.limits
+    guard, hub = request.app[GUARD], request.app[HUB]
+    limits = request.app[CONFIG].limits
     origin = guard.origin_kind(request)
     if origin == "foreign":
         return json_error(403, f"websocket from origin {request.headers.get('Origin')!r} refused")
@@ -68,7 +68,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             else:
                 break
     finally:
-        pipeline.hub.leave(subscriber)
+        hub.leave(subscriber)
         subscriber.mailbox.close()
         writer.cancel()
         with suppress(asyncio.CancelledError):
@@ -101,7 +101,7 @@ class Session:
             self.error(name, "unknown operation or topic")
             return True
         if op == "unsubscribe":
-            self.app[PIPELINE].hub.unsubscribe(self.subscriber, str(topic))
+            self.app[HUB].unsubscribe(self.subscriber, str(topic))
             return True
         if self.restricted and not self.may_follow(topic, request.get("cap")):
             await self.ws.close(code=CLOSE_CAPABILITY, message=b"capability refused")
@@ -112,19 +112,14 @@ class Session:
         return topic.kind == "card" and self.app[GUARD].capability_ok(str(topic), capability)
 
     def subscribe(self, topic: Topic) -> bool:
-        pipeline = self.app[PIPELINE]
-        limit = pipeline.limits.max_subscriptions
+        limit = self.app[CONFIG].limits.max_subscriptions
         if str(topic) not in self.subscriber.topics and len(self.subscriber.topics) >= limit:
             self.error(str(topic), f"at most {limit} subscriptions per socket")
             return True
-        pipeline.hub.subscribe(self.subscriber, str(topic), pipeline.feed.initial(topic))
-        if topic.card is not None:
-            task = asyncio.create_task(pipeline.load_update(topic.card))
-            tasks = self.app[SOCKET_TASKS]
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        # A card's first viewer tells the source (a hub watch), which reads its data update.
+        self.app[HUB].subscribe(self.subscriber, str(topic), self.app[FEED].initial(topic))
         if topic.task is not None:
-            pipeline.tasks.refresh(topic.task)  # its details are read from disk, then published
+            self.app[TASKS].refresh(topic.task)  # its details are read by the source, then published
         return True
 
     def error(self, topic: object, text: str) -> None:

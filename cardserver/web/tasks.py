@@ -1,20 +1,16 @@
 """The task view's routes: `api/tasks/...` (attempts, verdicts, metadata, cards, traceback),
 `api/logs/...` (a page of a task's stdout or stderr) and the viewer's deep link
-`run/<flow>/<run>/<step>/<task>`. Names are validated into keys; files are read on demand in
-a thread, inside the datastore, in bounded pages."""
+`run/<flow>/<run>/<step>/<task>`. Names are validated into keys; the source reads the task's
+files on demand, in bounded pages."""
 
 from __future__ import annotations
-
-import asyncio
-from pathlib import Path
 
 from aiohttp import web
 
 from .. import logs
-from ..layout import LOG_STREAMS, TaskKey, log_file_name, parse_attempt_file, task_key_from_parts
-from ..taskinfo import entries, folder_of
+from ..layout import LOG_STREAMS, TaskKey, task_key_from_parts
 from .api import reply
-from .keys import PIPELINE
+from .keys import SOURCE, TASKS
 from .pages import View, shell
 from .security import json_error, plain_error
 
@@ -30,7 +26,7 @@ async def task(request: web.Request) -> web.Response:
     key = task_key(request)
     if key is None:
         return json_error(400, "bad task path")
-    detail = await request.app[PIPELINE].tasks.detail(key)
+    detail = await request.app[TASKS].detail(key)
     if detail is None:
         return json_error(404, f"no task {key}")
     return reply(detail)
@@ -64,42 +60,13 @@ async def log(request: web.Request) -> web.Response:
         return json_error(400, f"tail must be between 1 and {logs.MAX_PAGE_LINES}")
     if before is not None and since is not None:
         return json_error(400, "give before or after, not both")
-    datastore = request.app[PIPELINE].roots.datastore
-    page = await asyncio.to_thread(read_page, datastore, key, stream, attempt, lines, before, since)
+    page = await request.app[SOURCE].read_log(key, stream, attempt, lines, before, since)
     if page is None:
         which = "" if attempt is None else f" attempt {attempt}"
         return json_error(404, f"no {stream} log for task {key}{which}")
     number, found = page
     return reply({"flow": key.flow, "run": key.run, "step": key.step, "task": key.task,
                   "stream": stream, "attempt": number, **found.as_dict()})
-
-
-def read_page(datastore: Path, key: TaskKey, stream: str, attempt: int | None, lines: int,
-              before: int | None, since: int | None) -> tuple[int, logs.Page] | None:
-    """A page of one attempt's log (the latest attempt that has one, by default)."""
-    folder = folder_of(datastore, key)
-    if folder is None:
-        return None
-    if attempt is None:
-        attempt = latest_log(folder, stream)
-        if attempt is None:
-            return None
-    path = folder / log_file_name(attempt, stream)
-    if path.is_symlink():  # a link could point anywhere: logs are only the task's own files
-        return None
-    try:
-        if since is not None:
-            return attempt, logs.after(path, since, lines)
-        return attempt, logs.tail(path, lines, before)
-    except OSError:  # missing, vanished, a folder: nothing to show
-        return None
-
-
-def latest_log(folder: Path, stream: str) -> int | None:
-    kind = f"runtime_{stream}.log"
-    found = [parsed[0] for name, _ in entries(folder)
-             if (parsed := parse_attempt_file(name)) is not None and parsed[1] == kind]
-    return max(found, default=None)
 
 
 async def task_page(request: web.Request) -> web.Response:

@@ -1,0 +1,91 @@
+"""What a datastore offers the server: a source. The one boundary between where cards live
+(the local disk today, S3 next) and everything else.
+
+A source reads, in the user's words (events), never in its own (paths, listings, polls):
+- `first_read`: the whole datastore once, handed to the sink as a fresh start (in parts, each
+  applied as soon as it is read);
+- `follow`: then each change as a batch of events, until cancelled; how it learns of changes
+  (OS watches, polling, listing a bucket) is its own business;
+- reads on demand: a card's bytes, a card's data update, a task's folder, a page of a log.
+The sink (the pipeline) applies what it is handed to the index and answers with what changed,
+which tells the source what may still change. The layer that knows who is looking (the hub)
+tells the source which cards are shown, so it can keep their data updates read and fresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+from .events import Event
+from .index import Card, Changes, Index
+from .layout import CardKey, TaskKey
+from .logs import Page
+from .taskinfo import TaskFolder
+
+
+class Unavailable(Exception):
+    """Why a card cannot be served; the message is safe to show."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Sink(Protocol):
+    """Where a source's events go: the pipeline."""
+
+    @property
+    def index(self) -> Index:
+        """What is known so far, to be asked (never changed) by the source."""
+        ...
+
+    async def start_over(self, parts: AsyncIterator[list[Event]]) -> Changes:
+        """The whole datastore again, in parts: the first replaces the index, the rest add to it;
+        what changed is announced once all are in."""
+        ...
+
+    def apply(self, events: list[Event], tasks: Iterable[TaskKey] = ()) -> Changes:
+        """A batch of changes; `tasks` are tasks whose folder changed beyond what the events say
+        (their logs, their attempts), looked at only if someone watches one."""
+        ...
+
+
+class Source(Protocol):
+    caught_up: asyncio.Event  # everything that may still change is followed, and was read since
+
+    async def first_read(self, sink: Sink) -> None:
+        """Read the whole datastore into the sink; changes made meanwhile are not lost."""
+        ...
+
+    async def follow(self, sink: Sink) -> None:
+        """Hand the sink each change, batch by batch, until cancelled."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def show(self, key: CardKey, shown: bool) -> None:
+        """A card gained its first viewer (or lost its last): keep its data update read."""
+        ...
+
+    async def load_update(self, key: CardKey) -> None:
+        """Make sure the sink holds the card's data update, if it has one."""
+        ...
+
+    async def read_card(self, card: Card) -> bytes:
+        """The card's HTML; raises `Unavailable`."""
+        ...
+
+    async def read_task(self, key: TaskKey) -> TaskFolder | None:
+        """The task's own files (attempts, verdicts, logs' sizes, metadata); None if it has none."""
+        ...
+
+    async def read_log(self, key: TaskKey, stream: str, attempt: int | None, lines: int,
+                       before: int | None, since: int | None) -> tuple[int, Page] | None:
+        """A page of one attempt's log (the latest attempt that has one, by default)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """What `/api/status` says about the source: where it reads and how it follows."""
+        ...
