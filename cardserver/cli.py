@@ -203,7 +203,9 @@ def run_server(config: Config, prefix: str, side_job: Callable[[], Coroutine[Any
 
 
 def card_rows(config: Config) -> list[dict[str, Any]]:
+    from cardserver.feed import card_topic
     from cardserver.index import Index
+    from cardserver.layout import CardKey
 
     events, _ = disk.scan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
     index = Index()
@@ -213,12 +215,12 @@ def card_rows(config: Config) -> list[dict[str, Any]]:
         for found in index.runs(flow_name):
             for task in index.tasks_in_order(found):
                 for summary in task.summary()["cards"]:
-                    key = f"{found.key}/{task.key.step}/{task.key.task}/{summary['name']}"
+                    key = CardKey(task.key, summary["name"])
                     rows.append({
                         "flow": flow_name, "run": found.key.run, "run_status": found.status.value,
                         "step": task.key.step, "task": task.key.task, "status": task.shown.value,
                         "card": summary["name"], "type": summary["type"], "id": summary["id"],
-                        "path": f"card/{key}",
+                        "path": card_topic(key),
                     })
     return rows
 

@@ -19,8 +19,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from html import escape
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .layout import (
     run_meta_path,
     task_meta_dir,
 )
+from .scriptjson import script_json
 
 log = logging.getLogger(__name__)
 
@@ -409,250 +411,15 @@ def start_run(
 # --- the card page ---------------------------------------------------------------------------
 
 
-def _script_json(value: object) -> str:
-    """JSON that cannot close the <script> element it sits in, whatever the data says."""
-    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 _LIVE_HOOK = "window.metaflow_card_update = function(data) { return apply(data); };"
 _FINAL_HOOK = "window.metaflow_card_update = undefined;"
 
-_CARD_HTML = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>@@TITLE@@</title>
-<style>
-:root { color-scheme: light dark; --bg: #f6f7f9; --fg: #1c1f24; --muted: #697282;
-  --panel: #fff; --line: #e2e5ea; --accent: #2f6fe4; --ok: #1a9a4b;
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-@media (prefers-color-scheme: dark) { :root { --bg: #111318; --fg: #e5e8ec; --muted: #98a0ac;
-  --panel: #1a1d24; --line: #2c313b; --accent: #6aa2ff; --ok: #4cc47a; } }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg); }
-header { display: flex; gap: 1rem; align-items: center; justify-content: space-between;
-  padding: .8rem 1.25rem; border-bottom: 1px solid var(--line); }
-header h1 { margin: 0; font-size: .95rem; font-weight: 600; overflow-wrap: anywhere; }
-.badge { font-size: .75rem; padding: .05rem .55rem; border-radius: 999px; white-space: nowrap;
-  border: 1px solid var(--line); color: var(--muted); font-variant-numeric: tabular-nums; }
-.badge.live { color: var(--ok); border-color: currentColor; }
-main { max-width: 56rem; margin: 0 auto; padding: 1rem 1.25rem 2rem; display: grid; gap: .75rem; }
-.mf-component { background: var(--panel); border: 1px solid var(--line); border-radius: 10px;
-  padding: .8rem 1rem; overflow-x: auto; }
-.mf-markdown > :first-child { margin-top: 0; } .mf-markdown > :last-child { margin-bottom: 0; }
-.mf-markdown h1, .mf-markdown h2, .mf-markdown h3 { line-height: 1.25; margin: .2rem 0 .5rem; }
-.mf-markdown h1 { font-size: 1.4rem; } .mf-markdown h2 { font-size: 1.15rem; }
-.mf-markdown h3 { font-size: 1rem; }
-code { font: .9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  background: var(--line); padding: 0 .3em; border-radius: 4px; }
-.mf-text { margin: 0; white-space: pre-wrap; }
-.mf-progress-head { display: flex; justify-content: space-between; gap: 1rem; font-size: .9rem; }
-.mf-progress-count { color: var(--muted); font-variant-numeric: tabular-nums; }
-.mf-progress-track { height: .5rem; margin-top: .45rem; border-radius: 999px;
-  background: var(--line); overflow: hidden; }
-.mf-progress-fill { height: 100%; width: 0; background: var(--accent); border-radius: inherit;
-  transition: width .35s ease; }
-table { border-collapse: collapse; width: 100%; font-size: .9rem;
-  font-variant-numeric: tabular-nums; }
-th, td { text-align: left; padding: .35rem .75rem .35rem 0; border-bottom: 1px solid var(--line); }
-th { color: var(--muted); font-weight: 600; }
-tbody tr:last-child td { border-bottom: 0; }
-.mf-unknown { color: var(--muted); font-size: .85rem; }
-</style>
-</head>
-<body>
-<header><h1>@@TITLE@@</h1><span class="badge" id="mf-status"></span></header>
-<main id="mf-root"></main>
-<script>var METAFLOW_RELOAD_TOKEN = @@TOKEN@@;</script>
-<script id="mf-components" type="application/json">@@COMPONENTS@@</script>
-<script>
-(function () {
-  "use strict";
-  // Metaflow's real bundle carries this text in strings too: injectors must use the last one.
-  var __probe = "</body>";
-  var FINAL = @@FINAL@@;
-  var root = document.getElementById("mf-root");
-  var status = document.getElementById("mf-status");
-  var views = Object.create(null);
-  var seen = new WeakMap();
 
-  function el(tag, cls) {
-    var node = document.createElement(tag);
-    if (cls) node.className = cls;
-    return node;
-  }
 
-  function str(value) {
-    if (value === null || value === undefined) return "";
-    return typeof value === "object" ? JSON.stringify(value) : String(value);
-  }
-
-  // Inline markdown: **bold**, *italic*, `code`. Built with text nodes, so nothing is HTML.
-  function setInline(node, source) {
-    if (seen.get(node) === source) return;
-    seen.set(node, source);
-    var re = /\\*\\*(.+?)\\*\\*|\\*([^*]+)\\*|`([^`]+)`/g, last = 0, m, parts = [];
-    while ((m = re.exec(source))) {
-      if (m.index > last) parts.push(document.createTextNode(source.slice(last, m.index)));
-      var tag = m[1] !== undefined ? "strong" : m[2] !== undefined ? "em" : "code";
-      var span = el(tag);
-      span.textContent = m[1] !== undefined ? m[1] : m[2] !== undefined ? m[2] : m[3];
-      parts.push(span);
-      last = re.lastIndex;
-    }
-    if (last < source.length) parts.push(document.createTextNode(source.slice(last)));
-    node.replaceChildren.apply(node, parts);
-  }
-
-  function blocks(source) {
-    var out = [], para = [], list = null;
-    function flush() {
-      if (para.length) out.push({ tag: "p", text: para.join(" ") });
-      para = [];
-      list = null;
-    }
-    str(source).split(/\\r?\\n/).forEach(function (line) {
-      var heading = /^(#{1,6})\\s+(.*)$/.exec(line);
-      var item = /^\\s*[-*+]\\s+(.*)$/.exec(line);
-      if (heading) { flush(); out.push({ tag: "h" + heading[1].length, text: heading[2] }); }
-      else if (item) {
-        if (para.length) flush();
-        if (!list) { list = { tag: "ul", items: [] }; out.push(list); }
-        list.items.push(item[1]);
-      }
-      else if (!line.trim()) flush();
-      else { list = null; para.push(line.trim()); }
-    });
-    flush();
-    return out;
-  }
-
-  // Reuse child elements by position; only text changes when the shape stays the same.
-  function child(parent, index, tag) {
-    var node = parent.children[index];
-    if (node && node.tagName.toLowerCase() === tag) return node;
-    var fresh = el(tag);
-    if (node) parent.replaceChild(fresh, node); else parent.appendChild(fresh);
-    return fresh;
-  }
-
-  function trim(parent, count) {
-    while (parent.children.length > count) parent.removeChild(parent.lastElementChild);
-  }
-
-  function setMarkdown(node, source) {
-    var list = blocks(source);
-    list.forEach(function (block, i) {
-      var target = child(node, i, block.tag);
-      if (block.tag !== "ul") { setInline(target, block.text); return; }
-      block.items.forEach(function (item, j) { setInline(child(target, j, "li"), item); });
-      trim(target, block.items.length);
-    });
-    trim(node, list.length);
-  }
-
-  function setRow(row, cells, tag) {
-    cells.forEach(function (value, i) {
-      var cell = child(row, i, tag);
-      var text = str(value);
-      if (cell.textContent !== text) cell.textContent = text;
-    });
-    trim(row, cells.length);
-  }
-
-  function setRows(section, rows, tag) {
-    rows.forEach(function (cells, i) {
-      setRow(child(section, i, "tr"), Array.isArray(cells) ? cells : [cells], tag);
-    });
-    trim(section, rows.length);
-  }
-
-  var kinds = {
-    markdown: {
-      create: function () { return el("div", "mf-markdown"); },
-      update: function (node, c) { setMarkdown(node, c.source); }
-    },
-    text: {
-      create: function () { return el("p", "mf-text"); },
-      update: function (node, c) {
-        var t = str(c.text);
-        if (node.textContent !== t) node.textContent = t;
-      }
-    },
-    progressBar: {
-      create: function () {
-        var node = el("div", "mf-progress"), head = el("div", "mf-progress-head");
-        var track = el("div", "mf-progress-track");
-        head.append(el("span", "mf-progress-label"), el("span", "mf-progress-count"));
-        track.append(el("div", "mf-progress-fill"));
-        track.setAttribute("role", "progressbar");
-        node.append(head, track);
-        return node;
-      },
-      update: function (node, c) {
-        var max = Number(c.max) || 0, value = Number(c.value) || 0;
-        var pct = max > 0 ? Math.max(0, Math.min(100, (100 * value) / max)) : 0;
-        var track = node.querySelector(".mf-progress-track");
-        node.querySelector(".mf-progress-label").textContent = str(c.label);
-        node.querySelector(".mf-progress-count").textContent =
-          value + " / " + max + (c.unit ? " " + c.unit : "") + (c.details ? " · " + c.details : "");
-        node.querySelector(".mf-progress-fill").style.width = pct + "%";
-        track.setAttribute("aria-valuemax", String(max));
-        track.setAttribute("aria-valuenow", String(value));
-      }
-    },
-    table: {
-      create: function () {
-        var node = el("div", "mf-table"), grid = el("table");
-        grid.append(el("thead"), el("tbody"));
-        node.append(grid);
-        return node;
-      },
-      update: function (node, c) {
-        var grid = node.firstElementChild;
-        var headers = Array.isArray(c.headers) ? c.headers : [];
-        setRows(grid.tHead, headers.length ? [headers] : [], "th");
-        setRows(grid.tBodies[0], Array.isArray(c.data) ? c.data : [], "td");
-      }
-    }
-  };
-  var unknown = {
-    create: function () { return el("p", "mf-unknown"); },
-    update: function (node, c) {
-      node.textContent = "Component type " + str(c.type) + " is not shown here.";
-    }
-  };
-
-  function mount(c) {
-    var kind = kinds[c.type] || unknown;
-    var node = kind.create();
-    node.classList.add("mf-component");
-    node.setAttribute("data-component-id", str(c.id));
-    node.setAttribute("data-component-type", str(c.type));
-    kind.update(node, c);
-    views[c.id] = { node: node, kind: kind };
-    root.appendChild(node);
-  }
-
-  function apply(data) {
-    Object.keys(data || {}).forEach(function (id) {
-      var view = views[id], c = data[id];
-      if (view && c && typeof c === "object") view.kind.update(view.node, c);
-    });
-    status.textContent = "live · updated " + new Date().toLocaleTimeString();
-    return true;
-  }
-
-  JSON.parse(document.getElementById("mf-components").textContent).forEach(mount);
-  status.textContent = FINAL ? "final" : "live";
-  status.className = FINAL ? "badge" : "badge live";
-  @@HOOK@@
-})();
-</script>
-</body>
-</html>
-"""
+@cache
+def card_template() -> str:
+    """The demo card's page (`templates/demo-card.html`), with `@@NAME@@` markers to fill."""
+    return resources.files("cardserver").joinpath("templates/demo-card.html").read_text("utf-8")
 
 
 def render_card_html(key: CardKey, token: str, components: list[Component]) -> str:
@@ -661,12 +428,12 @@ def render_card_html(key: CardKey, token: str, components: list[Component]) -> s
     title = f"{key.task} · {key.name.rsplit('-', 1)[0]}"
     replacements = {
         "@@TITLE@@": escape(title),
-        "@@TOKEN@@": _script_json(token),
-        "@@COMPONENTS@@": _script_json(components),
+        "@@TOKEN@@": script_json(token),
+        "@@COMPONENTS@@": script_json(components),
         "@@FINAL@@": "true" if final else "false",
         "@@HOOK@@": _FINAL_HOOK if final else _LIVE_HOOK,
     }
-    page = _CARD_HTML
+    page = card_template()
     for marker, value in replacements.items():
         page = page.replace(marker, value)
     return page

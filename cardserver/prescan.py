@@ -8,8 +8,8 @@ in `marshal`'s form (plain tuples: unpickling 20,000 events was slower than the 
 Only the first scan is read this way: later there are threads, and forking a process with
 threads is unsafe. Any failure of a child falls back to reading that tree here.
 
-The scan starts before the file watch exists; the pipeline reads again, once the watch is open,
-any run that appeared meanwhile (`Pipeline.read_missed_runs`).
+The scan starts before the file watch exists; the local source reads again, once the watch is open,
+any run that appeared meanwhile (`LocalSource.read_missed_runs`).
 """
 
 from __future__ import annotations

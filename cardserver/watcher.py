@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+# Private API, pinned in pyproject.toml to the release line the tests cover (1.3.x).
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from .config import CARDS_DIR, Roots, WatchTiming

@@ -14,10 +14,6 @@ export function cardSource(flow, run, card) {
   return `card/${enc(flow)}/${enc(run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
 }
 
-export function cardTopic(flow, run, card) {
-  return `card/${flow}/${run}/${card.step}/${card.task}/${card.name}`;
-}
-
 export function taskPath(flow, run, row) {
   return `${runPath(flow, run)}/${enc(row.step)}/${enc(row.task)}`;
 }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from importlib import resources
 from ..feed import card_topic
 from ..index import Card
 from ..layout import CardKey
+from ..scriptjson import script_json
 from ..source import Unavailable
 from .security import Guard
 
@@ -48,11 +48,6 @@ def inject(html: bytes, snippet: bytes) -> bytes:
     if at < 0:
         at = lower.rfind(b"</html>")
     return html + snippet if at < 0 else html[:at] + snippet + html[at:]
-
-
-def script_json(value: object) -> str:
-    """JSON that is safe inside <script>: no `</` to close it early."""
-    return json.dumps(value).replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
 class CardPages:

@@ -15,8 +15,8 @@ from markupsafe import Markup
 
 from .. import __version__
 from ..layout import card_key_from_parts, is_name
+from ..scriptjson import script_json
 from ..source import Unavailable
-from .cards import script_json
 from .keys import CARD_PAGES, CONFIG, INDEX
 from .security import CARD_CSP, CARD_IFRAME_SANDBOX, CARD_ROUTE, VIEWER_CSP, plain_error
 

@@ -24,6 +24,7 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 
 from ..config import LOOPBACK_HOSTS, Config
+from ..feed import card_topic
 from ..layout import CardKey, card_key_from_parts
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -130,7 +131,7 @@ class Guard:
 
     def card_url(self, key: CardKey) -> str:
         """A card's URL relative to the app root; signed when a token guards the server."""
-        path = f"card/{key}"
+        path = card_topic(key)
         return f"{path}?{urlencode({'cap': self.link(path)})}" if self.token else path
 
     def capability(self, topic: str) -> str:
@@ -215,7 +216,7 @@ def make_middleware(
         card = card_of(request)
         if card is not None and state is not True and "cap" in request.query:
             # A card link is a credential for exactly one card page (a notebook's iframe).
-            state = request.method == "GET" and guard.link_ok(f"card/{card}", request.query["cap"])
+            state = request.method == "GET" and guard.link_ok(card_topic(card), request.query["cap"])
         capability_socket = is_socket and origin == "opaque"
         if state is not True and not capability_socket:
             return refuse(request, state)
@@ -253,7 +254,7 @@ def to_link(request: web.Request, guard: Guard, card: CardKey) -> web.Response:
     """A card URL with ?token=: the same card with its own link instead. No cookie: a
     cross-site iframe would not send it back."""
     query = [(k, v) for k, v in request.query.items() if k not in ("token", "cap")]
-    query.append(("cap", guard.link(f"card/{card}")))
+    query.append(("cap", guard.link(card_topic(card))))
     # Relative, like drop_token's; a validated card name is never mistaken for a scheme.
     target = f"{card.name}?{urlencode(query)}"
     return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"})
