@@ -1,5 +1,5 @@
-"""Domain events: what changed on disk, in the user's words. Produced by disk/watcher, applied
-by the index. Plain frozen values, so they can be scripted in tests. A scan reports a task
+"""Domain events: what changed in a datastore, in the user's words. Produced by a source,
+applied by the index. Plain frozen values, so they can be scripted in tests. A scan reports a task
 folder in one event (TaskMetaRead, TaskCardsRead) where the watcher reports one file."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The in-memory model of flows, runs, steps, tasks and cards, with their status.
 
-Built from the events of one scan, then kept current by the watcher's events. `apply` says what
+Built from a source's first read, then kept current by its batches of events. `apply` says what
 changed so the feed can tell subscribers; every query is answered from memory. No I/O here.
 """
 

@@ -1,4 +1,4 @@
-"""Which runs may still change: the watcher follows those deeply and no others.
+"""Which runs may still change: the local source watches those deeply and no others.
 
 A run is finished when its status is final (succeeded or failed) and it has been quiet for
 `settle_seconds`. The quiet spell matters: Metaflow records a task's `attempt_ok` before it

@@ -1,6 +1,6 @@
 """One task's details, read from its folder when someone looks (never in the index's hot
 path): each attempt's start, end and verdict, its log sizes, the task's metadata, which
-attempt each card belongs to, and the traceback of a failed attempt.
+attempt each card belongs to, the traceback of a failed attempt; and a page of a log.
 
 The facts (DESIGN.md §2): `<a>.attempt.json` holds the attempt's start `time`; `<a>.task_end`
 is written when the task process ends; `<a>.runtime` is the runtime's verdict

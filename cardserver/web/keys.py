@@ -1,4 +1,4 @@
-"""Typed application state."""
+"""Typed application state: the narrow things the handlers use (never the pipeline itself)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from ..taskfeed import TaskFeed
 from .cards import CardPages
 from .security import Guard
 
-# The narrow things the web layer uses: never the pipeline itself.
 CONFIG = web.AppKey("config", Config)
 INDEX = web.AppKey("index", Index)  # queries only
 HUB = web.AppKey("hub", Hub)
