@@ -28,7 +28,6 @@ from .events import (
     TaskCardsRead,
     TaskMetaRead,
     TaskMetaWritten,
-    collector_paused,
 )
 from .layout import (
     LEGACY_STEP,
@@ -220,9 +219,8 @@ Scanned = tuple[list[Event], list[Problem]]
 def scan(roots: Roots, limits: Limits, scope: Scope) -> Scanned:
     """Read both trees once. Card data updates are not read here (see `DataWritten.update`)."""
     problems: list[Problem] = []
-    with collector_paused():
-        events: list[Event] = list(scan_datastore(roots, limits, scope, problems))
-        events.extend(scan_cards(roots, scope))
+    events: list[Event] = list(scan_datastore(roots, limits, scope, problems))
+    events.extend(scan_cards(roots, scope))
     return events, problems
 
 

@@ -23,7 +23,6 @@ from .events import (
     TaskMetaRead,
     TaskMetaWritten,
     TaskRemoved,
-    collector_paused,
 )
 from .layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey, parse_card_name
 from .status import (
@@ -190,11 +189,7 @@ class Index:
     # --- updates ---------------------------------------------------------------------------
 
     def apply(self, events: Iterable[Event]) -> Changes:
-        batch = events if isinstance(events, list | tuple) else list(events)
-        if any(isinstance(event, Reset) for event in batch):
-            with collector_paused():
-                return self._apply_batch(batch)
-        return self._apply_batch(batch)
+        return self._apply_batch(events)
 
     def _apply_batch(self, events: Iterable[Event]) -> Changes:
         changes = Changes()
