@@ -4,9 +4,7 @@ folder in one event (TaskMetaRead, TaskCardsRead) where the watcher reports one 
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,20 +118,3 @@ Event = (
     | TaskRemoved
     | Reset
 )
-
-
-@contextmanager
-def collector_paused(keep: bool = False) -> Iterator[None]:
-    """No cyclic garbage collection meanwhile, for reading a whole tree and applying its Reset:
-    everything they make lives on, so the collector's passes find nothing (on 10,000 tasks they
-    were a fifth of the work). What is made meanwhile is collected as usual afterwards, or with
-    `keep` (a new index) never walked again: its first pass alone took 70 ms on 10,000 tasks."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if keep:
-            gc.freeze()  # everything alive now skips later passes; freed objects still go
-        if was_on:
-            gc.enable()

@@ -6,11 +6,12 @@ to the hub, the task topics). It does not read, watch, poll or plan: the source 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import AsyncIterator, Iterable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager, suppress
 
-from .events import Event, Reset, collector_paused
+from .events import Event, Reset
 from .feed import Feed
 from .hub import Hub
 from .index import Changes, Index
@@ -54,7 +55,7 @@ class Pipeline:
 
     async def start_over(self, parts: AsyncIterator[list[Event]]) -> Changes:
         changes: Changes | None = None
-        with collector_paused(keep=True):
+        with collector_paused():
             async for events in parts:
                 if changes is None:  # its Reset says "everything changed", which covers the rest
                     changes = self.index.apply([Reset(tuple(events))])
@@ -79,3 +80,21 @@ class Pipeline:
                 self.tasks.refresh_all()
             else:
                 self.tasks.changed(changes.tasks)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a whole datastore is read and applied (across the
+    awaits of its parts): everything made lives on in the new index, so the passes find nothing.
+    Then the new index is frozen out of later passes (`gc.freeze`); what is freed still goes.
+    bench/scale.py on 10,000 tasks, alternating runs: "cold start to serving the run" median
+    2.27 s with the pause, 4.11 s without (5 runs each); "run API first call" median 203 ms
+    with the freeze, 235 ms without (3 runs each: a full pass over the index during the call)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_on:
+            gc.enable()
