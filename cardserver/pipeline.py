@@ -56,6 +56,7 @@ class Pipeline:
         self._read_since_watched: set[Path] = set()  # deep-watched folders read after their watch
         self.caught_up = asyncio.Event()  # every followed run is watched and was read since
         self._settle_timer: asyncio.TimerHandle | None = None
+        self._status_timer: asyncio.TimerHandle | None = None  # see `recheck_status`
         self.ready = asyncio.Event()
         self._reported: set[tuple[Path, str]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -69,8 +70,9 @@ class Pipeline:
     async def stop(self) -> None:
         if self.first_scan is not None:
             self.first_scan.close()  # a reader still busy would hold up the shutdown
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
+        for timer in (self._settle_timer, self._status_timer):
+            if timer is not None:
+                timer.cancel()
         self.watcher.stop()
         for task in (self._task, self._live_poll):
             if task is not None:
@@ -196,6 +198,17 @@ class Pipeline:
         if changes:
             self.feed.publish(changes)
             self.follow_live_runs(changes)
+        self.recheck_status_later()
+
+    def recheck_status_later(self) -> None:
+        """Some statuses change with time alone (a run gone quiet): apply nothing when one may."""
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        at = self.index.next_recheck()
+        if at is not None:
+            delay = max(0.0, at - time.time()) + 0.05
+            self._status_timer = asyncio.get_running_loop().call_later(delay, self.ingest, [])
 
     # --- what the watcher follows -------------------------------------------------------------
 
