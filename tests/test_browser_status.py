@@ -1,0 +1,61 @@
+"""Status as a person sees it in Chromium, with real Metaflow runs: a foreach whose siblings the
+runtime kills shows failed/killed and follow mode moves on to the next run; a retried task's
+card rows each name their attempt; the stage and count line say what is true."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import launch, start_flow
+
+pytestmark = pytest.mark.timeout(300)
+FLOW_WAIT = 120_000  # ms: a Metaflow run takes seconds to start on a loaded 2-core machine
+
+
+def dots(page: Any) -> Any:
+    """(task, status, attempt label) of each row of the card list."""
+    return page.locator("#card-list .row").evaluate_all(
+        "(rows) => rows.map((r) => [r.querySelector('.where').textContent, "
+        "r.querySelector('.dot').dataset.status, r.querySelector('.attempt')?.textContent ?? ''])"
+    )
+
+
+async def shows(page: Any, selector: str, text: str | None = None) -> None:
+    """Wait for an element (with that text) to be in the page (the viewer's CSP forbids eval)."""
+    await page.locator(selector, has_text=text).first.wait_for(state="attached", timeout=FLOW_WAIT)
+
+
+async def test_killed_siblings_then_follow_moves_on(tmp_path: Path, browser: Any) -> None:
+    (tmp_path / ".metaflow").mkdir()
+    server = launch(["server"], tmp_path)
+    flows: list[subprocess.Popen[str]] = []
+    try:
+        page = await browser.new_page()
+        await page.goto(server.url)
+        await shows(page, "#empty", "No runs yet")
+        flows.append(start_flow("killed_siblings_flow.py", tmp_path, "--max-workers", "4"))
+        await page.wait_for_url("**/KilledSiblingsFlow/**", timeout=FLOW_WAIT)
+        await shows(page, "#run-status[data-status=failed]")
+        rows = await dots(page)
+        each = sorted(status for where, status, _ in rows if where.startswith("each/"))
+        assert each == ["failed", "killed", "killed"], rows
+        # Nothing of the failed run runs: follow mode takes the next run as soon as it starts.
+        flows.append(start_flow("retry_card_flow.py", tmp_path))
+        await page.wait_for_url("**/RetryCardFlow/**", timeout=FLOW_WAIT)
+        await shows(page, "#run-status[data-status=succeeded]")
+        rows = await dots(page)
+        flaky = sorted((status, attempt) for where, status, attempt in rows if where.startswith("flaky/"))
+        assert flaky == [("succeeded", "attempt 1"), ("succeeded", "attempt 2")], rows
+        # A typed filter: the count line says how many match.
+        await page.fill("#text-filter", "flaky")
+        await shows(page, "#task-count", "match")
+        assert await page.locator("#task-count").text_content() == "1 of 3 tasks · 2 of 2 cards match"
+    finally:
+        for flow in flows:
+            if flow.poll() is None:
+                flow.kill()
+            flow.communicate()
+        server.stop()
