@@ -28,6 +28,7 @@ from .events import (
 )
 from .layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey, parse_card_name
 from .status import (
+    GRACE_SECONDS,
     Status,
     TaskFacts,
     TaskState,
@@ -188,9 +189,10 @@ def run_order(run: Run) -> tuple[Any, ...]:
 
 
 class Index:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, grace: float = GRACE_SECONDS) -> None:
         self.flows: dict[str, Flow] = {}
         self.clock = clock  # statuses that time changes (see status.run_status) read it
+        self.grace = grace
         self._rechecks: dict[RunKey, float] = {}  # runs whose status time alone may change
         self._dirty_runs: set[RunKey] = set()
         self._generation = 0  # bumped by a reset
@@ -377,7 +379,7 @@ class Index:
         for task in run.tasks.values():
             task.status = task_status(task.facts)
             states.append(task.state())
-        verdict = run_status(states, run.newest_write or run.started or now, now)
+        verdict = run_status(states, run.newest_write or run.started or now, now, self.grace)
         run.recheck_at = verdict.recheck_at
         if verdict.recheck_at is not None:
             self._rechecks[key] = verdict.recheck_at

@@ -46,7 +46,7 @@ class Pipeline:
         self.roots = config.roots
         self.limits = config.limits
         self.scope = Scope(config.flow, config.run_id)
-        self.index = Index()
+        self.index = Index(grace=config.timing.status_grace_seconds)
         self.hub = Hub()
         self.feed = Feed(self.index, self.hub)
         self.watcher = Watcher(config.roots, config.timing, config.force_polling)

@@ -214,7 +214,9 @@ class RunVerdict:
     recheck_at: float | None = None
 
 
-def run_status(tasks: Sequence[TaskState], newest_write: float, now: float) -> RunVerdict:
+def run_status(
+    tasks: Sequence[TaskState], newest_write: float, now: float, grace: float = GRACE_SECONDS
+) -> RunVerdict:
     """The run's status from its tasks' (first rule that holds wins); `newest_write` is the
     time of the newest file written in the run (status files, verdicts, cards, data updates)."""
     statuses = {t.status for t in tasks}
@@ -229,8 +231,8 @@ def run_status(tasks: Sequence[TaskState], newest_write: float, now: float) -> R
         return RunVerdict(Status.RUNNING, newest_write + STALE_SECONDS)
     if Status.KILLED in statuses:  # the runtime kills workers only once the run is over
         return RunVerdict(Status.FAILED if Status.FAILED in statuses else Status.STOPPED)
-    if quiet < GRACE_SECONDS:  # a retry or the next task is on its way, or the run is over
-        return RunVerdict(Status.RUNNING, newest_write + GRACE_SECONDS)
+    if quiet < grace:  # a retry or the next task is on its way, or the run is over
+        return RunVerdict(Status.RUNNING, newest_write + grace)
     return RunVerdict(Status.FAILED if Status.FAILED in statuses else Status.UNKNOWN)
 
 
