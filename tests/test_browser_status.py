@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import launch, start_flow
+from conftest import launch, make_config, start_flow
+
+from cardserver import demo
+from cardserver.config import WatchTiming
 
 pytestmark = pytest.mark.timeout(300)
 FLOW_WAIT = 120_000  # ms: a Metaflow run takes seconds to start on a loaded 2-core machine
@@ -59,3 +62,23 @@ async def test_killed_siblings_then_follow_moves_on(tmp_path: Path, browser: Any
                 flow.kill()
             flow.communicate()
         server.stop()
+
+
+async def test_the_stage_says_what_is_true_when_no_card_is_shown(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    done = demo.write_fixture_run(roots.datastore, "ManyFlow", tasks=4)
+    bare = demo.start_run(roots.datastore, flow="BareFlow")
+    bare.start_task("start").finish()
+    bare.start_task("end").finish()
+    timing = WatchTiming(cold_step_ms=10, shape_step_ms=10, status_grace_seconds=0.0)
+    client = await start_app(make_config(roots, timing=timing))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url(f"/run/ManyFlow/{done.run}")))
+    await shows(page, "#empty", "The run succeeded. No card selected: pick one of its 6 cards")
+    assert await page.locator("#task-count").text_content() == "6 tasks · 6 cards"
+    await page.fill("#text-filter", "nothing-matches-this")
+    await shows(page, "#empty", "No card matches the filter")
+    assert await page.locator("#task-count").text_content() == "0 of 6 tasks · 0 of 6 cards match"
+    await page.goto(str(client.make_url(f"/run/BareFlow/{bare.run}")))
+    await shows(page, "#empty", "This run has no cards. Add @card to a step")
