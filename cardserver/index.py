@@ -106,7 +106,6 @@ class Run:
     status: Status = Status.PENDING
     first_seen: float = 0.0
     newest_write: float = 0.0  # the newest file time seen in the run
-    recheck_at: float | None = None  # when time alone may change its status
     by_id: dict[str, Task] = field(default_factory=dict)  # tasks of real steps, by task id
 
     @property
@@ -380,7 +379,6 @@ class Index:
             task.status = task_status(task.facts)
             states.append(task.state())
         verdict = run_status(states, run.newest_write or run.started or now, now, self.grace)
-        run.recheck_at = verdict.recheck_at
         if verdict.recheck_at is not None:
             self._rechecks[key] = verdict.recheck_at
         for task in run.tasks.values():

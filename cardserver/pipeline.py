@@ -56,7 +56,8 @@ class Pipeline:
         self._read_since_watched: set[Path] = set()  # deep-watched folders read after their watch
         self.caught_up = asyncio.Event()  # every followed run is watched and was read since
         self._settle_timer: asyncio.TimerHandle | None = None
-        self._status_timer: asyncio.TimerHandle | None = None  # see `recheck_status`
+        self._status_timer: asyncio.TimerHandle | None = None  # see `recheck_status_later`
+        self._status_at: float | None = None  # when it fires
         self.ready = asyncio.Event()
         self._reported: set[tuple[Path, str]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -202,13 +203,20 @@ class Pipeline:
 
     def recheck_status_later(self) -> None:
         """Some statuses change with time alone (a run gone quiet): apply nothing when one may."""
+        at = self.index.next_recheck()
+        if at == self._status_at:
+            return  # already set for then: every batch of live updates comes through here
         if self._status_timer is not None:
             self._status_timer.cancel()
             self._status_timer = None
-        at = self.index.next_recheck()
+        self._status_at = at
         if at is not None:
             delay = max(0.0, at - time.time()) + 0.05
-            self._status_timer = asyncio.get_running_loop().call_later(delay, self.ingest, [])
+            self._status_timer = asyncio.get_running_loop().call_later(delay, self.recheck_status)
+
+    def recheck_status(self) -> None:
+        self._status_timer = self._status_at = None
+        self.ingest([])
 
     # --- what the watcher follows -------------------------------------------------------------
 
