@@ -26,6 +26,16 @@ def dots(page: Any) -> Any:
     )
 
 
+async def rows_settle(page: Any, wanted: int) -> None:
+    """Rows are redrawn on the next animation frame after a status arrives: wait for `wanted`
+    rows with no running dot among them."""
+    await page.wait_for_function(
+        """(wanted) => {
+             const dots = [...document.querySelectorAll('#card-list .row .dot')];
+             return dots.length === wanted && !dots.some((d) => d.dataset.status === 'running');
+           }""", arg=wanted, timeout=FLOW_WAIT)
+
+
 async def shows(page: Any, selector: str, text: str | None = None) -> None:
     """Wait for an element (with that text) to be in the page (the viewer's CSP forbids eval)."""
     await page.locator(selector, has_text=text).first.wait_for(state="attached", timeout=FLOW_WAIT)
@@ -42,6 +52,7 @@ async def test_killed_siblings_then_follow_moves_on(tmp_path: Path, browser: Any
         flows.append(start_flow("killed_siblings_flow.py", tmp_path, "--max-workers", "4"))
         await page.wait_for_url("**/KilledSiblingsFlow/**", timeout=FLOW_WAIT)
         await shows(page, "#run-status[data-status=failed]")
+        await rows_settle(page, 4)  # start, and three branches
         rows = await dots(page)
         each = sorted(status for where, status, _ in rows if where.startswith("each/"))
         assert each == ["failed", "killed", "killed"], rows
@@ -49,6 +60,7 @@ async def test_killed_siblings_then_follow_moves_on(tmp_path: Path, browser: Any
         flows.append(start_flow("retry_card_flow.py", tmp_path))
         await page.wait_for_url("**/RetryCardFlow/**", timeout=FLOW_WAIT)
         await shows(page, "#run-status[data-status=succeeded]")
+        await rows_settle(page, 4)  # start, two cards of flaky, end
         rows = await dots(page)
         flaky = sorted((status, attempt) for where, status, attempt in rows if where.startswith("flaky/"))
         assert flaky == [("succeeded", "attempt 1"), ("succeeded", "attempt 2")], rows
