@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import make_config, next_message, start_flow, subscribe
 
+from cardserver.cli import card_rows
 from cardserver.config import Roots, WatchTiming
 from cardserver.web.keys import PIPELINE
 
@@ -121,8 +122,15 @@ async def test_killed_siblings_with_the_server_started_after(tmp_path: Path, sta
     assert code != 0 and "KILLED BY ORCHESTRATOR" in out
     client = await start_app(config(tmp_path))
     run = only_run(tmp_path, "KilledSiblingsFlow")
-    assert_killed_siblings(await run_detail(client, "KilledSiblingsFlow", run))
+    detail = await run_detail(client, "KilledSiblingsFlow", run)
+    assert_killed_siblings(detail)
     assert not any(key.run == run for key in client.app[PIPELINE].followed)
+    # `card list` says what the API says, card by card.
+    listed = {(r["step"], r["task"], r["card"]): (r["status"], r["run_status"], r["attempt"])
+              for r in card_rows(config(tmp_path))}
+    shown = {(t["step"], t["task"], c["name"]): (t["status"], "failed", c["attempt"])
+             for t in detail["tasks"] for c in t["cards"]}
+    assert listed == shown and len(listed) == 3
 
 
 # --- @retry -----------------------------------------------------------------------------------
