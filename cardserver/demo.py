@@ -37,6 +37,7 @@ from .layout import (
     parse_card_name,
     run_meta_path,
     task_meta_dir,
+    verdict_file_name,
 )
 
 log = logging.getLogger(__name__)
@@ -267,16 +268,22 @@ class DemoTask:
         legacy: bool = False,
     ) -> DemoCard:
         """A live card: its first HTML render is on disk when this returns."""
-        stem = f"{type}-{id}-{uuid.uuid4().hex}" if id else f"{type}-{uuid.uuid4().hex}"
+        card_uuid = uuid.uuid4().hex
+        stem = f"{type}-{id}-{card_uuid}" if id else f"{type}-{card_uuid}"
         if parse_card_name(stem) is None:
             raise ValueError(f"not a Metaflow card name: {stem!r}")
         card = DemoCard(CardKey(self.key, stem), self.run.cards, legacy, components or [], self.attempt)
         card.rerender()
         self.cards.append(card)
+        if not legacy:  # Metaflow wrote no card-info before mid-2022
+            info = {"card_uuid": card_uuid, "type": type, "id": id, "is_runtime_card": True,
+                    "refresh_interval": 1}
+            self._sysmeta(card_uuid, "card-info", json.dumps(info), self.attempt)  # after the render
         return card
 
-    def finish(self, ok: bool = True, attempt: int | None = None) -> None:
-        """End an attempt: `attempt_ok`, then `attempt-done`, then the final card renders.
+    def finish(self, ok: bool = True, attempt: int | None = None, reaped: bool = True) -> None:
+        """End an attempt: `attempt_ok`, then `attempt-done`, then the final card renders, then
+        (`reaped`) the runtime's verdict, written once the worker process has exited.
 
         Metaflow renders final cards only when the attempt succeeded (card_decorator.task_finished),
         and only that attempt's cards: a failed attempt keeps its last runtime render and update.
@@ -288,6 +295,18 @@ class DemoTask:
             for card in self.cards:
                 if card.attempt == number:
                     card.finalize()
+        if reaped:
+            self.verdict(0 if ok else 1, number)
+
+    def kill(self) -> None:
+        """The runtime killed this attempt (a sibling failed, or the run was interrupted): only
+        its verdict is written, no `attempt_ok`, no `attempt-done`, no final render."""
+        self.verdict(-9, self.attempt, killed=True)
+
+    def verdict(self, return_code: int, attempt: int, killed: bool = False) -> None:
+        """`<attempt>.runtime`, as the runtime writes it when it reaps the worker."""
+        doc = {"return_code": return_code, "killed": killed, "success": return_code == 0}
+        _write_json(self.meta_dir.parent / verdict_file_name(attempt), doc)
 
     def retry(self) -> int:
         """Start the next attempt, as `@retry` does after a failure; returns its number."""

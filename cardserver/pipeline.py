@@ -47,7 +47,7 @@ class Pipeline:
         self.roots = config.roots
         self.limits = config.limits
         self.scope = Scope(config.flow, config.run_id)
-        self.index = Index()
+        self.index = Index(grace=config.timing.status_grace_seconds)
         self.hub = Hub()
         self.feed = Feed(self.index, self.hub)
         self.tasks = TaskFeed(config.roots, config.limits, self.index, self.hub)
@@ -58,6 +58,8 @@ class Pipeline:
         self._read_since_watched: set[Path] = set()  # deep-watched folders read after their watch
         self.caught_up = asyncio.Event()  # every followed run is watched and was read since
         self._settle_timer: asyncio.TimerHandle | None = None
+        self._status_timer: asyncio.TimerHandle | None = None  # see `recheck_status_later`
+        self._status_at: float | None = None  # when it fires
         self.ready = asyncio.Event()
         self._reported: set[tuple[Path, str]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -71,8 +73,9 @@ class Pipeline:
     async def stop(self) -> None:
         if self.first_scan is not None:
             self.first_scan.close()  # a reader still busy would hold up the shutdown
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
+        for timer in (self._settle_timer, self._status_timer):
+            if timer is not None:
+                timer.cancel()
         self.watcher.stop()
         await self.tasks.close()
         for task in (self._task, self._live_poll):
@@ -204,6 +207,24 @@ class Pipeline:
                 self.tasks.refresh_all()
             else:
                 self.tasks.changed(changes.tasks)
+        self.recheck_status_later()
+
+    def recheck_status_later(self) -> None:
+        """Some statuses change with time alone (a run gone quiet): apply nothing when one may."""
+        at = self.index.next_recheck()
+        if at == self._status_at:
+            return  # already set for then: every batch of live updates comes through here
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        self._status_at = at
+        if at is not None:
+            delay = max(0.0, at - time.time()) + 0.05
+            self._status_timer = asyncio.get_running_loop().call_later(delay, self.recheck_status)
+
+    def recheck_status(self) -> None:
+        self._status_timer = self._status_at = None
+        self.ingest([])
 
     # --- what the watcher follows -------------------------------------------------------------
 
