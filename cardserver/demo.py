@@ -33,6 +33,7 @@ from .layout import (
     RunKey,
     TaskKey,
     card_path,
+    log_file_name,
     meta_file_name,
     parse_card_name,
     run_meta_path,
@@ -218,11 +219,29 @@ class DemoTask:
     attempt: int = 0
     system_meta: bool = True
     cards: list[DemoCard] = field(default_factory=list)
+    output: dict[str, list[str]] = field(default_factory=dict)  # stream -> lines of this attempt
     _last_ts: int = field(default=0, repr=False)
 
     @cached_property
     def meta_dir(self) -> Path:
         return self.run.datastore / task_meta_dir(self.key)
+
+    @property
+    def folder(self) -> Path:
+        return self.meta_dir.parent
+
+    def print(self, text: str, stream: str = "stdout") -> None:
+        """A line the step prints; the runtime saves it when the attempt ends (local runs)."""
+        self.output[stream].append(text)
+
+    def save_logs(self, attempt: int) -> None:
+        """`<attempt>.runtime_<stream>.log` in mflog form, as the runtime writes them at the end."""
+        if not self.system_meta:
+            return
+        for stream, lines in self.output.items():
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            text = "".join(f"[MFLOG|0|{stamp}.000000Z|runtime|{uuid.uuid4()}]{line}\n" for line in lines)
+            write_atomic(self.folder / log_file_name(attempt, stream), text.encode())
 
     def _stamp(self) -> int:
         """Milliseconds, strictly increasing per task: two attempts never share a file name."""
@@ -249,7 +268,9 @@ class DemoTask:
 
     def _begin_attempt(self, attempt: int) -> None:
         self.attempt = attempt
+        self.output = {"stdout": [], "stderr": []}
         if self.system_meta:
+            _write_json(self.folder / f"{attempt}.attempt.json", {"time": time.time()})
             for name, value in (
                 ("runtime", "dev"),
                 ("python_version", PYTHON_VERSION),
@@ -296,17 +317,20 @@ class DemoTask:
                 if card.attempt == number:
                     card.finalize()
         if reaped:
+            self.save_logs(number)
             self.verdict(0 if ok else 1, number)
 
     def kill(self) -> None:
         """The runtime killed this attempt (a sibling failed, or the run was interrupted): only
-        its verdict is written, no `attempt_ok`, no `attempt-done`, no final render."""
+        its verdict and what it printed are written, no `attempt_ok`, no `attempt-done`, no
+        final render."""
+        self.save_logs(self.attempt)
         self.verdict(-9, self.attempt, killed=True)
 
     def verdict(self, return_code: int, attempt: int, killed: bool = False) -> None:
         """`<attempt>.runtime`, as the runtime writes it when it reaps the worker."""
         doc = {"return_code": return_code, "killed": killed, "success": return_code == 0}
-        _write_json(self.meta_dir.parent / verdict_file_name(attempt), doc)
+        _write_json(self.folder / verdict_file_name(attempt), doc)
 
     def retry(self) -> int:
         """Start the next attempt, as `@retry` does after a failure; returns its number."""
@@ -812,6 +836,7 @@ def _train_script(
         epoch += 1
         if fail_at is not None and task.attempt == 0 and epoch == fail_at:
             card.update({"title": {"source": f"## Shard {shard}\n**Failed**: `ValueError: NaN loss`"}})
+            _print_failure(task, epoch)
             task.finish(ok=False)
             for _ in range(4):  # @retry waits a little before the next attempt
                 yield
@@ -831,9 +856,22 @@ def _train_script(
             }
         )
         results[shard] = accuracy
+        task.print(f"shard {shard} epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.4f}")
     card.update({"title": {"source": f"## Shard {shard}, attempt {task.attempt}\n**Done**."}})
     yield
     task.finish()
+
+
+def _print_failure(task: DemoTask, epoch: int) -> None:
+    """What a step raising `ValueError` leaves in its stderr, as Metaflow prints it."""
+    for line in (
+        f"<flow {task.key.flow} step {task.key.step}> failed:",
+        "Traceback (most recent call last):",
+        f'  File "{SCRIPT_NAME}", line 42, in {task.key.step}',
+        "    loss = model.fit(batch)",
+        f"ValueError: NaN loss at epoch {epoch}",
+    ):
+        task.print(line, "stderr")
 
 
 def _join_script(run: DemoRun, results: dict[int, float]) -> Iterator[None]:

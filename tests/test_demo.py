@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cardserver import demo
+from cardserver import demo, taskinfo
 from cardserver.layout import (
     LEGACY_STEP,
     CardFile,
@@ -164,6 +164,27 @@ def test_retry_starts_the_next_attempt(datastore: Path) -> None:
         ["attempt_id:0"],
         ["attempt_id:1"],
     ]
+
+
+def test_the_task_folder_holds_attempts_logs_and_a_traceback(datastore: Path) -> None:
+    """What the task view reads: `<a>.attempt.json`, the saved logs, and the failed attempt's
+    traceback, as the runtime leaves them."""
+    run = demo.start_run(datastore)
+    task = run.start_task("train")
+    task.print("epoch 1")
+    demo._print_failure(task, 1)
+    task.finish(ok=False)
+    task.retry()
+    task.print("epoch 1 again")
+    task.finish()
+    found = taskinfo.read_task(datastore, task.key, 1 << 20)
+    assert found is not None and sorted(found.attempts) == [0, 1]
+    assert all(files.started is not None for files in found.attempts.values())
+    assert [taskinfo.verdict(found.attempts[n], latest=n == 1) for n in (0, 1)] == ["failed", "succeeded"]
+    assert found.traceback is not None and found.traceback["attempt"] == 0
+    assert found.traceback["exception"] == "ValueError: NaN loss at epoch 1"
+    stdout = (task.folder / "1.runtime_stdout.log").read_text()
+    assert stdout.startswith("[MFLOG|0|") and stdout.endswith("]epoch 1 again\n")
 
 
 def test_the_runtime_verdict_comes_last_as_metaflow_writes_it(datastore: Path) -> None:
