@@ -191,7 +191,8 @@ async def test_a_log_not_saved_yet_shows_no_other_log(roots: Any, start_app: Any
     task.finish(ok=False)
     task.retry()  # attempt 1 runs: its logs are saved when it ends
     client = await start_app(make_config(roots))
-    page, problems = await open_page(browser, str(client.make_url(f"/run/DemoFlow/{run.run}/train/{task.key.task}")))
+    url = client.make_url(f"/run/DemoFlow/{run.run}/train/{task.key.task}")
+    page, problems = await open_page(browser, str(url))
     await page.click("[data-part=streams] button >> text=stderr")
     await page.select_option("[data-part=attempt]", "0")
     await page.wait_for_selector(".log-line >> text=ValueError: NaN loss at epoch 3", timeout=UI_WAIT)
