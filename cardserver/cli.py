@@ -208,7 +208,7 @@ def card_rows(config: Config) -> list[dict[str, Any]]:
     from cardserver.layout import CardKey
 
     events, _ = disk.scan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
-    index = Index()
+    index = Index(grace=config.timing.status_grace_seconds)
     index.apply(events)
     rows = []
     for flow_name in sorted(index.flows):
@@ -220,7 +220,7 @@ def card_rows(config: Config) -> list[dict[str, Any]]:
                         "flow": flow_name, "run": found.key.run, "run_status": found.status.value,
                         "step": task.key.step, "task": task.key.task, "status": task.shown.value,
                         "card": summary["name"], "type": summary["type"], "id": summary["id"],
-                        "path": card_topic(key),
+                        "attempt": summary["attempt"], "path": card_topic(key),
                     })
     return rows
 

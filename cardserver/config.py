@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .status import GRACE_SECONDS
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8423
 DATASTORE_DIR = ".metaflow"
@@ -59,6 +61,9 @@ class WatchTiming:
     # every batch waits this long: 40 ms gave a p50 lag of 44 ms, 10 ms gives 20 ms (+15% CPU).
     debounce_ms: int = 10
     poll_delay_ms: int = 300  # for the polling fallback
+    # Nothing running and nothing written this long: a run's runtime will not act any more
+    # (see status.GRACE_SECONDS). Tests of just-written finished fixtures set 0.
+    status_grace_seconds: float = GRACE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)

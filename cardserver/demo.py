@@ -34,10 +34,12 @@ from .layout import (
     RunKey,
     TaskKey,
     card_path,
+    log_file_name,
     meta_file_name,
     parse_card_name,
     run_meta_path,
     task_meta_dir,
+    verdict_file_name,
 )
 from .scriptjson import script_json
 
@@ -219,11 +221,29 @@ class DemoTask:
     attempt: int = 0
     system_meta: bool = True
     cards: list[DemoCard] = field(default_factory=list)
+    output: dict[str, list[str]] = field(default_factory=dict)  # stream -> lines of this attempt
     _last_ts: int = field(default=0, repr=False)
 
     @cached_property
     def meta_dir(self) -> Path:
         return self.run.datastore / task_meta_dir(self.key)
+
+    @property
+    def folder(self) -> Path:
+        return self.meta_dir.parent
+
+    def print(self, text: str, stream: str = "stdout") -> None:
+        """A line the step prints; the runtime saves it when the attempt ends (local runs)."""
+        self.output[stream].append(text)
+
+    def save_logs(self, attempt: int) -> None:
+        """`<attempt>.runtime_<stream>.log` in mflog form, as the runtime writes them at the end."""
+        if not self.system_meta:
+            return
+        for stream, lines in self.output.items():
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            text = "".join(f"[MFLOG|0|{stamp}.000000Z|runtime|{uuid.uuid4()}]{line}\n" for line in lines)
+            write_atomic(self.folder / log_file_name(attempt, stream), text.encode())
 
     def _stamp(self) -> int:
         """Milliseconds, strictly increasing per task: two attempts never share a file name."""
@@ -250,7 +270,9 @@ class DemoTask:
 
     def _begin_attempt(self, attempt: int) -> None:
         self.attempt = attempt
+        self.output = {"stdout": [], "stderr": []}
         if self.system_meta:
+            _write_json(self.folder / f"{attempt}.attempt.json", {"time": time.time()})
             for name, value in (
                 ("runtime", "dev"),
                 ("python_version", PYTHON_VERSION),
@@ -269,16 +291,22 @@ class DemoTask:
         legacy: bool = False,
     ) -> DemoCard:
         """A live card: its first HTML render is on disk when this returns."""
-        stem = f"{type}-{id}-{uuid.uuid4().hex}" if id else f"{type}-{uuid.uuid4().hex}"
+        card_uuid = uuid.uuid4().hex
+        stem = f"{type}-{id}-{card_uuid}" if id else f"{type}-{card_uuid}"
         if parse_card_name(stem) is None:
             raise ValueError(f"not a Metaflow card name: {stem!r}")
         card = DemoCard(CardKey(self.key, stem), self.run.cards, legacy, components or [], self.attempt)
         card.rerender()
         self.cards.append(card)
+        if not legacy:  # Metaflow wrote no card-info before mid-2022
+            info = {"card_uuid": card_uuid, "type": type, "id": id, "is_runtime_card": True,
+                    "refresh_interval": 1}
+            self._sysmeta(card_uuid, "card-info", json.dumps(info), self.attempt)  # after the render
         return card
 
-    def finish(self, ok: bool = True, attempt: int | None = None) -> None:
-        """End an attempt: `attempt_ok`, then `attempt-done`, then the final card renders.
+    def finish(self, ok: bool = True, attempt: int | None = None, reaped: bool = True) -> None:
+        """End an attempt: `attempt_ok`, then `attempt-done`, then the final card renders, then
+        (`reaped`) the runtime's verdict, written once the worker process has exited.
 
         Metaflow renders final cards only when the attempt succeeded (card_decorator.task_finished),
         and only that attempt's cards: a failed attempt keeps its last runtime render and update.
@@ -290,6 +318,21 @@ class DemoTask:
             for card in self.cards:
                 if card.attempt == number:
                     card.finalize()
+        if reaped:
+            self.save_logs(number)
+            self.verdict(0 if ok else 1, number)
+
+    def kill(self) -> None:
+        """The runtime killed this attempt (a sibling failed, or the run was interrupted): only
+        its verdict and what it printed are written, no `attempt_ok`, no `attempt-done`, no
+        final render."""
+        self.save_logs(self.attempt)
+        self.verdict(-9, self.attempt, killed=True)
+
+    def verdict(self, return_code: int, attempt: int, killed: bool = False) -> None:
+        """`<attempt>.runtime`, as the runtime writes it when it reaps the worker."""
+        doc = {"return_code": return_code, "killed": killed, "success": return_code == 0}
+        _write_json(self.folder / verdict_file_name(attempt), doc)
 
     def retry(self) -> int:
         """Start the next attempt, as `@retry` does after a failure; returns its number."""
@@ -560,6 +603,7 @@ def _train_script(
         epoch += 1
         if fail_at is not None and task.attempt == 0 and epoch == fail_at:
             card.update({"title": {"source": f"## Shard {shard}\n**Failed**: `ValueError: NaN loss`"}})
+            _print_failure(task, epoch)
             task.finish(ok=False)
             for _ in range(4):  # @retry waits a little before the next attempt
                 yield
@@ -579,9 +623,22 @@ def _train_script(
             }
         )
         results[shard] = accuracy
+        task.print(f"shard {shard} epoch {epoch}: loss {loss:.4f} accuracy {accuracy:.4f}")
     card.update({"title": {"source": f"## Shard {shard}, attempt {task.attempt}\n**Done**."}})
     yield
     task.finish()
+
+
+def _print_failure(task: DemoTask, epoch: int) -> None:
+    """What a step raising `ValueError` leaves in its stderr, as Metaflow prints it."""
+    for line in (
+        f"<flow {task.key.flow} step {task.key.step}> failed:",
+        "Traceback (most recent call last):",
+        f'  File "{SCRIPT_NAME}", line 42, in {task.key.step}',
+        "    loss = model.fit(batch)",
+        f"ValueError: NaN loss at epoch {epoch}",
+    ):
+        task.print(line, "stderr")
 
 
 def _join_script(run: DemoRun, results: dict[int, float]) -> Iterator[None]:

@@ -45,8 +45,9 @@ from .layout import (
     parse_card_path,
     parse_datastore_path,
     parse_meta_name,
+    verdict_file_name,
 )
-from .status import user_of
+from .status import user_of, verdict_doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +191,29 @@ def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> E
     found = parse_datastore_path(rel)
     if found is None or not scope.wants(found.key.flow, found.key.run):
         return None
+    if isinstance(found, RunFile):
+        doc = read_json(path, limits.max_meta_bytes)
+        return doc if isinstance(doc, Problem) else RunWritten(found.key, epoch_seconds(doc), user_of(doc))
+    if found.attempt is not None:
+        verdict = read_verdict(str(path), found.attempt, limits)
+        return verdict if isinstance(verdict, Problem) else TaskMetaWritten(found.key, found.kind, *verdict)
     doc = read_json(path, limits.max_meta_bytes)
     if isinstance(doc, Problem):
         return doc
-    if isinstance(found, RunFile):
-        return RunWritten(found.key, epoch_seconds(doc), user_of(doc))
     return TaskMetaWritten(found.key, found.kind, found.ts, slim(doc))
+
+
+def read_verdict(path: str, attempt: int, limits: Limits) -> tuple[int, dict[str, Any]] | Problem:
+    """A `<attempt>.runtime` file: (when it was written in ms, its doc as `status.record` takes it)."""
+    try:
+        written = os.stat(path).st_mtime_ns // 1_000_000
+    except OSError:
+        return Problem(Path(path), "vanished before it could be read")
+    doc = read_json(path, limits.max_meta_bytes)
+    if isinstance(doc, Problem):
+        return doc
+    verdict = verdict_doc(attempt, doc)
+    return (written, verdict) if verdict is not None else Problem(Path(path), "not a runtime verdict")
 
 
 def epoch_seconds(doc: dict[str, Any]) -> float | None:
@@ -205,7 +223,8 @@ def epoch_seconds(doc: dict[str, Any]) -> float | None:
 
 def slim(doc: dict[str, Any]) -> dict[str, Any]:
     """Only what status derivation reads: keeps 10,000 tasks' worth of events small."""
-    return {k: doc[k] for k in ("value", "tags", "ts_epoch", "system_tags", "user_name") if k in doc}
+    fields = ("value", "tags", "ts_epoch", "system_tags", "user_name", "field_name")
+    return {k: doc[k] for k in fields if k in doc}
 
 
 # --- the whole tree -> events ----------------------------------------------------------------
@@ -328,12 +347,16 @@ def scan_task_meta(
         parsed = parse_meta_name(name)
         if parsed is not None:
             found.append((parsed[0], parsed[1], name))
-    starts = [kind for kind, _, _ in found].count(MetaKind.ATTEMPT)
+    kinds = [kind for kind, _, _ in found]
+    starts = kinds.count(MetaKind.ATTEMPT)
     read: list[MetaFile] = []
     task_self, verdict = MetaKind.TASK_SELF, MetaKind.ATTEMPT_OK  # once: see python/cpython#93910
+    card_info = MetaKind.CARD_INFO
     for kind, ts, name in found:
         if kind is task_self:
             read.append((kind, ts, NO_DOC))  # the run's _self already names the user
+        elif starts <= 1 and kind is card_info:
+            continue  # one attempt wrote every card: nothing to learn
         elif starts <= 1 and kind is not verdict:
             # One attempt: its number is 0 and the file name says the rest; skip the read.
             read.append((kind, ts, FIRST_ATTEMPT))
@@ -343,7 +366,22 @@ def scan_task_meta(
                 problems.append(doc)
             else:
                 read.append((kind, ts, slim(doc)))
+    if kinds.count(verdict) < starts:  # an attempt without attempt_ok: killed, crashed or running
+        read.extend(scan_verdicts(meta_dir.removesuffix("/_meta"), starts, limits, problems))
     return TaskMetaRead(key, tuple(read)) if read else None
+
+
+def scan_verdicts(task_dir: str, starts: int, limits: Limits, problems: list[Problem]) -> list[MetaFile]:
+    """The runtime's verdicts on a task's attempts (numbered 0 to starts - 1), where written."""
+    found: list[MetaFile] = []
+    for attempt in range(starts):
+        verdict = read_verdict(f"{task_dir}/{verdict_file_name(attempt)}", attempt, limits)
+        if isinstance(verdict, Problem):
+            if "vanished" not in verdict.reason:  # not written (yet): the usual case
+                problems.append(verdict)
+        else:
+            found.append((MetaKind.VERDICT, *verdict))
+    return found
 
 
 def scan_cards(roots: Roots, scope: Scope) -> Iterator[TaskCardsRead]:

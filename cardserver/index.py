@@ -7,7 +7,8 @@ changed so the feed can tell subscribers; every query is answered from memory. N
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,11 @@ from .events import (
 )
 from .layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey, parse_card_name
 from .status import (
+    GRACE_SECONDS,
     Status,
     TaskFacts,
     TaskState,
-    failure_time,
+    card_attempt,
     finished_at,
     record,
     record_all,
@@ -66,10 +68,19 @@ class Task:
     cards: dict[str, Card] = field(default_factory=dict)
     last_activity: float = 0.0
     status: Status = Status.PENDING  # from the task's own files
-    shown: Status = Status.PENDING  # in the context of its run (a silent task of a failed run)
+    shown: Status = Status.PENDING  # in the context of its run (running in a run gone silent)
 
     def state(self) -> TaskState:
-        return TaskState(self.key.step, self.status, self.last_activity, finished_at(self.facts))
+        return TaskState(self.key.step, self.status)
+
+    def card_summaries(self) -> list[dict[str, Any]]:
+        """Each card, oldest first, with the attempt that wrote it."""
+        out = []
+        for card in sorted(self.cards.values(), key=card_order):
+            summary = card.summary()
+            summary["attempt"] = card_attempt(self.facts, card.key.name.rpartition("-")[2])
+            out.append(summary)
+        return out
 
     def summary(self) -> dict[str, Any]:
         attempts = self.facts.attempts
@@ -81,7 +92,7 @@ class Task:
             "attempt": latest.number if latest else None,
             "started": started_at(self.facts),
             "finished": finished_at(self.facts),
-            "cards": [c.summary() for c in sorted(self.cards.values(), key=card_order)],
+            "cards": self.card_summaries(),
         }
 
 
@@ -93,7 +104,7 @@ class Run:
     tasks: dict[tuple[str, str], Task] = field(default_factory=dict)
     status: Status = Status.PENDING
     first_seen: float = 0.0
-    failed_tasks: int = 0
+    newest_write: float = 0.0  # the newest file time seen in the run
     by_id: dict[str, Task] = field(default_factory=dict)  # tasks of real steps, by task id
 
     @property
@@ -154,8 +165,8 @@ class Changes:
 
 def facts_state(facts: TaskFacts) -> tuple[Any, ...]:
     """What a task's status files have said so far, comparable: a re-read changes nothing."""
-    attempts = tuple((n, a.started, a.ok, a.done) for n, a in sorted(facts.attempts.items()))
-    return facts.created, facts.user, attempts
+    attempts = tuple((n, a.started, a.ok, a.done, a.verdict) for n, a in sorted(facts.attempts.items()))
+    return facts.created, facts.user, attempts, tuple(sorted(facts.card_attempts.items()))
 
 
 def started_at(facts: TaskFacts) -> float | None:
@@ -180,8 +191,11 @@ def run_order(run: Run) -> tuple[Any, ...]:
 
 
 class Index:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, grace: float = GRACE_SECONDS) -> None:
         self.flows: dict[str, Flow] = {}
+        self.clock = clock  # statuses that time changes (see status.run_status) read it
+        self.grace = grace
+        self._rechecks: dict[RunKey, float] = {}  # runs whose status time alone may change
         self._dirty_runs: set[RunKey] = set()
         self._generation = 0  # bumped by a reset
         self._revisions: dict[RunKey, int] = {}  # bumped whenever a run's detail changes
@@ -195,8 +209,10 @@ class Index:
         changes = Changes()
         for event in events:
             self._apply_one(event, changes)
+        now = self.clock()
+        self._dirty_runs.update(key for key, at in self._rechecks.items() if at <= now)
         for key in self._dirty_runs:
-            self._settle_run(key, changes)
+            self._settle_run(key, changes, now)
         self._dirty_runs.clear()
         if changes.reset:
             self._generation += 1
@@ -216,6 +232,7 @@ class Index:
             case Reset(events=events):
                 self.flows.clear()
                 self._dirty_runs.clear()
+                self._rechecks.clear()
                 for inner in events:
                     self._apply_one(inner, changes)
                 changes.reset = True
@@ -302,7 +319,9 @@ class Index:
     def _touch(self, run: Run, task: Task, when: float) -> None:
         if when > task.last_activity:
             task.last_activity = when
-            if run.failed_tasks:  # activity only matters to "killed"
+        if when > run.newest_write:
+            run.newest_write = when  # read at the run's next recheck, not on every write
+            if run.status is Status.UNKNOWN:  # it wrote after all: look again now
                 self._dirty_runs.add(run.key)
 
     def _run(self, flow_name: str, run_name: str, changes: Changes) -> Run:
@@ -348,30 +367,36 @@ class Index:
             changes.runs.add(run.key)
         return card
 
-    def _settle_run(self, key: RunKey, changes: Changes) -> None:
+    def _settle_run(self, key: RunKey, changes: Changes, now: float) -> None:
         """Recompute the run's status and the shown status of its tasks, once per batch."""
         run = self.run(key)
+        self._rechecks.pop(key, None)
         if run is None:
             return
         states = []
         for task in run.tasks.values():
             task.status = task_status(task.facts)
             states.append(task.state())
-        failed_at = failure_time(states)
-        run.failed_tasks = sum(1 for s in states if s.status is Status.FAILED)
-        for task, state in zip(run.tasks.values(), states, strict=True):
-            shown = shown_status(state, failed_at)
+        verdict = run_status(states, run.newest_write or run.started or now, now, self.grace)
+        if verdict.recheck_at is not None:
+            self._rechecks[key] = verdict.recheck_at
+        for task in run.tasks.values():
+            shown = shown_status(task.status, verdict.status)
             if shown is not task.shown:
                 task.shown = shown
                 changes.tasks.add(task.key)
                 changes.runs.add(key)
-        status = run_status(states)
-        if status is not run.status:
-            run.status = status
+        if verdict.status is not run.status:
+            run.status = verdict.status
             changes.runs.add(key)
             changes.flows = True
         if not run.first_seen:
-            run.first_seen = min((s.last_activity for s in states if s.last_activity), default=0.0)
+            times = (t.last_activity for t in run.tasks.values() if t.last_activity)
+            run.first_seen = min(times, default=0.0)
+
+    def next_recheck(self) -> float | None:
+        """When time alone may next change a run's status: apply (even nothing) then."""
+        return min(self._rechecks.values(), default=None)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -469,6 +494,7 @@ class Index:
             "task": key.task.task,
             "task_status": task.shown.value,
             **card.summary(),
+            "attempt": card_attempt(task.facts, key.name.rpartition("-")[2]),
             "has_html": card.version is not None,
             "update": update_dict(card.update),
         }

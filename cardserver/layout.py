@@ -9,6 +9,8 @@ Status files live under the datastore root:
     <Flow>/<run>/_meta/_self.json                     the run exists
     <Flow>/<run>/<step>/<task>/_meta/_self.json       the task exists
     <Flow>/<run>/<step>/<task>/_meta/sysmeta_attempt[_ok|-done]_<ts>.json
+    <Flow>/<run>/<step>/<task>/_meta/sysmeta_<card-uuid>_<ts>.json   a card's attempt (card-info)
+    <Flow>/<run>/<step>/<task>/<attempt>.runtime       the runtime's verdict on an attempt
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 _CARD_NAME = re.compile(
     r"(?P<type>[A-Za-z0-9_]{1,100}+)(?:-(?P<id>[A-Za-z0-9_]{1,100}+))?-(?P<uuid>[A-Za-z0-9]{1,64}+)"
 )
-_META_NAME = re.compile(r"sysmeta_(?P<field>attempt|attempt_ok|attempt-done)_(?P<ts>\d{1,20})\.json")
+_META_NAME = re.compile(
+    r"sysmeta_(?:(?P<field>attempt|attempt_ok|attempt-done)|(?P<card>[0-9a-f]{32}))_(?P<ts>\d{1,20})\.json"
+)
+_VERDICT_NAME = re.compile(r"(?P<attempt>\d{1,9})\.runtime")
 
 
 def is_name(text: str) -> bool:
@@ -178,6 +183,8 @@ class MetaKind(Enum):
     ATTEMPT = "attempt"
     ATTEMPT_OK = "attempt_ok"
     ATTEMPT_DONE = "attempt-done"
+    CARD_INFO = "card-info"  # sysmeta_<card-uuid>_<ts>.json: which attempt wrote the card
+    VERDICT = "runtime"  # <attempt>.runtime, beside _meta: the runtime's verdict on the attempt
 
 
 _META_KINDS = {kind.value: kind for kind in MetaKind}  # a dict lookup: MetaKind(...) is slow in a scan
@@ -196,7 +203,8 @@ class TaskFile:
 
     key: TaskKey
     kind: MetaKind
-    ts: int  # ms since the epoch, from the file name; 0 for _self.json
+    ts: int  # ms since the epoch, from the file name; 0 for _self.json and verdicts
+    attempt: int | None = None  # a verdict's attempt, from its name
 
 
 def parse_meta_name(name: str) -> tuple[MetaKind, int] | None:
@@ -205,8 +213,18 @@ def parse_meta_name(name: str) -> tuple[MetaKind, int] | None:
     match = _META_NAME.fullmatch(name)
     if match is None:
         return None
-    field, ts = match.groups()
-    return _META_KINDS[field], int(ts)
+    field = match["field"]
+    return (_META_KINDS[field] if field else MetaKind.CARD_INFO), int(match["ts"])
+
+
+def parse_verdict_name(name: str) -> int | None:
+    """The attempt of a `<attempt>.runtime` file name, or None."""
+    match = _VERDICT_NAME.fullmatch(name)
+    return int(match["attempt"]) if match else None
+
+
+def verdict_file_name(attempt: int) -> str:
+    return f"{attempt}.runtime"
 
 
 def parse_datastore_path(rel: PurePosixPath) -> RunFile | TaskFile | None:
@@ -217,6 +235,8 @@ def parse_datastore_path(rel: PurePosixPath) -> RunFile | TaskFile | None:
         if is_name(flow) and is_name(run) and run != "data":
             return RunFile(RunKey(flow, run))
         return None
+    if len(parts) == 5:
+        return _verdict_file(parts)
     if len(parts) != 6 or parts[4] != "_meta":
         return None
     flow, run, step, task, _, name = parts
@@ -230,6 +250,16 @@ def parse_datastore_path(rel: PurePosixPath) -> RunFile | TaskFile | None:
     return TaskFile(TaskKey(flow, run, step, task), parsed[0], parsed[1])
 
 
+def _verdict_file(parts: tuple[str, ...]) -> TaskFile | None:
+    flow, run, step, task, name = parts
+    attempt = parse_verdict_name(name)
+    if attempt is None or step == PARAMETERS_STEP or run == "data":
+        return None
+    if not all(is_name(p) for p in (flow, run, step, task)):
+        return None
+    return TaskFile(TaskKey(flow, run, step, task), MetaKind.VERDICT, 0, attempt)
+
+
 def run_meta_path(key: RunKey) -> PurePosixPath:
     return PurePosixPath(key.flow, key.run, "_meta", "_self.json")
 
@@ -238,10 +268,16 @@ def task_meta_dir(key: TaskKey) -> PurePosixPath:
     return PurePosixPath(key.flow, key.run, key.step, key.task, "_meta")
 
 
-def meta_file_name(kind: MetaKind, ts: int) -> str:
+def task_dir(key: TaskKey) -> PurePosixPath:
+    """A task's folder, relative to the datastore root."""
+    return PurePosixPath(key.flow, key.run, key.step, key.task)
+
+
+def meta_file_name(kind: MetaKind, ts: int, card_uuid: str = "") -> str:
+    """A `_meta` file's name; a card-info file is named by its card's uuid."""
     if kind is MetaKind.TASK_SELF:
         return "_self.json"
-    return f"sysmeta_{kind.value}_{ts}.json"
+    return f"sysmeta_{card_uuid if kind is MetaKind.CARD_INFO else kind.value}_{ts}.json"
 
 
 # --- a task's own folder (attempts, verdicts, logs), read on demand by the task view -------
@@ -255,11 +291,6 @@ _ATTEMPT_FILE = re.compile(
 # `_meta/sysmeta_<field>_<ts>.json`: user, versions, attempts, and card-info (field = card uuid).
 _SYSMETA_NAME = re.compile(r"sysmeta_(?P<field>[A-Za-z0-9_\-]{1,100}?)_(?P<ts>\d{1,20})\.json")
 LOG_STREAMS = ("stdout", "stderr")
-
-
-def task_dir(key: TaskKey) -> PurePosixPath:
-    """A task's folder, relative to the datastore root."""
-    return PurePosixPath(key.flow, key.run, key.step, key.task)
 
 
 def task_key_from_parts(parts: list[str]) -> TaskKey | None:

@@ -1,9 +1,11 @@
 """Which runs may still change: the local source watches those deeply and no others.
 
-A run is finished when its status is final (succeeded or failed) and it has been quiet for
-`settle_seconds`. The quiet spell matters: Metaflow records a task's `attempt_ok` before it
-renders the task's final cards, and a failed attempt's retry starts minutes later (two by
-default) in the same run. A resume is a new run, so nothing else writes to a finished run.
+A run is finished when its status is final (succeeded, failed or stopped) and it has been
+quiet for `settle_seconds`. A run whose status is unknown (its runtime went without a word) is
+still followed: a task of it may be alive and write again. The quiet spell matters: Metaflow
+records a task's `attempt_ok` before it renders the task's final cards, and killed workers
+keep writing card updates for seconds. A resume is a new run, so nothing else writes to a
+finished run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from .index import Index
 from .layout import RunKey
 from .status import Status
 
-FINAL = frozenset({Status.SUCCEEDED, Status.FAILED})
+FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.STOPPED})
 
 
 class LiveRuns:

@@ -119,12 +119,13 @@ class LocalSource:
             self.apply(self.paths.classify(item), item)
 
     def apply(self, events: list[Event], batch: list[Any] | None = None) -> Changes:
-        """Hand events to the sink, then follow the runs that may still change."""
-        tasks = self.paths.tasks_of(batch) if batch is not None else ()
-        changes = self.sink.apply(events, tasks)
-        if changes:
-            self.following.follow_live_runs(self.sink.index, changes)
-        return changes
+        """Hand events to the sink (with the tasks a batch of paths touched)."""
+        return self.sink.apply(events, self.paths.tasks_of(batch) if batch is not None else ())
+
+    def changed(self, changes: Changes) -> None:
+        """Follow the runs that may still change."""
+        if self._sink is not None:
+            self.following.follow_live_runs(self._sink.index, changes)
 
     # --- whole reads -------------------------------------------------------------------------
 
@@ -134,10 +135,9 @@ class LocalSource:
         watched = set(self.watcher.watched("deep"))  # before the scan: it reads them all after
         if reads is None:
             reads = [partial(disk.scan, self.roots, self.limits, self.scope)]
-        changes = await self.sink.start_over(self._parts(reads))
+        await self.sink.start_over(self._parts(reads))
         self.following.read_since_watched = watched
-        if changes:
-            self.following.follow_live_runs(self.sink.index, changes)
+        self.following.check_caught_up()
         # The scan leaves data updates unread: re-read those someone is looking at.
         for key in list(self.shown):
             await self.load_update(key)

@@ -1,6 +1,7 @@
 """The pipeline: applies a source's events to the index and announces what changed (the feed
-to the hub, the task topics). It does not read, watch, poll or plan: the source does
-(`source.py`), and tells it what to apply.
+to the hub, the task topics, and the source, whose idea of what may still change follows the
+index). It does not read, watch, poll or plan: the source does (`source.py`). The one thing it
+applies unasked is nothing at all, when the index says time alone may change a status.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -17,25 +19,30 @@ from .hub import Hub
 from .index import Changes, Index
 from .layout import TaskKey
 from .source import Source
+from .status import GRACE_SECONDS
 from .taskfeed import TaskFeed
 
 log = logging.getLogger("cardserver")
 
 
 class Pipeline:
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, status_grace_seconds: float = GRACE_SECONDS) -> None:
         self.source = source
-        self.index = Index()
+        self.index = Index(grace=status_grace_seconds)
         self.hub = Hub()
         self.feed = Feed(self.index, self.hub)
         self.tasks = TaskFeed(source.read_task, self.index, self.hub)
         self.ready = asyncio.Event()  # the first read is in the index
         self._task: asyncio.Task[None] | None = None
+        self._status_timer: asyncio.TimerHandle | None = None  # see `recheck_status_later`
+        self._status_at: float | None = None  # when it fires
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cardserver-pipeline")
 
     async def stop(self) -> None:
+        if self._status_timer is not None:
+            self._status_timer.cancel()
         await self.source.close()
         await self.tasks.close()
         if self._task is not None:
@@ -74,12 +81,34 @@ class Pipeline:
         return changes
 
     def announce(self, changes: Changes) -> None:
+        """Tell subscribers, and the source (what it follows may differ now)."""
         if changes:
             self.feed.publish(changes)
+            self.source.changed(changes)
             if changes.reset:
                 self.tasks.refresh_all()
             else:
                 self.tasks.changed(changes.tasks)
+        self.recheck_status_later()
+
+    # --- statuses that change with time alone -------------------------------------------------
+
+    def recheck_status_later(self) -> None:
+        """Some statuses change with time alone (a run gone quiet): apply nothing when one may."""
+        at = self.index.next_recheck()
+        if at == self._status_at:
+            return  # already set for then: every batch of live updates comes through here
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
+        self._status_at = at
+        if at is not None:
+            delay = max(0.0, at - time.time()) + 0.05
+            self._status_timer = asyncio.get_running_loop().call_later(delay, self.recheck_status)
+
+    def recheck_status(self) -> None:
+        self._status_timer = self._status_at = None
+        self.apply([])
 
 
 @contextmanager

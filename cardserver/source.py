@@ -7,8 +7,8 @@ A source reads, in the user's words (events), never in its own (paths, listings,
 - `follow`: then each change as a batch of events, until cancelled; how it learns of changes
   (OS watches, polling, listing a bucket) is its own business;
 - reads on demand: a card's bytes, a card's data update, a task's folder, a page of a log.
-The sink (the pipeline) applies what it is handed to the index and answers with what changed,
-which tells the source what may still change. The layer that knows who is looking (the hub)
+The sink (the pipeline) applies what it is handed to the index and tells the source what
+changed, which says what may still change. The layer that knows who is looking (the hub)
 tells the source which cards are shown, so it can keep their data updates read and fresh.
 """
 
@@ -64,6 +64,11 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def changed(self, changes: Changes) -> None:
+        """The index changed (by this source's events, or by time): what may still change, and
+        so what to follow, may differ now."""
+        ...
 
     def show(self, key: CardKey, shown: bool) -> None:
         """A card gained its first viewer (or lost its last): keep its data update read."""

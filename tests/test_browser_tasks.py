@@ -181,3 +181,21 @@ async def test_t_key_switches_between_card_and_task(ran: Ran, server: ServerProc
     await page.keyboard.press("t")
     await page.wait_for_selector("#frames:not([hidden])", timeout=UI_WAIT)
     assert "/flaky/2/blank-tries-" in page.url and problems == []
+
+
+async def test_a_log_not_saved_yet_shows_no_other_log(roots: Any, start_app: Any, browser: Any) -> None:
+    """Choosing an attempt whose log is not saved yet clears the lines of the one shown before."""
+    run = demo.start_run(roots.datastore, flow="DemoFlow")
+    task = run.start_task("train")
+    demo._print_failure(task, 3)
+    task.finish(ok=False)
+    task.retry()  # attempt 1 runs: its logs are saved when it ends
+    client = await start_app(make_config(roots))
+    url = client.make_url(f"/run/DemoFlow/{run.run}/train/{task.key.task}")
+    page, problems = await open_page(browser, str(url))
+    await page.click("[data-part=streams] button >> text=stderr")
+    await page.select_option("[data-part=attempt]", "0")
+    await page.wait_for_selector(".log-line >> text=ValueError: NaN loss at epoch 3", timeout=UI_WAIT)
+    await page.select_option("[data-part=attempt]", "1")
+    await page.wait_for_selector("[data-part=log-info] >> text=no log saved yet", timeout=UI_WAIT)
+    assert await page.locator(".log-line").count() == 0 and problems == []

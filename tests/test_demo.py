@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cardserver import demo
+from cardserver import demo, taskinfo
 from cardserver.layout import (
     LEGACY_STEP,
     CardFile,
@@ -164,6 +164,62 @@ def test_retry_starts_the_next_attempt(datastore: Path) -> None:
         ["attempt_id:0"],
         ["attempt_id:1"],
     ]
+
+
+def test_the_task_folder_holds_attempts_logs_and_a_traceback(datastore: Path) -> None:
+    """What the task view reads: `<a>.attempt.json`, the saved logs, and the failed attempt's
+    traceback, as the runtime leaves them."""
+    run = demo.start_run(datastore)
+    task = run.start_task("train")
+    task.print("epoch 1")
+    demo._print_failure(task, 1)
+    task.finish(ok=False)
+    task.retry()
+    task.print("epoch 1 again")
+    task.finish()
+    found = taskinfo.read_task(datastore, task.key, 1 << 20)
+    assert found is not None and sorted(found.attempts) == [0, 1]
+    assert all(files.started is not None for files in found.attempts.values())
+    assert [taskinfo.verdict(found.attempts[n], latest=n == 1) for n in (0, 1)] == ["failed", "succeeded"]
+    assert found.traceback is not None and found.traceback["attempt"] == 0
+    assert found.traceback["exception"] == "ValueError: NaN loss at epoch 1"
+    stdout = (task.folder / "1.runtime_stdout.log").read_text()
+    assert stdout.startswith("[MFLOG|0|") and stdout.endswith("]epoch 1 again\n")
+
+
+def test_the_runtime_verdict_comes_last_as_metaflow_writes_it(datastore: Path) -> None:
+    run = demo.start_run(datastore)
+    ok_task, bad_task, killed_task = run.start_task("a"), run.start_task("b"), run.start_task("c")
+    ok_task.finish()
+    bad_task.finish(ok=False)
+    killed_task.kill()
+    meta = meta_files(datastore)
+    expected = [(ok_task, {"return_code": 0, "killed": False, "success": True}),
+                (bad_task, {"return_code": 1, "killed": False, "success": False}),
+                (killed_task, {"return_code": -9, "killed": True, "success": False})]
+    for task, verdict in expected:
+        [path] = meta[task.key][MetaKind.VERDICT]
+        assert path == datastore / task.key.flow / task.key.run / task.key.step / task.key.task / "0.runtime"
+        assert load(path) == verdict
+        assert parse_datastore_path(rel(datastore, path)) == TaskFile(task.key, MetaKind.VERDICT, 0, 0)
+    # A killed worker wrote nothing of its own end.
+    assert set(meta[killed_task.key]) == {MetaKind.TASK_SELF, MetaKind.ATTEMPT, MetaKind.VERDICT}
+    done = max(p.stat().st_mtime_ns for p in meta[ok_task.key][MetaKind.ATTEMPT_DONE])
+    assert meta[ok_task.key][MetaKind.VERDICT][0].stat().st_mtime_ns >= done
+
+
+def test_each_card_has_card_info_naming_its_attempt(datastore: Path) -> None:
+    run = demo.start_run(datastore)
+    task = run.start_task("train")
+    first = task.add_card()
+    task.finish(ok=False)
+    task.retry()
+    second = task.add_card()
+    infos = sysmeta(meta_files(datastore)[task.key][MetaKind.CARD_INFO])
+    uuids = [c.key.name.rpartition("-")[2] for c in (first, second)]
+    assert [(d["field_name"], d["type"], d["tags"]) for d in infos] == [
+        (uuids[0], "card-info", ["attempt_id:0"]), (uuids[1], "card-info", ["attempt_id:1"])]
+    assert json.loads(infos[1]["value"])["card_uuid"] == uuids[1]
 
 
 # --- cards -----------------------------------------------------------------------------------
@@ -350,7 +406,8 @@ def test_fixture_run_finished(datastore: Path) -> None:
         ("start", 2),
         *[("work", n) for n in range(3, 8)],
     ]
-    assert all(len(kinds) == len(MetaKind) for kinds in meta.values())
+    # Final cards are written at once, without card-info: one attempt wrote them all.
+    assert all(set(kinds) == set(MetaKind) - {MetaKind.CARD_INFO} for kinds in meta.values())
     parsed = [parse_card_path(rel(run.cards, p)) for p in files(run.cards)]
     assert None not in parsed
     html = [c for c in parsed if c is not None and c.kind is CardFileKind.HTML]

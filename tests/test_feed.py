@@ -67,7 +67,7 @@ def base_events() -> list[Event]:
 
 @pytest.fixture
 def index() -> Index:
-    index = Index()
+    index = Index(clock=lambda: 1_010.0)  # just after the events' times
     index.apply(base_events())
     return index
 

@@ -22,7 +22,7 @@ from cardserver.events import (
 )
 from cardserver.index import Changes, Index, merge, natural
 from cardserver.layout import LEGACY_STEP, CardKey, MetaKind, RunKey, TaskKey
-from cardserver.status import Status
+from cardserver.status import GRACE_SECONDS, STALE_SECONDS, Status
 
 FLOW = "LiveFlow"
 RUN = RunKey(FLOW, "1795376725734877")
@@ -74,7 +74,16 @@ def run_written(key: RunKey = RUN, created: float = 1000.0) -> RunWritten:
 
 @pytest.fixture
 def index() -> Index:
-    return Index()
+    return Index(clock=lambda: NOW)
+
+
+NOW = 1_101.0  # the tests' clock: just after their last write, within every grace period
+
+
+def killed(key: TaskKey, ts: float, n: int = 0) -> TaskMetaWritten:
+    """`<n>.runtime` of a worker the runtime killed."""
+    doc = {"value": str(n), "success": False, "killed": True}
+    return TaskMetaWritten(key, MetaKind.VERDICT, int(ts * 1000), doc)
 
 
 # --- building up ---------------------------------------------------------------------------
@@ -112,9 +121,9 @@ def test_same_state_again_changes_nothing(index: Index) -> None:
 
 
 def test_run_succeeds_when_end_succeeds(index: Index) -> None:
-    index.apply([run_written(), *finished(task("start", "1"), 1001.0, 1002.0)])
-    assert index.run(RUN).status is Status.RUNNING  # type: ignore[union-attr]
-    changes = index.apply(finished(task("end", "2"), 1003.0, 1004.0))
+    index.apply([run_written(), *finished(task("start", "1"), 1096.0, 1097.0)])
+    assert index.run(RUN).status is Status.RUNNING  # the next task is on its way  # type: ignore[union-attr]
+    changes = index.apply(finished(task("end", "2"), 1098.0, 1099.0))
     assert index.run(RUN).status is Status.SUCCEEDED  # type: ignore[union-attr]
     assert changes.flows  # the flows list shows each flow's newest run status
     assert RUN in changes.runs
@@ -303,9 +312,9 @@ def test_data_update_on_healthy_run_does_not_settle_the_run(
     settled: list[RunKey] = []
     original = Index._settle_run
 
-    def spy(self: Index, run: RunKey, changes: Changes) -> None:
+    def spy(self: Index, run: RunKey, changes: Changes, now: float) -> None:
         settled.append(run)
-        original(self, run, changes)
+        original(self, run, changes, now)
 
     monkeypatch.setattr(Index, "_settle_run", spy)
     changes = index.apply([updated(key, 1003.0, "t1", 1.0, {"a": 1})])
@@ -366,57 +375,74 @@ def test_empty_reset_clears(index: Index) -> None:
 
 
 def failing_run(index: Index) -> tuple[TaskKey, TaskKey, TaskKey]:
-    """`start` succeeded; two `train` tasks ran; one failed at 1100 while the other was silent."""
-    start, bad, silent = task("start", "1"), task("train", "2"), task("train", "3")
+    """`start` succeeded; two `train` tasks ran; one failed at 1100 while the other still ran."""
+    start, bad, sibling = task("start", "1"), task("train", "2"), task("train", "3")
     index.apply([
         run_written(),
         *finished(start, 1001.0, 1002.0),
         started(bad, 1010.0),
-        started(silent, 1010.0),
-        rendered(card(silent), 1090.0),
+        started(sibling, 1010.0),
+        rendered(card(sibling), 1090.0),
     ])
     assert index.run(RUN).status is Status.RUNNING  # type: ignore[union-attr]
     index.apply([verdict(bad, 1100.0, False), done(bad, 1100.0)])
-    return start, bad, silent
+    return start, bad, sibling
 
 
-def test_failure_kills_silent_tasks_and_fails_the_run(index: Index) -> None:
-    start, bad, silent = failing_run(index)
-    assert index.run(RUN).status is Status.FAILED  # type: ignore[union-attr]
+def test_a_sibling_runs_until_the_runtime_kills_it(index: Index) -> None:
+    _, bad, sibling = failing_run(index)
     assert index.task(bad).shown is Status.FAILED  # type: ignore[union-attr]
-    assert index.task(silent).shown is Status.KILLED  # type: ignore[union-attr]
-    assert index.task(silent).status is Status.RUNNING  # type: ignore[union-attr]
-    assert index.task(start).shown is Status.SUCCEEDED  # type: ignore[union-attr]
+    assert index.task(sibling).shown is Status.RUNNING  # type: ignore[union-attr]
+    assert index.run(RUN).status is Status.RUNNING  # type: ignore[union-attr]
+    changes = index.apply([killed(sibling, 1100.5)])
+    assert index.run(RUN).status is Status.FAILED  # type: ignore[union-attr]
+    assert index.task(sibling).shown is Status.KILLED  # type: ignore[union-attr]
+    assert {sibling} <= changes.tasks and RUN in changes.runs and changes.flows
     counts = index.run(RUN).summary()["counts"]  # type: ignore[union-attr]
     assert counts == {"succeeded": 1, "failed": 1, "killed": 1}
     [flow] = index.flow_summaries()
     assert flow["newest"]["status"] == "failed"
 
 
-def test_activity_after_the_failure_means_still_running(index: Index) -> None:
-    _, _, silent = failing_run(index)
-    changes = index.apply([updated(card(silent), 1105.0, "t1", 1105.0, {"a": 1})])
-    assert index.task(silent).shown is Status.RUNNING  # type: ignore[union-attr]
-    assert index.run(RUN).status is Status.RUNNING  # type: ignore[union-attr]
-    assert silent in changes.tasks
-    assert RUN in changes.runs
-    assert changes.flows
+def test_card_updates_of_a_killed_task_change_no_status(index: Index) -> None:
+    """Killed workers keep writing card updates for seconds after the verdicts."""
+    _, _, sibling = failing_run(index)
+    index.apply([killed(sibling, 1100.5)])
+    changes = index.apply([updated(card(sibling), 1105.0, "t1", 1105.0, {"a": 1})])
+    assert index.task(sibling).shown is Status.KILLED  # type: ignore[union-attr]
+    assert index.run(RUN).status is Status.FAILED  # type: ignore[union-attr]
+    assert RUN not in changes.runs
 
 
-def test_task_active_after_the_failure_is_not_killed(index: Index) -> None:
+def test_a_lone_failure_fails_the_run_once_no_retry_came() -> None:
+    now = [1_100.5]
+    index = Index(clock=lambda: now[0])
     start, bad = task("start", "1"), task("train", "2")
-    busy = task("train", "3")
-    index.apply([
-        run_written(),
-        *finished(start, 1001.0, 1002.0),
-        started(bad, 1010.0),
-        started(busy, 1010.0),
-        verdict(bad, 1100.0, False),
-        done(bad, 1100.0),
-        rendered(card(busy), 1200.0),
-    ])
-    assert index.task(busy).shown is Status.RUNNING  # type: ignore[union-attr]
+    index.apply([run_written(), *finished(start, 1001.0, 1002.0), started(bad, 1010.0),
+                 verdict(bad, 1100.0, False), done(bad, 1100.0)])
+    run = index.run(RUN)
+    assert run is not None and run.status is Status.RUNNING  # a retry may be on its way
+    assert index.next_recheck() == pytest.approx(1100.0 + GRACE_SECONDS)
+    assert not index.apply([])  # nothing is due yet
+    now[0] = 1100.0 + GRACE_SECONDS
+    changes = index.apply([])
+    assert run.status is Status.FAILED and RUN in changes.runs
+    assert index.next_recheck() is None
+
+
+def test_a_run_silent_for_long_is_unknown_until_it_writes_again() -> None:
+    now = [1_020.0]
+    index = Index(clock=lambda: now[0])
+    start, train = task("start", "1"), task("train", "2")
+    index.apply([run_written(), *finished(start, 1001.0, 1002.0), started(train, 1010.0)])
+    now[0] = 1010.0 + STALE_SECONDS
+    index.apply([])
+    assert index.run(RUN).status is Status.UNKNOWN  # type: ignore[union-attr]
+    assert index.task(train).shown is Status.UNKNOWN  # type: ignore[union-attr]
+    index.apply([rendered(card(train), now[0])])
     assert index.run(RUN).status is Status.RUNNING  # type: ignore[union-attr]
+    assert index.task(train).shown is Status.RUNNING  # type: ignore[union-attr]
+
 
 
 def test_retry_runs_then_succeeds(index: Index) -> None:
@@ -520,7 +546,7 @@ def scanned() -> list[Event]:
         run_written(),
         meta_read(start, started(start, 1001.0), verdict(start, 1002.0, True), done(start, 1002.0)),
         meta_read(bad, started(bad, 1010.0), verdict(bad, 1100.0, False), done(bad, 1100.0)),
-        meta_read(silent, started(silent, 1010.0), mute),
+        meta_read(silent, started(silent, 1010.0), mute, killed(silent, 1100.5)),
         meta_read(
             flaky,
             self_file,
@@ -550,7 +576,7 @@ def same_state(bulk: Index, one_by_one: Index) -> None:
 
 
 def test_scan_events_build_the_state_their_files_build() -> None:
-    bulk, one_by_one = Index(), Index()
+    bulk, one_by_one = Index(clock=lambda: NOW), Index(clock=lambda: NOW)
     changes = bulk.apply([Reset(tuple(scanned()))])
     assert changes == one_by_one.apply([Reset(tuple(expanded(scanned())))])
     same_state(bulk, one_by_one)
@@ -573,7 +599,7 @@ def test_scan_events_build_the_state_their_files_build() -> None:
 @pytest.mark.parametrize("batches", ["one", "each"])
 def test_scan_events_outside_a_reset_apply_like_their_files(batches: str) -> None:
     """A re-read of one run lands on a live index: first half the files, one by one."""
-    bulk, one_by_one = Index(), Index()
+    bulk, one_by_one = Index(clock=lambda: NOW), Index(clock=lambda: NOW)
     live = expanded(scanned())[::2]
     assert bulk.apply(live) == one_by_one.apply(live)
     if batches == "one":
@@ -592,7 +618,7 @@ def test_scan_events_again_change_nothing(index: Index) -> None:
 
 def test_reading_the_same_files_again_changes_nothing() -> None:
     """A catch-up reads a run the watcher newly follows: known files must not be re-published."""
-    index = Index()
+    index = Index(clock=lambda: NOW)
     index.apply([Reset(tuple(scanned()))])
     before = {run.key: index.revision(run.key) for f in index.flows.values() for run in f.runs.values()}
     assert not index.apply(scanned())
@@ -601,7 +627,7 @@ def test_reading_the_same_files_again_changes_nothing() -> None:
 
 
 def test_a_re_read_that_says_something_new_still_counts() -> None:
-    index = Index()
+    index = Index(clock=lambda: NOW)
     index.apply([Reset(tuple(scanned()))])
     start = task("start", "1")
     changes = index.apply([meta_read(start, started(start, 1001.0, n=1))])  # a retry began

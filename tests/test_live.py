@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,15 @@ from cardserver.index import Index
 from cardserver.layout import RunKey
 from cardserver.live import LiveRuns
 from cardserver.localsource import LocalSource
+from cardserver.status import GRACE_SECONDS
 from cardserver.web.keys import INDEX
 
 WAIT = 10.0
 
 
 def scanned(roots: Roots) -> Index:
-    index = Index()
+    """The index of a scan made once no retry can come any more (a failed run has failed)."""
+    index = Index(clock=lambda: time.time() + GRACE_SECONDS + 1)  # demo stamps run ms ahead
     index.apply([Reset(tuple(disk.scan(roots, Limits(), Scope())[0]))])
     return index
 

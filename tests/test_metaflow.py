@@ -116,6 +116,9 @@ async def test_foreach_failure_statuses(tmp_path: Path, start_app: Any) -> None:
     code, _ = await finished(start_flow("foreach_fail_flow.py", tmp_path))
     assert code != 0, "the flow is meant to fail"
     run = await newest_run(ws, "ForeachFailFlow")
+    await subscribe(ws, "runs/ForeachFailFlow")  # failed once no retry came (10 s)
+    await next_message(ws, lambda m: (m.get("type") == "runs" and m["runs"][0]["status"] == "failed")
+                       or (m.get("type") == "run" and m["run"]["status"] == "failed"), timeout=FLOW_WAIT)
     await subscribe(ws, f"run/ForeachFailFlow/{run}")
     detail = await next_message(ws, lambda m: m.get("type") == "run-detail")
     statuses = {f"{t['step']}/{t['task']}": t["status"] for t in detail["tasks"]}

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from conftest import local_source, make_config, next_message, subscribe
 
 from cardserver import demo, disk, prescan
-from cardserver.config import Limits, Roots
+from cardserver.config import Limits, Roots, WatchTiming
 from cardserver.demo import DemoCard, DemoRun, DemoTask
 from cardserver.pathevents import PathEvents
 from cardserver.web.keys import INDEX
@@ -503,3 +503,20 @@ async def test_a_bug_while_applying_changes_does_not_stop_watching(
     card.update({"bar": demo.progress("bar", 5, 9, "n")})
     await next_message(ws, lambda m: m.get("type") == "update" and m["data"]["bar"]["value"] == 5)
     assert any("failed to apply a change" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_lone_failure_fails_the_run_when_no_retry_came(roots: Roots, start_app: Any) -> None:
+    """No file tells that a failed task will not be retried: the server looks again once the
+    grace has passed, with nothing else written meanwhile."""
+    timing = WatchTiming(cold_step_ms=10, shape_step_ms=10, status_grace_seconds=1.0)
+    client: TestClient = await start_app(make_config(roots, timing=timing))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "flows")
+    await next_message(ws)
+    run = demo.start_run(roots.datastore, flow="LoneFlow")
+    run.start_task("start").finish(ok=False)
+    running = await next_message(ws, lambda m: any(f["newest"] and f["newest"]["status"] == "running"
+                                                   for f in m.get("flows", [])))
+    failed = await next_message(ws, lambda m: any(f["newest"] and f["newest"]["status"] == "failed"
+                                                  for f in m.get("flows", [])))
+    assert running["flows"][0]["flow"] == failed["flows"][0]["flow"] == "LoneFlow"

@@ -424,6 +424,23 @@ async def test_foreign_origins_are_refused_before_the_upgrade(
         await hello(ws)
 
 
+async def test_a_proxy_on_another_loopback_port_needs_allow_origin(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    """nginx without `proxy_set_header Host` sends Host 127.0.0.1:<our port> while the page's
+    Origin is the proxy's, say http://localhost:8080. Another loopback origin is still another
+    site (any local dev server's pages), so it is refused until named with --allow-origin."""
+    proxy = "http://localhost:8080"
+    client = await start_app(make_config(roots))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws", headers={"Host": f"127.0.0.1:{client.port}", "Origin": proxy})
+    assert refused.value.status == 403
+    allowed = await start_app(make_config(roots, allow_origins=frozenset({proxy})))
+    headers = {"Host": f"127.0.0.1:{allowed.port}", "Origin": proxy}
+    async with allowed.ws_connect("/ws", headers=headers) as ws:
+        await hello(ws)
+
+
 async def test_allowlisted_origin_is_matched_exactly(
     roots: Roots, cards: Cards, start_app: Any
 ) -> None:

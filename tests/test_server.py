@@ -16,7 +16,7 @@ from conftest import make_config, next_message, subscribe
 from yarl import URL
 
 from cardserver import demo
-from cardserver.config import Roots
+from cardserver.config import Roots, WatchTiming
 from cardserver.demo import DemoCard, DemoRun, DemoTask
 from cardserver.layout import LEGACY_STEP, CardKey, TaskKey
 
@@ -90,7 +90,9 @@ def shop(roots: Roots) -> Shop:
 
 @pytest.fixture
 async def client(start_app: Any, roots: Roots, shop: Shop) -> TestClient:
-    app_client: TestClient = await start_app(make_config(roots))
+    # The shop's runs are finished as they are written: no retry is awaited before "failed".
+    timing = WatchTiming(cold_step_ms=10, shape_step_ms=10, status_grace_seconds=0.0)
+    app_client: TestClient = await start_app(make_config(roots, timing=timing))
     return app_client
 
 

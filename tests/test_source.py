@@ -12,7 +12,7 @@ from typing import Any
 from cardserver.events import CardWritten, DataUpdate, DataWritten, Event, RunWritten
 from cardserver.feed import parse_topic, shown_cards
 from cardserver.hub import Subscriber
-from cardserver.index import Card
+from cardserver.index import Card, Changes
 from cardserver.layout import CardKey, RunKey, TaskKey
 from cardserver.logs import Page
 from cardserver.pipeline import Pipeline
@@ -38,6 +38,7 @@ class ScriptedSource:
         self.shown: list[tuple[CardKey, bool]] = []
         self.updates: dict[CardKey, DataUpdate] = {}
         self.sink: Sink | None = None
+        self.changes: list[Changes] = []  # what the pipeline said changed
 
     async def first_read(self, sink: Sink) -> None:
         self.sink = sink
@@ -55,6 +56,9 @@ class ScriptedSource:
 
     async def close(self) -> None:
         """Nothing to stop."""
+
+    def changed(self, changes: Changes) -> None:
+        self.changes.append(changes)
 
     def show(self, key: CardKey, shown: bool) -> None:
         self.shown.append((key, shown))
@@ -113,6 +117,7 @@ async def test_a_first_read_in_parts_and_then_a_batch_reach_a_subscriber() -> No
         source.batches.put_nowait([DataWritten(CARD, False, 3.0, update(4))])
         found = await next_text(subscriber, "update")
         assert found["data"]["p"]["value"] == 4
+        assert source.changes[0].reset and source.changes[-1].updates == {CARD}  # told back
     finally:
         await pipeline.stop()
 

@@ -10,17 +10,20 @@ from hypothesis import strategies as st
 
 from cardserver.layout import MetaKind
 from cardserver.status import (
+    GRACE_SECONDS,
+    STALE_SECONDS,
     Status,
     TaskFacts,
     TaskState,
     attempt_number,
-    failure_time,
+    card_attempt,
     finished_at,
     record,
     run_status,
     shown_status,
     task_status,
     user_of,
+    verdict_doc,
 )
 
 T0 = 1795376726273  # ms
@@ -243,76 +246,157 @@ def test_newest_attempt_decides_even_if_files_arrive_out_of_order() -> None:
     assert task_status(facts) is Status.RUNNING
 
 
-# --- killed and run status -------------------------------------------------------------------
+# --- verdicts and card attempts ----------------------------------------------------------
 
 
-def state(step: str, status: Status, activity: float, finished: float | None = None) -> TaskState:
-    return TaskState(step, status, activity, finished)
+def verdict(facts: TaskFacts, n: int, return_code: int, killed: bool, ts: int) -> TaskFacts:
+    """Record `<n>.runtime` as Metaflow writes it when it reaps the worker."""
+    doc = verdict_doc(n, {"return_code": return_code, "killed": killed, "success": return_code == 0})
+    assert doc is not None
+    assert record(facts, MetaKind.VERDICT, ts, doc)
+    return facts
 
 
-def test_failure_time_is_newest_failed_finish() -> None:
-    tasks = [
-        state("a", Status.FAILED, 50.0, 40.0),
-        state("b", Status.FAILED, 60.0, None),  # no finish time: its last activity
-        state("c", Status.RUNNING, 99.0),
-        state("d", Status.SUCCEEDED, 98.0, 97.0),
-    ]
-    assert failure_time(tasks) == 60.0
-    assert failure_time([state("c", Status.RUNNING, 1.0)]) is None
+def test_killed_by_the_runtime() -> None:
+    facts = verdict(started(), 0, -9, True, T0 + 5000)  # no attempt_ok, no attempt-done
+    assert task_status(facts) is Status.KILLED
+    assert finished_at(facts) == pytest.approx((T0 + 5000) / 1000)
 
 
-def test_running_task_silent_since_failure_is_killed() -> None:
-    assert shown_status(state("b", Status.RUNNING, 90.0), 100.0) is Status.KILLED
-    assert shown_status(state("b", Status.RUNNING, 100.0), 100.0) is Status.KILLED
+def test_verdict_failed_without_attempt_ok_is_failed() -> None:
+    """A worker that died on its own (segfault, out of memory) writes nothing; the runtime does."""
+    assert task_status(verdict(started(), 0, -11, False, T0 + 5)) is Status.FAILED
 
 
-def test_running_task_active_after_failure_is_still_running() -> None:
-    assert shown_status(state("b", Status.RUNNING, 101.0), 100.0) is Status.RUNNING
+def test_a_failure_verdict_after_attempt_ok_false_is_no_news() -> None:
+    facts = finish(started(), 0, False, T0)
+    assert not record(facts, MetaKind.VERDICT, T0 + 50, {"value": "0", "success": False, "killed": False})
+    assert task_status(facts) is Status.FAILED
 
 
-def test_no_failure_no_kill() -> None:
-    assert shown_status(state("b", Status.RUNNING, 1.0), None) is Status.RUNNING
+def test_verdict_is_the_last_word() -> None:
+    facts = finish(started(), 0, True, T0 + 1000)
+    verdict(facts, 0, 1, False, T0 + 2000)  # the worker exited badly after its attempt_ok
+    assert task_status(facts) is Status.FAILED
 
 
-@pytest.mark.parametrize("status", [Status.SUCCEEDED, Status.FAILED, Status.PENDING])
-def test_only_running_tasks_can_be_killed(status: Status) -> None:
-    assert shown_status(state("b", status, 1.0), 100.0) is status
+def test_verdict_success() -> None:
+    assert task_status(verdict(started(), 0, 0, False, T0 + 50)) is Status.SUCCEEDED
+
+
+def test_a_success_verdict_after_attempt_ok_is_no_news() -> None:
+    """The scan reads no verdict of an attempt that wrote attempt_ok True: the live path agrees."""
+    facts = finish(started(), 0, True, T0)
+    assert not record(facts, MetaKind.VERDICT, T0 + 50, {"value": "0", "success": True, "killed": False})
+    assert facts.attempts[0].verdict is None and task_status(facts) is Status.SUCCEEDED
+
+
+def test_a_failed_verdict_then_a_retry_runs() -> None:
+    facts = verdict(started(0, T0), 0, 1, False, T0 + 20)
+    assert task_status(facts) is Status.FAILED
+    record(facts, MetaKind.ATTEMPT, T0 + 300, attempt_doc(1))
+    assert task_status(facts) is Status.RUNNING
+
+
+@pytest.mark.parametrize("doc", [{}, {"success": "true", "killed": False}, {"success": True}])
+def test_a_verdict_needs_both_booleans(doc: dict[str, Any]) -> None:
+    assert verdict_doc(0, doc) is None
+
+
+def card_info_doc(uuid: str, n: int) -> dict[str, Any]:
+    return {**attempt_doc(n), "field_name": uuid, "type": "card-info", "value": "{}"}
+
+
+def test_each_card_names_its_attempt() -> None:
+    facts = started(0)
+    assert not record(facts, MetaKind.CARD_INFO, T0 + 1, card_info_doc("a" * 32, 0))  # the default
+    record(facts, MetaKind.ATTEMPT, T0 + 2, attempt_doc(1))
+    assert record(facts, MetaKind.CARD_INFO, T0 + 3, card_info_doc("b" * 32, 1))
+    assert card_attempt(facts, "a" * 32) == 0
+    assert card_attempt(facts, "b" * 32) == 1
+    assert card_attempt(TaskFacts(), "a" * 32) is None  # no attempt yet
+
+
+# --- run status ------------------------------------------------------------------------------
+
+NOW = 10_000.0
+
+
+def state(step: str, status: Status) -> TaskState:
+    return TaskState(step, status)
+
+
+def status_of(tasks: list[TaskState], quiet: float) -> Status:
+    return run_status(tasks, NOW - quiet, NOW).status
 
 
 def test_run_empty_is_pending() -> None:
-    assert run_status([]) is Status.PENDING
+    assert run_status([], NOW, NOW).status is Status.PENDING
 
 
 def test_run_succeeds_when_end_succeeds() -> None:
-    tasks = [state("start", Status.SUCCEEDED, 1.0, 1.0), state("end", Status.SUCCEEDED, 2.0, 2.0)]
-    assert run_status(tasks) is Status.SUCCEEDED
+    tasks = [state("start", Status.SUCCEEDED), state("end", Status.SUCCEEDED)]
+    assert status_of(tasks, 0) is Status.SUCCEEDED
+    assert status_of(tasks, 10 * STALE_SECONDS) is Status.SUCCEEDED
 
 
-def test_run_between_steps_is_running() -> None:
-    assert run_status([state("start", Status.SUCCEEDED, 1.0, 1.0)]) is Status.RUNNING
+def test_run_with_running_task_is_running_and_looks_again_when_it_would_go_stale() -> None:
+    tasks = [state("start", Status.SUCCEEDED), state("train", Status.RUNNING)]
+    found = run_status(tasks, NOW - 5, NOW)
+    assert found.status is Status.RUNNING
+    assert found.recheck_at == NOW - 5 + STALE_SECONDS
 
 
-def test_run_with_running_task_is_running() -> None:
-    tasks = [state("start", Status.SUCCEEDED, 1.0, 1.0), state("train", Status.RUNNING, 5.0)]
-    assert run_status(tasks) is Status.RUNNING
+def test_run_silent_for_long_with_tasks_marked_running_is_unknown() -> None:
+    tasks = [state("start", Status.SUCCEEDED), state("train", Status.RUNNING)]
+    assert status_of(tasks, STALE_SECONDS) is Status.UNKNOWN
+    assert run_status(tasks, NOW - STALE_SECONDS, NOW).recheck_at is None
 
 
-def test_run_fails_when_a_task_failed_and_nothing_runs() -> None:
-    tasks = [state("start", Status.SUCCEEDED, 1.0, 1.0), state("train", Status.FAILED, 5.0, 5.0)]
-    assert run_status(tasks) is Status.FAILED
+def test_killed_siblings_fail_the_run_at_once() -> None:
+    tasks = [state("start", Status.SUCCEEDED), state("each", Status.FAILED),
+             state("each", Status.KILLED), state("each", Status.KILLED)]
+    assert status_of(tasks, 0) is Status.FAILED
 
 
-def test_run_fails_when_the_others_were_killed() -> None:
-    tasks = [
-        state("train", Status.FAILED, 100.0, 100.0),
-        state("train", Status.RUNNING, 90.0),  # silent since before the failure
-    ]
-    assert run_status(tasks) is Status.FAILED
+def test_while_siblings_are_being_killed_the_run_still_runs() -> None:
+    tasks = [state("each", Status.FAILED), state("each", Status.RUNNING), state("each", Status.KILLED)]
+    assert status_of(tasks, 0) is Status.RUNNING
 
 
-def test_run_still_runs_while_a_sibling_is_active_after_a_failure() -> None:
-    tasks = [
-        state("train", Status.FAILED, 100.0, 100.0),
-        state("train", Status.RUNNING, 120.0),
-    ]
-    assert run_status(tasks) is Status.RUNNING
+def test_killed_tasks_and_no_failure_is_a_stopped_run() -> None:
+    """Ctrl-C to the runtime: it kills every worker, none raised."""
+    tasks = [state("start", Status.SUCCEEDED), state("each", Status.KILLED), state("each", Status.KILLED)]
+    assert status_of(tasks, 0) is Status.STOPPED
+
+
+def test_a_lone_failure_waits_for_a_retry_before_failing_the_run() -> None:
+    tasks = [state("start", Status.SUCCEEDED), state("train", Status.FAILED)]
+    early = run_status(tasks, NOW - 1, NOW)
+    assert early.status is Status.RUNNING
+    assert early.recheck_at == NOW - 1 + GRACE_SECONDS
+    assert status_of(tasks, GRACE_SECONDS) is Status.FAILED
+
+
+def test_between_steps_the_run_runs_then_its_runtime_is_gone() -> None:
+    tasks = [state("start", Status.SUCCEEDED), state("train", Status.SUCCEEDED)]
+    assert status_of(tasks, 1) is Status.RUNNING
+    assert status_of(tasks, GRACE_SECONDS) is Status.UNKNOWN  # SIGKILL: nothing next, ever
+
+
+def test_a_pending_task_with_nothing_running_is_launched_at_once_or_never() -> None:
+    tasks = [state("start", Status.SUCCEEDED), state("train", Status.PENDING)]
+    assert status_of(tasks, 1) is Status.RUNNING
+    assert status_of(tasks, GRACE_SECONDS) is Status.UNKNOWN
+
+
+@pytest.mark.parametrize("task", [Status.RUNNING, Status.PENDING])
+def test_tasks_still_marked_running_in_an_unknown_run_are_unknown(task: Status) -> None:
+    assert shown_status(task, Status.UNKNOWN) is Status.UNKNOWN
+    assert shown_status(task, Status.RUNNING) is task
+
+
+@pytest.mark.parametrize("task", [Status.SUCCEEDED, Status.FAILED, Status.KILLED])
+def test_finished_tasks_keep_their_status_whatever_the_run(task: Status) -> None:
+    for run in Status:
+        assert shown_status(task, run) is task

@@ -5,9 +5,10 @@ const ROW = 30;
 const SPARE = 12;
 
 export class CardList {
-  constructor(element, { onPick }) {
+  constructor(element, { onPick, onFilter }) {
     this.element = element;
     this.onPick = onPick;
+    this.onFilter = onFilter;
     this.rows = [];
     this.visible = [];
     this.filter = { step: "", status: "", text: "" };
@@ -43,6 +44,12 @@ export class CardList {
       (!needle || row.search.includes(needle)));
     this.inner.style.height = `${this.visible.length * ROW}px`;
     this.schedule();
+    this.onFilter();
+  }
+
+  get filtered() {
+    const { step, status, text } = this.filter;
+    return Boolean(step || status || text.trim());
   }
 
   select(id, { reveal = true } = {}) {
@@ -112,7 +119,7 @@ export class CardList {
     what.className = "what";
     what.textContent = row.card ? row.card.id || row.card.type || row.card.name : "no card";
     node.append(dot, where, what);
-    if (row.attempt) {
+    if (row.attempts > 1) {  // a retried task: say which attempt each row is
       const attempt = document.createElement("span");
       attempt.className = "attempt";
       attempt.textContent = `attempt ${row.attempt + 1}`;
@@ -140,6 +147,7 @@ export function toRows(tasks) {
 }
 
 function taskRow(task, id, card, search) {
-  return { step: task.step, task: task.task, status: task.status, attempt: task.attempt,
-    started: task.started, id, card, search };
+  const attempt = card && card.attempt != null ? card.attempt : task.attempt;
+  return { step: task.step, task: task.task, status: task.status, attempt,
+    attempts: (task.attempt ?? 0) + 1, started: task.started, id, card, search };
 }

@@ -22,6 +22,7 @@ export class LogList {
   }
 
   reset() {
+    this.inner.replaceChildren(); // a log that is not saved yet shows nothing, not the last one
     this.lines = [];
     this.start = 0;
     this.end = 0;

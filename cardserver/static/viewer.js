@@ -31,14 +31,17 @@ const state = {
   follow: view.kind === "follow" || new URLSearchParams(location.search).has("follow"),
 };
 
-const list = new CardList($("card-list"), { onPick: (id) => pick(id, { byHand: true }) });
+const list = new CardList($("card-list"), {
+  onPick: (id) => pick(id, { byHand: true }),
+  onFilter: () => { drawCount(); drawEmpty(); },
+});
 const frames = new Frames($("frames"), { onUpdate: () => {} });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
   onCard: (step, task, name) => pick(`${step}/${task}/${name}`, { byHand: true, tab: "card" }) });
 
 const handlers = {
-  flows: (m) => { state.flows = m.flows; drawFlowPicker(); chooseRun(); },
+  flows: (m) => { state.flows = m.flows; drawFlowPicker(); chooseRun(); drawEmpty(); },
   runs: (m) => { state.runs = m.runs; drawRunPicker(); chooseRun(); },
   run: (m) => m.topic.startsWith("runs/") ? runListChanged(m.run) : runChanged(m),
   "run-detail": (m) => runDetail(m),
@@ -98,6 +101,7 @@ function runChanged(message) {
   state.summary = message.run;
   state.steps = message.steps;
   drawSummary();
+  drawEmpty();
 }
 
 function runDetail(message) {
@@ -131,7 +135,6 @@ function rowsChanged() {
     state.rows = toRows(tasks);
     list.setRows(state.rows);
     drawStepFilter();
-    $("task-count").textContent = `${state.tasks.size} tasks · ${state.rows.filter((r) => r.card).length} cards`;
     if (state.selected && !state.rows.some((r) => r.id === state.selected)) {
       // The task got its first card (or lost one): stay on the same task.
       const same = wantedRow(state.selected.split("/").slice(0, 2).join("/"));
@@ -289,6 +292,54 @@ function drawStepFilter() {
     ...steps.map((s) => option(s, s, s === current)));
 }
 
+// "3 of 10,002 tasks · 3 of 10,002 cards match" while a filter is typed.
+function drawCount() {
+  const cards = state.rows.filter((r) => r.card).length;
+  let text = `${state.tasks.size} tasks · ${cards} cards`;
+  if (list.filtered) {
+    const shown = list.visible;
+    const tasks = new Set(shown.map((r) => `${r.step}/${r.task}`)).size;
+    text = `${tasks} of ${state.tasks.size} tasks · ${shown.filter((r) => r.card).length} of ${cards} cards match`;
+  }
+  $("task-count").textContent = text;
+}
+
+// What the stage says while no card is shown: what is true, and what to do.
+let datastore = null;  // from api/status, asked once when there is no flow to show
+function drawEmpty() {
+  const node = $("empty");
+  if (state.selected || node.dataset.hint === "refused") return;
+  node.textContent = emptyText();
+}
+
+function emptyText() {
+  const s = state.summary;
+  if (!state.flows.length && !state.run) {
+    if (datastore === null) {
+      datastore = fetch("api/status").then((r) => r.json()).then((status) => {
+        datastore = status;
+        drawEmpty();
+      }).catch(() => { datastore = {}; });
+    }
+    if (datastore && datastore.watching === "waiting") {
+      return `No datastore yet at ${datastore.datastore}: it appears when the first flow runs here. Run a flow with @card.`;
+    }
+    return "No runs yet. Run a flow with @card and it shows here at once.";
+  }
+  if (!state.run) return "Choose a flow and a run above.";
+  if (!s) return `Loading run ${state.flow}/${state.run}…`;
+  const cards = state.rows.filter((r) => r.card).length;
+  const live = ["running", "pending"].includes(s.status);
+  if (!state.tasks.size) return live ? "This run is starting: no task has begun yet." : "This run has no tasks.";
+  if (!cards) {
+    return live ? "No card yet in this run: cards appear as its steps with @card start."
+      : "This run has no cards. Add @card to a step to see one here.";
+  }
+  if (list.filtered && !list.visible.some((r) => r.card)) return "No card matches the filter: clear it to see them all.";
+  return live ? `No card selected: pick one of ${cards} in the list, or press f to follow the running one.`
+    : `The run ${s.status}. No card selected: pick one of its ${cards} cards in the list (↑/↓ moves).`;
+}
+
 function drawCardBar() {
   const row = selectedRow();
   const open = $("card-open");
@@ -337,7 +388,11 @@ function showConnection(value, failures = 0) {
   const hint = value !== "live" && failures >= 3;
   node.title = hint ? `The live connection is refused. Behind a proxy? Start card server with --allow-origin ${location.origin}` : "";
   if (hint && !state.rows.length) {
+    $("empty").dataset.hint = "refused";
     $("empty").textContent = `Cannot open the live connection. If this page is reached through a proxy, start the server with --allow-origin ${location.origin}`;
+  } else if (value === "live" && $("empty").dataset.hint) {
+    delete $("empty").dataset.hint;
+    drawEmpty();
   }
 }
 

@@ -36,7 +36,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     guard = Guard.from_config(config)
     seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
     source = LocalSource(config, first_scan)
-    pipeline = Pipeline(source)
+    pipeline = Pipeline(source, config.timing.status_grace_seconds)
     pipeline.hub.watches.append(shown_cards(source.show))  # the hub knows which cards are looked at
     app = web.Application(
         middlewares=[
