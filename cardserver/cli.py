@@ -243,7 +243,7 @@ def demo(interval: float, verbose: bool, **options: Any) -> None:
     """A live demo run in a temporary datastore (no Metaflow needed), served."""
     import asyncio
 
-    from cardserver.demo import run_demo
+    from cardserver.livedemo import run_demo
 
     setup_logging(verbose)
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import ServerProcess, launch, make_config, start_flow
 from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish, run_task_flows
 
-from cardserver import demo
+from cardserver import demo, livedemo
 
 pytestmark = pytest.mark.timeout(300)
 UI_WAIT = 20_000  # ms
@@ -187,7 +187,7 @@ async def test_a_log_not_saved_yet_shows_no_other_log(roots: Any, start_app: Any
     """Choosing an attempt whose log is not saved yet clears the lines of the one shown before."""
     run = demo.start_run(roots.datastore, flow="DemoFlow")
     task = run.start_task("train")
-    demo._print_failure(task, 3)
+    livedemo._print_failure(task, 3)
     task.finish(ok=False)
     task.retry()  # attempt 1 runs: its logs are saved when it ends
     client = await start_app(make_config(roots))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cardserver import demo, taskinfo
+from cardserver import demo, livedemo, taskinfo
 from cardserver.layout import (
     LEGACY_STEP,
     CardFile,
@@ -172,7 +172,7 @@ def test_the_task_folder_holds_attempts_logs_and_a_traceback(datastore: Path) ->
     run = demo.start_run(datastore)
     task = run.start_task("train")
     task.print("epoch 1")
-    demo._print_failure(task, 1)
+    livedemo._print_failure(task, 1)
     task.finish(ok=False)
     task.retry()
     task.print("epoch 1 again")
@@ -465,7 +465,7 @@ def task_states(datastore: Path) -> dict[TaskKey, str]:
 @pytest.fixture
 async def live_demo(datastore: Path) -> AsyncIterator[asyncio.Event]:
     stop = asyncio.Event()
-    runner = asyncio.create_task(demo.run_demo(datastore, stop, interval=0.01))
+    runner = asyncio.create_task(livedemo.run_demo(datastore, stop, interval=0.01))
     yield stop
     stop.set()
     await asyncio.wait_for(runner, timeout=5)  # stops promptly, and never raised
@@ -512,7 +512,7 @@ async def test_run_demo_survives_an_unwritable_datastore(
     blocker.write_text("not a folder")
     stop = asyncio.Event()
     caplog.set_level(logging.ERROR, logger="cardserver.demo")
-    runner = asyncio.create_task(demo.run_demo(blocker / ".metaflow", stop, interval=0.01))
+    runner = asyncio.create_task(livedemo.run_demo(blocker / ".metaflow", stop, interval=0.01))
     await until(lambda: len(caplog.records) >= 2)  # failed, waited, tried again
     assert not runner.done()
     stop.set()
