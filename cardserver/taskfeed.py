@@ -3,7 +3,7 @@ log sizes, metadata, cards, traceback), read by the source on demand and pushed 
 whenever anything in that folder, or the task in the index, changes while someone watches.
 
 A log that grew shows as a new size in its attempt's `logs`: the browser fetches the new lines.
-Reads happen only for watched tasks, one at a time per task (a burst of changes
+The hub says which tasks are watched. Reads happen only for those, one at a time per task (a burst of changes
 while one read runs costs one more read, not one per change).
 """
 
@@ -34,6 +34,15 @@ class TaskFeed:
         self.hub = hub
         self._reading: dict[TaskKey, asyncio.Task[None]] = {}
         self._again: set[TaskKey] = set()
+        self.watched: set[TaskKey] = set()  # tasks someone looks at, as the hub tells
+        hub.watches.append(self._watch)
+
+    def _watch(self, topic: str, watched: bool) -> None:
+        key = task_key_from_parts(topic.split("/")[1:]) if topic.startswith("task/") else None
+        if key is not None and watched:
+            self.watched.add(key)
+        elif key is not None:
+            self.watched.discard(key)
 
     async def detail(self, key: TaskKey) -> dict[str, Any] | None:
         """The task's details now; None when neither the disk nor the index knows it."""
@@ -48,21 +57,19 @@ class TaskFeed:
 
     def touched(self, keys: Iterable[TaskKey]) -> None:
         """Files changed in these tasks' folders: push again each watched one."""
-        if not any(name.startswith("task/") for name in self.hub.topics):
+        if not self.watched:
             return  # nobody looks at a task: a busy run's batches cost nothing here
         self.changed(set(keys))
 
     def changed(self, keys: Iterable[TaskKey]) -> None:
         for key in keys:
-            if self.hub.has_subscribers(task_topic(key)):
+            if key in self.watched:
                 self.refresh(key)
 
     def refresh_all(self) -> None:
         """After a whole read of the tree: every watched task may have changed."""
-        for name in self.hub.topics:
-            key = task_key_from_parts(name.split("/")[1:]) if name.startswith("task/") else None
-            if key is not None:
-                self.refresh(key)
+        for key in list(self.watched):
+            self.refresh(key)
 
     def refresh(self, key: TaskKey) -> None:
         if key in self._reading:

@@ -63,7 +63,7 @@ async def runs(request: web.Request) -> web.Response:
     if isinstance(page, web.Response):
         return page
     index = request.app[INDEX]
-    if not is_name(flow) or flow not in index.flows:
+    if not is_name(flow) or not index.has_flow(flow):
         return json_error(404, f"no flow named {flow!r}")
     found = index.runs(flow)
     offset, limit = page
