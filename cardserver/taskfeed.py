@@ -3,8 +3,8 @@ log sizes, metadata, cards, traceback), read by the source on demand and pushed 
 whenever anything in that folder, or the task in the index, changes while someone watches.
 
 A log that grew shows as a new size in its attempt's `logs`: the browser fetches the new lines.
-The hub says which tasks are watched. Reads happen only for those, one at a time per task (a burst of changes
-while one read runs costs one more read, not one per change).
+The hub says which tasks are watched. Reads happen only for those, one at a time per task
+(a burst of changes while one read runs costs one more read, not one per change).
 """
 
 from __future__ import annotations
