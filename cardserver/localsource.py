@@ -29,7 +29,7 @@ from .pathevents import PathEvents
 from .prescan import Prescan
 from .source import Sink, Unavailable
 from .taskinfo import TaskFolder
-from .watcher import Item, Opened, Rescan, Watcher
+from .watcher import Batch, Item, Opened, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
 
@@ -118,7 +118,7 @@ class LocalSource:
         else:
             self.apply(self.paths.classify(item), item)
 
-    def apply(self, events: list[Event], batch: list[Any] | None = None) -> Changes:
+    def apply(self, events: list[Event], batch: Batch | None = None) -> Changes:
         """Hand events to the sink (with the tasks a batch of paths touched)."""
         return self.sink.apply(events, self.paths.tasks_of(batch) if batch is not None else ())
 
