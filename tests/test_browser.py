@@ -63,7 +63,7 @@ async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
                 raise
 
 
-async def wait_card_frame(page: Any, contains: str = "/card/") -> Any:
+async def wait_card_frame(page: Any, contains: str = "/card-html/") -> Any:
     await page.wait_for_function(
         """(part) => [...document.querySelectorAll('#frames iframe:not(.incoming)')]
                      .some(f => f.src.includes(part))""",
@@ -174,17 +174,25 @@ async def test_rerender_swaps_without_blank_frame(roots: Any, start_app: Any, br
 
 
 async def test_card_url_on_its_own_is_live(roots: Any, start_app: Any, browser: Any) -> None:
+    """The card URL is our host page: it holds the socket and feeds the sandboxed card."""
     _, card = live_run(roots)
     client = await start_app(make_config(roots))
     page = await browser.new_page()
     t = card.key.task
     await page.goto(str(client.make_url(f"/card/{t.flow}/{t.run}/{t.step}/{t.task}/{card.key.name}")))
-    await page.evaluate("window.__marker = 1")
+    handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    sandbox = (await handle.get_attribute("sandbox") or "").split()
+    assert "allow-scripts" in sandbox and "allow-same-origin" not in sandbox
+    frame = await handle.content_frame()
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')", timeout=UI_WAIT)
+    assert await frame.evaluate("String(window.origin)") == "null"
+    await frame.evaluate("window.__marker = 1")
     card.update({"bar": demo.progress("bar", 77, 100, "epochs")})
-    await page.wait_for_function(
+    await frame.wait_for_function(
         "document.querySelector('[data-component-id=bar]').textContent.includes('77')",
         timeout=UI_WAIT)
-    assert await page.evaluate("window.__marker") == 1
+    assert await frame.evaluate("window.__marker") == 1  # in place: the same document
+    assert await page.is_hidden("#liveness")  # live: nothing to warn about
 
 
 async def test_real_flow_in_viewer(tmp_path: Path, browser: Any) -> None:

@@ -3,13 +3,14 @@
 // redrawn from state, once per animation frame.
 
 import { CardList, toRows } from "./cardlist.js";
+import { fitToContent, isFramed } from "./embed.js";
 import { followCard, newestRun, newer } from "./follow.js";
 import { Frames } from "./frames.js";
-import { cardPath, cardSource, runPath } from "./routes.js";
+import { cardHtml, cardPath, cardSource, cardTopic, runPath } from "./routes.js";
 import { LiveSocket, socketUrl } from "./socket.js";
 
 const $ = (id) => document.getElementById(id);
-const view = JSON.parse($("view").textContent);
+const view = JSON.parse($("viewer").textContent);
 // Resolve <base> once: pushState must not move the app root.
 const ROOT = new URL(document.baseURI);
 document.querySelector("base").href = ROOT.href;
@@ -24,12 +25,14 @@ const state = {
   tasks: new Map(),
   rows: [],
   selected: null,
+  cardTopic: null, // the shown card's topic: the viewer's socket follows it for the card frame
+  connection: { state: "connecting", cause: "" },
   want: view.kind === "card" ? `${view.step}/${view.task}/${view.card}` : null,
   follow: view.kind === "follow" || new URLSearchParams(location.search).has("follow"),
 };
 
 const list = new CardList($("card-list"), { onPick: (id) => pick(id, { byHand: true }) });
-const frames = new Frames($("frames"), { onUpdate: () => {} });
+const frames = new Frames($("frames"), { onHeight: cardHeight });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 
 const handlers = {
@@ -39,6 +42,9 @@ const handlers = {
   "run-detail": (m) => runDetail(m),
   task: (m) => { state.tasks.set(`${m.task.step}/${m.task.task}`, m.task); rowsChanged(); },
   "task-removed": (m) => { state.tasks.delete(`${m.step}/${m.task}`); rowsChanged(); },
+  card: (m) => { if (m.topic === state.cardTopic) frames.card(m); },
+  update: (m) => { if (m.topic === state.cardTopic) frames.update(m); },
+  error: (m) => { if (m.topic === state.cardTopic) drawLiveness(`updates refused: ${m.error}`); },
 };
 
 function onMessage(message) {
@@ -145,9 +151,23 @@ function pick(id, { byHand }) {
   state.selected = id;
   list.select(id);
   $("empty").hidden = true;
-  frames.show(new URL(`${cardSource(state.flow, state.run, { ...row, name: row.card.name })}?embed=viewer`, ROOT).href);
+  const card = { ...row, name: row.card.name };
+  followCardTopic(cardTopic(state.flow, state.run, card));
+  frames.show(new URL(cardHtml(state.flow, state.run, card), ROOT).href, row.card.version);
   drawCardBar();
   updateAddress(byHand);
+}
+
+function followCardTopic(topic) {
+  if (topic === state.cardTopic) return;
+  if (state.cardTopic) socket.unsubscribe(state.cardTopic);
+  state.cardTopic = topic;
+  socket.subscribe(topic);
+}
+
+// The card frame is as tall as its card (the stage scrolls); framed, we ask for that much.
+function cardHeight(height) {
+  if (isFramed) fitToContent($("frames").getBoundingClientRect().top + window.scrollY + height);
 }
 
 function selectedRow() {
@@ -262,19 +282,27 @@ function drawCardBar() {
   $("card-status").textContent = row.status;
   $("card-status").dataset.status = row.status;
   open.href = new URL(cardSource(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
+  if (state.connection.state === "live") drawLiveness("");
   open.hidden = false;
 }
 
-function showConnection(value, failures = 0) {
+function showConnection(value, cause) {
+  state.connection = { state: value, cause };
   const node = $("connection");
   node.dataset.state = value;
   node.textContent = value === "live" ? "live" : "reconnecting…";
-  // A socket that never opens while the page loaded: most often a proxy that rewrites Host.
-  const hint = value !== "live" && failures >= 3;
-  node.title = hint ? `The live connection is refused. Behind a proxy? Start card server with --allow-origin ${location.origin}` : "";
-  if (hint && !state.rows.length) {
-    $("empty").textContent = `Cannot open the live connection. If this page is reached through a proxy, start the server with --allow-origin ${location.origin}`;
+  node.title = cause;
+  if (value !== "live" && cause && !state.rows.length) {
+    $("empty").textContent = `Cannot open the live connection: ${cause}`;
   }
+  drawLiveness(value === "live" ? "" : `updates paused: ${cause || "reconnecting…"}`);
+}
+
+// The shown card's truth: its updates flow through our socket, so they stop when it does.
+function drawLiveness(text) {
+  const node = $("card-live");
+  node.textContent = text;
+  node.hidden = !text;
 }
 
 // --- controls -----------------------------------------------------------------------------
