@@ -116,6 +116,12 @@ async def test_link_for_a_does_not_open_anything_else(
                  "/api/flows", "/api/status", f"/api/cards/{a}", f"/api/runs/{a.run_key}",
                  "/static/viewer.js", f"/card/{a}/", "/no/such/page"):
         await refused(client, path, cap=cap)
+    # Only a page of ours loads its own code without a cookie: the browser says same-origin.
+    for site in ("cross-site", "same-site", "none"):
+        response = await client.get("/static/card-host.js", headers={"Sec-Fetch-Site": site})
+        assert response.status in (401, 403), site
+    own = await client.get("/static/card-host.js", headers={"Sec-Fetch-Site": "same-origin"})
+    assert own.status == 200
     # Not the other methods of the card route either.
     head = await client.head(f"/card/{a}", params={"cap": cap})
     assert head.status in (401, 403)

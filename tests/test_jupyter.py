@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yarl
 from aiohttp import web
-from conftest import make_config
+from conftest import free_port, make_config
 
 from cardserver import demo
-from cardserver.jupyter import CardNotFound, Inline, card, viewer
+from cardserver.jupyter import CardNotFound, Inline, ServerUnavailable, card, viewer
 
 UI_WAIT = 20_000
 TOKEN = "notebook-token-0123456789"
@@ -36,13 +36,44 @@ async def test_card_helper_finds_cards_by_pathspec(roots: Any, start_app: Any) -
     by_id = await asyncio.to_thread(card, pathspec, id="loss", server=server,
                                     public="/user/ana/proxy/8423")
     assert by_id.src == f"/user/ana/proxy/8423/card/{pathspec}/{named.key.name}"
+    # Our host page is framed as is (it sandboxes the card itself, and needs its origin to
+    # hold the socket); the card's HTML is never framed by the notebook directly.
     html = by_id._repr_html_()
-    assert 'sandbox="allow-scripts' in html and "allow-same-origin" not in html
-    with pytest.raises(CardNotFound):
-        await asyncio.to_thread(card, pathspec, id="nope", server=server)
+    assert "sandbox=" not in html and "card-html" not in html
+    capped = await asyncio.to_thread(card, pathspec, server=server, max_height=500)
+    assert capped.src.endswith("?max_height=500") and "500" in capped._repr_html_()
     with pytest.raises(ValueError):
         card("NoteFlow/1/train", server=server)
     assert viewer(public="/proxy/8423").src == "/proxy/8423/"
+
+
+async def test_card_helper_errors_are_one_clear_line(roots: Any, start_app: Any) -> None:
+    plain, _ = live(roots)
+    empty = demo.start_run(roots.datastore, flow="NoteFlow").start_task("train")  # no card yet
+    client = await start_app(make_config(roots))
+    server = str(client.make_url("/"))
+    t = plain.key.task
+    run = f"{t.flow}/{t.run}"
+
+    async def error_of(pathspec: str, kind: type[Exception], **options: Any) -> str:
+        with pytest.raises(kind) as raised:
+            await asyncio.to_thread(card, pathspec, server=options.pop("at", server), **options)
+        text = str(raised.value)
+        chained = raised.value.__context__ is not None and not raised.value.__suppress_context__
+        assert "\n" not in text and not chained, text  # no URLError traceback behind it
+        return text
+
+    assert await error_of(f"{run}/train/{t.task}", CardNotFound, id="nope") == (
+        f"task {run}/train/{t.task} has no card with id 'nope' (its cards: blank, blank id='loss')")
+    e = empty.key
+    assert await error_of(f"{e.flow}/{e.run}/train/{e.task}", CardNotFound) == (
+        f"task {e.flow}/{e.run}/train/{e.task} has no card (its cards: none)")
+    assert await error_of(f"{run}/train/999", CardNotFound) == f"run {run} has no task train/999"
+    assert f"no run {t.flow}/42" in await error_of(f"{t.flow}/42/train/1", CardNotFound)
+    gone = f"http://127.0.0.1:{free_port()}/"
+    assert await error_of(f"{run}/train/{t.task}", ServerUnavailable, at=gone) == (
+        f"no card server at {gone} ([Errno 111] Connection refused): start it with `card server`"
+        " in a terminal, in the folder of your .metaflow datastore")
 
 
 async def test_card_helper_with_a_token_gives_the_card_link(roots: Any, start_app: Any) -> None:
@@ -56,12 +87,14 @@ async def test_card_helper_with_a_token_gives_the_card_link(roots: Any, start_ap
     src = yarl.URL(inline.src)
     assert src.path == f"/card/{pathspec}/{named.key.name}" and set(src.query) == {"cap"}
     page = await client.get(src.relative())  # what the iframe does: no cookie, no token
-    assert page.status == 200 and "loss card" in await page.text()
+    assert page.status == 200 and f"card-html/{pathspec}/{named.key.name}?cap=" in await page.text()
     proxied = await asyncio.to_thread(card, pathspec, server=server, public="/user/ana/proxy/8423",
                                       token=TOKEN)
     assert proxied.src.startswith(f"/user/ana/proxy/8423/card/{pathspec}/{plain.key.name}?cap=")
-    with pytest.raises(CardNotFound):  # the API needs the token the helper was given
+    with pytest.raises(ServerUnavailable, match="refused the kernel: wrong token"):
         await asyncio.to_thread(card, pathspec, server=server, token="wrong-token-0123456789")
+    with pytest.raises(ServerUnavailable, match="needs its token: pass token="):
+        await asyncio.to_thread(card, pathspec, server=server)
 
 
 @pytest.mark.parametrize("how", ["no token", "helper with token", "card URL with ?token="])
@@ -88,16 +121,24 @@ async def test_card_framed_by_another_origin_stays_live(roots: Any, start_app: A
     page = await browser.new_page()
     # localhost vs 127.0.0.1: a different origin from the card server's.
     await page.goto(f"http://localhost:{host.server.port}/")
-    frame = await (await page.wait_for_selector("iframe")).content_frame()
+    host = await (await page.wait_for_selector("iframe")).content_frame()
+    frame = await (await host.wait_for_selector("#frames iframe", timeout=UI_WAIT)).content_frame()
     await frame.wait_for_function("document.querySelector('[data-component-id=bar]')",
                                   timeout=UI_WAIT)
-    if token:  # the card's own script sees its link, never the token
-        href = await frame.evaluate("location.href")
-        assert token not in href and "token" not in href and "cap=" in href, href
+    if token:  # neither our host page nor the card's script sees the token
+        for href in (await host.evaluate("location.href"), await frame.evaluate("location.href")):
+            assert token not in href and "token" not in href and "cap=" in href, href
     plain.update({"bar": demo.progress("bar", 9, 10, "epochs")})
     await frame.wait_for_function(
         "document.querySelector('[data-component-id=bar]').textContent.includes('9')",
         timeout=UI_WAIT)
-    # Still sandboxed: the framed card cannot reach the notebook page.
+    # Still sandboxed: the card reaches neither its host page nor the notebook page.
     assert await frame.evaluate("(() => { try { return !!parent.document; } "
                                 "catch (e) { return false; } })()") is False
+    assert await frame.evaluate("String(window.origin)") == "null"
+    # The notebook's frame grew to the card's height: no inner scrollbar for a short card.
+    card_height = await host.evaluate("document.querySelector('#frames iframe').offsetHeight")
+    await page.wait_for_function(
+        "(h) => Math.abs(document.querySelector('iframe').clientHeight - h) <= 2",
+        arg=card_height, timeout=UI_WAIT)
+    assert await host.evaluate("document.scrollingElement.scrollHeight <= innerHeight + 1")
