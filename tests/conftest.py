@@ -54,8 +54,9 @@ def start_app(aiohttp_client: Any) -> Callable[..., Any]:
     """`await start_app(config)` -> a TestClient whose pipeline has finished its first scan and
     watches every live run (so a test's writes cannot race the start-up catch-up read)."""
 
-    async def start(config: Config, first_scan: Any = None) -> TestClient:
-        client: TestClient = await aiohttp_client(create_app(config, first_scan))
+    async def start(config: Config, first_scan: Any = None, port: int | None = None) -> TestClient:
+        kwargs = {"server_kwargs": {"port": port}} if port else {}
+        client: TestClient = await aiohttp_client(create_app(config, first_scan), **kwargs)
         pipeline = client.app[PIPELINE]
         await asyncio.wait_for(pipeline.ready.wait(), WAIT)
         await asyncio.wait_for(pipeline.caught_up.wait(), WAIT)  # live runs watched and re-read
@@ -180,6 +181,60 @@ def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
         cwd=workdir, env=metaflow_env(workdir, "tester"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
+
+
+# --- a real Jupyter Server with jupyter-server-proxy ------------------------------------------
+
+
+@dataclass
+class JupyterServer:
+    """Jupyter Server on 127.0.0.1 with token auth on; jupyter-server-proxy serves /proxy/."""
+
+    process: subprocess.Popen[str]
+    port: int
+    token: str
+    root: Path
+    data_dir: Path
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    """One Jupyter Server for the whole session, started as a user would (token auth on, the
+    proxy extension enabled by installing it). `allow_remote_access` lets a public Host name
+    through, as a hub's single-user server does, so the hub recipe can be tested."""
+    root = tmp_path_factory.mktemp("jupyter")
+    port, token = free_port(), "jupyter-token-0123456789abcdef"
+    home = {name: str(root / f".{name.lower()}") for name in
+            ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0"],
+        cwd=root, env={**os.environ, **home, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    log: list[str] = []
+    started = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            if "is running at" in line:
+                started.set()
+        started.set()  # it exited: the test sees it below
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not started.wait(90) or process.poll() is not None:
+        process.kill()
+        raise AssertionError("Jupyter Server did not start:\n" + "".join(log[-30:]))
+    try:
+        yield JupyterServer(process, port, token, root, Path(home["JUPYTER_DATA_DIR"]))
+    finally:
+        stop_process(process)
 
 
 # --- Chromium ---------------------------------------------------------------------------------
