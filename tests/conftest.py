@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,13 +241,32 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter
 # --- Chromium ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@asynccontextmanager
+async def chromium(*loopback_names: str) -> AsyncIterator[Any]:
+    """Chromium; each of `loopback_names` (a proxy's public name) resolves to 127.0.0.1."""
     from playwright.async_api import async_playwright
 
+    rules = [f"--host-resolver-rules={', '.join(f'MAP {n} 127.0.0.1' for n in loopback_names)}"]
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *(rules if loopback_names else [])])
         try:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with chromium() as launched:
+        yield launched
+
+
+async def live_flow_moves_in_place(frame: Any, workdir: Path, wait_ms: int) -> None:
+    """tests/flows/live_card_flow.py's card, shown in `frame`: it starts, is let go, and its
+    later steps arrive in the same document (no reload)."""
+    await frame.wait_for_function("document.body.innerText.includes('step 0')", timeout=wait_ms)
+    await frame.evaluate("window.__marker = 'same page'")
+    (workdir / "go").touch()
+    await frame.wait_for_function("document.body.innerText.includes('step 2')", timeout=wait_ms)
+    assert await frame.evaluate("window.__marker") == "same page"

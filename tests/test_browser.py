@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import launch, make_config, start_flow
+from conftest import launch, live_flow_moves_in_place, make_config, start_flow
 from playwright.async_api import Error as PlaywrightError
 
 from cardserver import demo
@@ -204,13 +204,7 @@ async def test_real_flow_in_viewer(tmp_path: Path, browser: Any) -> None:
         page = await browser.new_page()
         await page.goto(server.url)
         frame = await wait_card_frame(page, "/LiveCardFlow/")
-        await frame.wait_for_function("document.body.innerText.includes('step 0')",
-                                      timeout=UI_WAIT * 3)
-        await frame.evaluate("window.__marker = 'same page'")
-        (tmp_path / "go").touch()
-        await frame.wait_for_function("document.body.innerText.includes('step 2')",
-                                      timeout=UI_WAIT * 3)
-        assert await frame.evaluate("window.__marker") == "same page"
+        await live_flow_moves_in_place(frame, tmp_path, UI_WAIT * 3)
         status = page.locator("#card-status")
         assert await status.text_content() == "running"
     finally:

@@ -17,7 +17,14 @@ from typing import Any
 
 import nbformat
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, JupyterServer, free_port, make_config, start_flow
+from conftest import (
+    JupyterServer,
+    chromium,
+    free_port,
+    live_flow_moves_in_place,
+    make_config,
+    start_flow,
+)
 from nbclient import NotebookClient
 from nbformat.sign import NotebookNotary
 
@@ -32,18 +39,8 @@ HUB = "hub.test"  # a hub's public name, resolved to 127.0.0.1 by Chromium
 
 @pytest.fixture
 async def hub_browser() -> AsyncIterator[Any]:
-    """Chromium that resolves the hub's public name to loopback."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {HUB} 127.0.0.1"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium(HUB) as launched:
+        yield launched
 
 
 async def signed_in(browser: Any, jupyter: JupyterServer, host: str = "127.0.0.1") -> Any:
@@ -241,14 +238,7 @@ async def test_real_metaflow_card_through_the_proxy(
         page = await context.new_page()
         await page.goto(jupyter_server.url(f"/proxy/{port}/"))
         handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT * 3)
-        frame = await handle.content_frame()
-        await frame.wait_for_function("document.body.innerText.includes('step 0')",
-                                      timeout=UI_WAIT * 3)
-        await frame.evaluate("window.__marker = 'same page'")
-        (tmp_path / "go").touch()
-        await frame.wait_for_function("document.body.innerText.includes('step 2')",
-                                      timeout=UI_WAIT * 3)
-        assert await frame.evaluate("window.__marker") == "same page"
+        await live_flow_moves_in_place(await handle.content_frame(), tmp_path, UI_WAIT * 3)
         await context.close()
     finally:
         flow.kill()

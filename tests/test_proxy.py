@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, free_port, make_config
+from conftest import chromium, free_port, make_config
 
 from cardserver import demo
 
@@ -109,18 +109,8 @@ async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 async def public_browser() -> AsyncIterator[Any]:
-    """Chromium that resolves the public workspace name to loopback."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {PUBLIC} 127.0.0.1"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium(PUBLIC) as launched:
+        yield launched
 
 
 def live_card(roots: Any) -> Any:
