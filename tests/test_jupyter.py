@@ -111,16 +111,7 @@ async def test_card_framed_by_another_origin_stays_live(roots: Any, start_app: A
         url = client.make_url(f"/card/{plain.key}").with_query(token=TOKEN)
         inline = Inline(str(url))
 
-    async def notebook(request: web.Request) -> web.Response:
-        return web.Response(text=f"<h1>notebook</h1>{inline._repr_html_()}",
-                            content_type="text/html")
-
-    other = web.Application()
-    other.router.add_get("/", notebook)
-    host = await aiohttp_client(other)
-    page = await browser.new_page()
-    # localhost vs 127.0.0.1: a different origin from the card server's.
-    await page.goto(f"http://localhost:{host.server.port}/")
+    page = await notebook_page(aiohttp_client, browser, inline)
     host = await (await page.wait_for_selector("iframe")).content_frame()
     frame = await (await host.wait_for_selector("#frames iframe", timeout=UI_WAIT)).content_frame()
     await frame.wait_for_function("document.querySelector('[data-component-id=bar]')",
@@ -142,3 +133,78 @@ async def test_card_framed_by_another_origin_stays_live(roots: Any, start_app: A
         "(h) => Math.abs(document.querySelector('iframe').clientHeight - h) <= 2",
         arg=card_height, timeout=UI_WAIT)
     assert await host.evaluate("document.scrollingElement.scrollHeight <= innerHeight + 1")
+
+
+async def notebook_page(aiohttp_client: Any, browser: Any, *outputs: Inline) -> Any:
+    """A notebook-like page on another origin (localhost, not 127.0.0.1) showing `outputs`."""
+
+    async def notebook(request: web.Request) -> web.Response:
+        cells = "".join(f"<div class=cell>{o._repr_html_()}</div>" for o in outputs)
+        return web.Response(text=f"<h1>notebook</h1>{cells}", content_type="text/html")
+
+    other = web.Application()
+    other.router.add_get("/", notebook)
+    host = await aiohttp_client(other)
+    page = await browser.new_page(viewport={"width": 900, "height": 700})
+    await page.goto(f"http://localhost:{host.server.port}/")
+    return page
+
+
+async def test_card_frame_height_is_capped_and_follows_the_width(
+    roots: Any, start_app: Any, aiohttp_client: Any, browser: Any
+) -> None:
+    run = demo.start_run(roots.datastore, flow="TallFlow")
+    lines = [demo.text(f"t{i}", f"line {i} " + "word " * 30) for i in range(40)]
+    tall = run.start_task("train").add_card(components=lines)
+    client = await start_app(make_config(roots))
+    t = tall.key.task
+    inline = await asyncio.to_thread(card, f"{t.flow}/{t.run}/{t.step}/{t.task}",
+                                     server=str(client.make_url("/")), max_height=400)
+    page = await notebook_page(aiohttp_client, browser, inline)
+    host = await (await page.wait_for_selector("iframe")).content_frame()
+    inner = await host.wait_for_selector("#frames iframe", timeout=UI_WAIT)
+    frame = await inner.content_frame()
+    await frame.wait_for_function("document.body.innerText.includes('line 39')", timeout=UI_WAIT)
+    # The notebook's frame stops at the cap; beyond it our host page scrolls, once.
+    await page.wait_for_function("document.querySelector('iframe').clientHeight === 400",
+                                 timeout=UI_WAIT)
+    assert await host.evaluate("document.scrollingElement.scrollHeight") > 1000
+    # The card itself never scrolls inside its frame: the frame is as tall as the card.
+    fits = "document.scrollingElement.scrollHeight <= innerHeight + 1"
+    assert await frame.evaluate(fits)
+    wide = await inner.evaluate("(f) => f.offsetHeight")
+    # Narrower: the card follows the width, wraps, and its frame grows to fit again.
+    await page.set_viewport_size({"width": 420, "height": 700})
+    await host.wait_for_function("(w) => document.querySelector('#frames iframe').offsetHeight > w",
+                                 arg=wide, timeout=UI_WAIT)
+    await frame.wait_for_function(fits, timeout=UI_WAIT)
+    widths = await page.evaluate("document.querySelector('iframe').clientWidth")
+    assert abs(await inner.evaluate("(f) => f.offsetWidth") - widths) <= 2
+
+
+async def test_viewer_frame_grows_to_its_card(
+    roots: Any, start_app: Any, aiohttp_client: Any, browser: Any
+) -> None:
+    plain, _ = live(roots)
+    client = await start_app(make_config(roots))
+    page = await notebook_page(aiohttp_client, browser,
+                               viewer(server=str(client.make_url("/")), max_height=2000))
+    shell = await (await page.wait_for_selector("iframe")).content_frame()
+    handle = await shell.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    frame = await handle.content_frame()
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')",
+                                  timeout=UI_WAIT)
+    # The notebook's frame is exactly the viewer's header plus the card: nothing scrolls.
+    wanted = """() => {
+        const frames = document.getElementById('frames');
+        return Math.ceil(frames.getBoundingClientRect().top + frames.querySelector('iframe').offsetHeight);
+    }"""
+    await page.wait_for_function(
+        "(h) => Math.abs(document.querySelector('iframe').clientHeight - h) <= 2",
+        arg=await shell.evaluate(wanted), timeout=UI_WAIT)
+    assert await shell.evaluate("(() => { const f = document.getElementById('frames');"
+                                " return f.scrollHeight <= f.clientHeight + 1; })()")
+    plain.update({"bar": demo.progress("bar", 8, 10, "epochs")})
+    await frame.wait_for_function(
+        "document.querySelector('[data-component-id=bar]').textContent.includes('8')",
+        timeout=UI_WAIT)
