@@ -20,14 +20,22 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, metaflow_env, stop_process
+from bench.common import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    Jupyter,
+    free_port,
+    metaflow_env,
+    start_jupyter,
+    stop_process,
+)
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.watcher import Watcher
 from cardserver.web.app import create_app
 from cardserver.web.keys import PIPELINE
 
 REPO = Path(__file__).resolve().parent.parent
-__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port"]  # re-exported for the tests
+__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "Jupyter", "free_port"]  # re-exported for the tests
 WAIT = 10.0  # seconds any single expected event may take before a test fails
 
 
@@ -187,55 +195,14 @@ def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
 # --- a real Jupyter Server with jupyter-server-proxy ------------------------------------------
 
 
-@dataclass
-class JupyterServer:
-    """Jupyter Server on 127.0.0.1 with token auth on; jupyter-server-proxy serves /proxy/."""
-
-    process: subprocess.Popen[str]
-    port: int
-    token: str
-    root: Path
-    data_dir: Path
-
-    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-
 @pytest.fixture(scope="session")
-def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
-    """One Jupyter Server for the whole session, started as a user would (token auth on, the
-    proxy extension enabled by installing it). `allow_remote_access` lets a public Host name
-    through, as a hub's single-user server does, so the hub recipe can be tested."""
-    root = tmp_path_factory.mktemp("jupyter")
-    port, token = free_port(), "jupyter-token-0123456789abcdef"
-    home = {name: str(root / f".{name.lower()}") for name in
-            ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0"],
-        cwd=root, env={**os.environ, **home, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    log: list[str] = []
-    started = threading.Event()
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            if "is running at" in line:
-                started.set()
-        started.set()  # it exited: the test sees it below
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not started.wait(90) or process.poll() is not None:
-        process.kill()
-        raise AssertionError("Jupyter Server did not start:\n" + "".join(log[-30:]))
+def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """One Jupyter Server (token auth on, jupyter-server-proxy) for the whole session."""
+    server = start_jupyter(tmp_path_factory.mktemp("jupyter"))
     try:
-        yield JupyterServer(process, port, token, root, Path(home["JUPYTER_DATA_DIR"]))
+        yield server
     finally:
-        stop_process(process)
+        server.stop()
 
 
 # --- Chromium ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 from conftest import (
-    JupyterServer,
+    Jupyter,
     chromium,
     free_port,
     live_flow_moves_in_place,
@@ -43,7 +43,7 @@ async def hub_browser() -> AsyncIterator[Any]:
         yield launched
 
 
-async def signed_in(browser: Any, jupyter: JupyterServer, host: str = "127.0.0.1") -> Any:
+async def signed_in(browser: Any, jupyter: Jupyter, host: str = "127.0.0.1") -> Any:
     """A browser context holding Jupyter's login cookie, as after opening its token URL."""
     context = await browser.new_context()
     page = await context.new_page()  # a page, not context.request: Chromium resolves the name
@@ -97,7 +97,7 @@ def sockets_opened(page: Any) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["prefix stripped", "absolute"])
 async def test_cards_stay_live_through_jupyter_server_proxy(
-    roots: Roots, start_app: Any, browser: Any, jupyter_server: JupyterServer, mode: str
+    roots: Roots, start_app: Any, browser: Any, jupyter_server: Jupyter, mode: str
 ) -> None:
     card = live_card(roots)
     _, prefix = await serve(roots, start_app, mode)
@@ -126,7 +126,7 @@ async def test_cards_stay_live_through_jupyter_server_proxy(
 
 
 async def test_viewer_says_when_jupyter_refuses_the_updates(
-    roots: Roots, start_app: Any, browser: Any, jupyter_server: JupyterServer
+    roots: Roots, start_app: Any, browser: Any, jupyter_server: Jupyter
 ) -> None:
     """The issue's failure, reproduced on purpose: the viewer's live connection reaches Jupyter
     without its login cookie (signed out) and Jupyter refuses it. The viewer must not say
@@ -157,7 +157,7 @@ async def test_viewer_says_when_jupyter_refuses_the_updates(
 
 
 async def test_hub_public_name_needs_allow_host(
-    roots: Roots, start_app: Any, hub_browser: Any, jupyter_server: JupyterServer
+    roots: Roots, start_app: Any, hub_browser: Any, jupyter_server: Jupyter
 ) -> None:
     """jupyter-server-proxy passes the browser's Host through: a hub's public name reaches the
     card server, which refuses it (naming the option) until `--allow-host` allows it."""
@@ -190,7 +190,7 @@ def notebook_with_card(workdir: Path, code: str) -> Path:
 
 
 async def test_notebook_card_stays_live_in_jupyterlab(
-    roots: Roots, start_app: Any, browser: Any, jupyter_server: JupyterServer
+    roots: Roots, start_app: Any, browser: Any, jupyter_server: Jupyter
 ) -> None:
     card = live_card(roots)
     client, prefix = await serve(roots, start_app, "prefix stripped")
@@ -223,7 +223,7 @@ async def test_notebook_card_stays_live_in_jupyterlab(
 
 
 async def test_real_metaflow_card_through_the_proxy(
-    tmp_path: Path, start_app: Any, browser: Any, jupyter_server: JupyterServer
+    tmp_path: Path, start_app: Any, browser: Any, jupyter_server: Jupyter
 ) -> None:
     """A real Metaflow run with a live @card, watched through Jupyter's proxy: every step the
     flow renders reaches the card in the viewer, in place."""
