@@ -193,6 +193,15 @@ async def test_card_url_on_its_own_is_live(roots: Any, start_app: Any, browser: 
         timeout=UI_WAIT)
     assert await frame.evaluate("window.__marker") == 1  # in place: the same document
     assert await page.is_hidden("#liveness")  # live: nothing to warn about
+    # A new layout: the host loads it behind the shown card and swaps, as the viewer does.
+    card.rerender([demo.markdown("title", "# a new layout"), demo.text("extra", "added")])
+    await until_shown(page, "document.body.innerText.includes('a new layout')")
+    # The final render: shown, and the page stops listening (nothing more will come).
+    card.finalize()
+    await until_shown(page, "window.METAFLOW_RELOAD_TOKEN === 'final'")
+    await page.wait_for_function("document.getElementById('liveness').dataset.state === 'final'",
+                                 timeout=UI_WAIT)
+    assert await page.is_hidden("#liveness")
 
 
 async def test_real_flow_in_viewer(tmp_path: Path, browser: Any) -> None:

@@ -167,13 +167,14 @@ async def test_token_on_a_card_url_redirects_to_its_link(
 ) -> None:
     client = await start_app(make_config(roots, token=TOKEN, base_url=base_url))
     url = f"{base_url}card/{pair.a.key}"
-    response = await client.get(url, params={"embed": "viewer", "token": TOKEN},
+    response = await client.get(url, params={"max_height": "500", "token": TOKEN},
                                 allow_redirects=False)
     assert response.status == 302
     location = response.headers["Location"]
     assert TOKEN not in location and "token" not in location
     assert "://" not in location and not location.startswith("/")  # relative: proxy-safe
-    assert location == f"{pair.a.key.name}?embed=viewer&cap={cap_of(await link_of(client, pair.a, base_url))}"
+    cap = cap_of(await link_of(client, pair.a, base_url))
+    assert location == f"{pair.a.key.name}?max_height=500&cap={cap}"
     assert "Set-Cookie" not in response.headers
     followed = response.url.join(yarl.URL(location))
     assert followed.path == url
