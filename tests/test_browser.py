@@ -234,3 +234,21 @@ async def test_demo_renders_and_moves(tmp_path: Path, browser: Any) -> None:
         server.stop()
         assert server.process.wait(timeout=5) is not None
 
+
+
+async def test_card_on_its_own_says_when_the_server_is_gone(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    _, card = live_run(roots)
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url(f"/card/{card.key}")))
+    frame = await shown_frame(page)
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')", timeout=UI_WAIT)
+    await client.close()  # the server stops: its sockets close, and nothing answers any more
+    await page.wait_for_function(
+        "() => document.getElementById('liveness').textContent.includes('cannot be reached')",
+        timeout=UI_WAIT)
+    assert await page.is_visible("#liveness")
+    assert await page.text_content("#liveness") == (
+        "updates paused, reconnecting… the server cannot be reached (stopped?)")

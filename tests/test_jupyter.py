@@ -123,6 +123,18 @@ async def test_card_framed_by_another_origin_stays_live(roots: Any, start_app: A
     await frame.wait_for_function(
         "document.querySelector('[data-component-id=bar]').textContent.includes('9')",
         timeout=UI_WAIT)
+    # Only the card's host may feed it: an update the notebook page posts straight into the
+    # card's frame is ignored (its source is not the card's parent).
+    token = await frame.evaluate("window.METAFLOW_RELOAD_TOKEN")
+    await page.evaluate("""(token) => document.querySelector('iframe').contentWindow.frames[0].postMessage(
+        {cardserver: 'update', update: {token, created_on: 1e12,
+         data: {bar: {type: 'progressBar', id: 'bar', max: 10, value: 3, label: 'forged'}}}}, '*')""",
+                        token)
+    plain.update({"bar": demo.progress("bar", 10, 10, "epochs")})
+    await frame.wait_for_function(
+        "document.querySelector('[data-component-id=bar]').textContent.includes('10')",
+        timeout=UI_WAIT)
+    assert "forged" not in await frame.evaluate("document.body.innerText")
     # Still sandboxed: the card reaches neither its host page nor the notebook page.
     assert await frame.evaluate("(() => { try { return !!parent.document; } "
                                 "catch (e) { return false; } })()") is False
