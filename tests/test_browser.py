@@ -235,7 +235,6 @@ async def test_demo_renders_and_moves(tmp_path: Path, browser: Any) -> None:
         assert server.process.wait(timeout=5) is not None
 
 
-
 async def test_card_on_its_own_says_when_the_server_is_gone(
     roots: Any, start_app: Any, browser: Any
 ) -> None:
