@@ -206,10 +206,12 @@ async def test_viewer_frame_grows_to_its_card(
     frame = await handle.content_frame()
     await frame.wait_for_function("document.querySelector('[data-component-id=bar]')",
                                   timeout=UI_WAIT)
-    # The notebook's frame is exactly the viewer's header plus the card: nothing scrolls.
+    # The notebook's frame is the viewer's header plus the card (at least 420 px for the list):
+    # nothing scrolls.
     wanted = """() => {
         const frames = document.getElementById('frames');
-        return Math.ceil(frames.getBoundingClientRect().top + frames.querySelector('iframe').offsetHeight);
+        const top = frames.getBoundingClientRect().top;
+        return Math.max(420, Math.ceil(top + frames.querySelector('iframe').offsetHeight));
     }"""
     await page.wait_for_function(
         "(h) => Math.abs(document.querySelector('iframe').clientHeight - h) <= 2",

@@ -165,10 +165,13 @@ function followCardTopic(topic) {
   socket.subscribe(topic);
 }
 
-// The card frame is as tall as its card (the stage scrolls); framed, we ask for that much.
+// The card frame is as tall as its card (the stage scrolls); framed, we ask for that much,
+// and never less than room for the pickers and a few rows of the card list.
+const FRAMED_MIN = 420;
 function cardHeight(height) {
-  if (isFramed) fitToContent($("frames").getBoundingClientRect().top + window.scrollY + height);
+  if (isFramed) fitToContent(Math.max(FRAMED_MIN, $("frames").getBoundingClientRect().top + window.scrollY + height));
 }
+cardHeight(0);
 
 function selectedRow() {
   return state.rows.find((r) => r.id === state.selected) || null;
