@@ -251,3 +251,21 @@ async def test_card_on_its_own_says_when_the_server_is_gone(
     assert await page.is_visible("#liveness")
     assert await page.text_content("#liveness") == (
         "updates paused, reconnecting… the server cannot be reached (stopped?)")
+
+
+async def test_viewer_with_a_token_feeds_its_sandboxed_card(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    """With a token, the card frame's HTML loads with the viewer's cookie (the frame is ours to
+    navigate), and its updates come through the viewer's own socket."""
+    _, card = live_run(roots)
+    client = await start_app(make_config(roots, token="browser-token-0123456789"))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/").with_query(token="browser-token-0123456789")))
+    frame = await wait_card_frame(page, card.key.name)
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')", timeout=UI_WAIT)
+    assert "token" not in await frame.evaluate("location.href")
+    card.update({"bar": demo.progress("bar", 66, 100, "epochs")})
+    await frame.wait_for_function(
+        "document.querySelector('[data-component-id=bar]').textContent.includes('66')",
+        timeout=UI_WAIT)
