@@ -55,7 +55,9 @@
     tell("ready", { token: token() });
   }
 
-  // After load: Metaflow's bundle defines metaflow_card_update as the page starts up.
-  if (document.readyState === "complete") ready();
-  else window.addEventListener("load", ready, { once: true });
+  // Once parsed (Metaflow's bundle defines metaflow_card_update inline, before us), not at
+  // `load`, which a web font that cannot be fetched in a closed sandbox may hold up.
+  if (document.readyState !== "loading") ready();
+  else document.addEventListener("DOMContentLoaded", ready, { once: true });
+  window.addEventListener("load", measure, { once: true });
 })();

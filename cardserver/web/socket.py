@@ -8,7 +8,7 @@ Client -> server, JSON text frames of at most a few KiB:
     {"op": "subscribe" | "unsubscribe", "topic": "..."}
 Server -> client: {"type": "hello", ...} first, then feed messages ({"topic", "type", ...}) and
 {"type": "error", "topic", "error"} for a refused subscription.
-Close codes: 4403 a topic outside the socket's card (the page should reload), 4008 too slow.
+Close codes: 4403 a topic outside the socket's card, 4008 too slow (reconnect and resync).
 """
 
 from __future__ import annotations
