@@ -67,7 +67,7 @@ class Inline:
         return (
             f'<iframe id="{frame_id}" src="{escape(self.src)}" width="100%"'
             ' style="display:block;width:100%;height:150px;border:1px solid #ddd;border-radius:4px"'
-            f' loading="lazy"></iframe>' + SIZER % (json.dumps(frame_id), cap)
+            '></iframe>' + SIZER % (json.dumps(frame_id), cap)
         )
 
 

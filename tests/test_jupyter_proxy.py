@@ -189,37 +189,50 @@ def notebook_with_card(workdir: Path, code: str) -> Path:
     return notebook
 
 
+@pytest.mark.parametrize("mode", ["prefix stripped", "absolute"])
 async def test_notebook_card_stays_live_in_jupyterlab(
-    roots: Roots, start_app: Any, browser: Any, jupyter_server: Jupyter
+    roots: Roots, start_app: Any, browser: Any, jupyter_server: Jupyter, mode: str
 ) -> None:
     card = live_card(roots)
-    client, prefix = await serve(roots, start_app, "prefix stripped")
+    client, prefix = await serve(roots, start_app, mode)
     t = card.key.task
+    served = client.make_url(prefix if mode == "absolute" else "/")  # where the kernel asks
     code = (
         "from cardserver.jupyter import card\n"
-        f"card({f'{t.flow}/{t.run}/{t.step}/{t.task}'!r}, "
-        f"server={str(client.make_url('/'))!r}, public={prefix!r})"
+        f"card({f'{t.flow}/{t.run}/{t.step}/{t.task}'!r}, server={str(served)!r}, public={prefix!r})"
     )
     notebook = await asyncio.to_thread(notebook_with_card, jupyter_server.root, code)
     NotebookNotary(data_dir=str(jupyter_server.data_dir)).sign(notebook)
-    name = f"live-{t.run}.ipynb"
+    name = f"live-{t.run}-{mode.split()[0]}.ipynb"
     nbformat.write(notebook, jupyter_server.root / name)
 
     context = await signed_in(browser, jupyter_server)
     page = await context.new_page()
     await page.goto(jupyter_server.url(f"/lab/tree/{name}"))
-    output = await page.wait_for_selector("iframe[id^=cardserver-]", timeout=UI_WAIT * 2)
-    host = await output.content_frame()
+    host = await output_host(page, f"{prefix}card/{card.key}")
     frame = await shown_card(host)
     await value_reaches(frame, card, 42)
     assert await host.is_hidden("#liveness")
     # The output frame fits the card: as tall as the card inside, no inner scrollbar.
     card_height = await host.evaluate("document.querySelector('#frames iframe').offsetHeight")
     await page.wait_for_function(
-        "(h) => Math.abs(document.querySelector('iframe[id^=cardserver-]').clientHeight - h) <= 2",
-        arg=card_height, timeout=UI_WAIT)
+        "([s, h]) => Math.abs(document.querySelector(s).clientHeight - h) <= 2",
+        arg=[f'iframe[src^="{prefix}card/{card.key}"]', card_height], timeout=UI_WAIT)
     assert await host.evaluate("document.scrollingElement.scrollHeight <= innerHeight + 1")
     await context.close()
+
+
+async def output_host(page: Any, src: str) -> Any:
+    """The card's host page in the notebook output whose frame shows `src`, once it is ours
+    and parsed (through the proxy it shares JupyterLab's origin, so the notebook page can look
+    into it). JupyterLab may also restore notebooks opened by earlier tests: pick ours."""
+    selector = f'iframe[id^=cardserver-][src^="{src}"]'
+    await page.wait_for_function("""(selector) => {
+        const doc = document.querySelector(selector)?.contentDocument;
+        return !!doc && !!doc.getElementById('frames');
+    }""", arg=selector, timeout=UI_WAIT * 2)
+    output = await page.query_selector(selector)
+    return await output.content_frame()
 
 
 async def test_real_metaflow_card_through_the_proxy(
