@@ -12,6 +12,7 @@ from conftest import launch, live_flow_moves_in_place, make_config, start_flow
 from playwright.async_api import Error as PlaywrightError
 
 from cardserver import demo
+from cardserver.config import Limits
 
 pytestmark = pytest.mark.timeout(240)
 UI_WAIT = 20_000  # ms
@@ -269,3 +270,21 @@ async def test_viewer_with_a_token_feeds_its_sandboxed_card(
     await frame.wait_for_function(
         "document.querySelector('[data-component-id=bar]').textContent.includes('66')",
         timeout=UI_WAIT)
+
+
+async def test_viewer_says_when_the_card_subscription_is_refused(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    """The card's update path breaks at the server (its topic refused: here, one subscription
+    too many): the viewer shows the card, and says its updates are refused and why."""
+    live_run(roots)
+    client = await start_app(make_config(roots, limits=Limits(max_subscriptions=3)))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/")))  # flows, runs/<flow>, run/<flow>/<run>: 3
+    await wait_card_frame(page)
+    await page.wait_for_function(
+        "() => document.getElementById('card-live').textContent.startsWith('updates refused')",
+        timeout=UI_WAIT)
+    assert await page.text_content("#card-live") == (
+        "updates refused: at most 3 subscriptions per socket")
+    assert await page.text_content("#connection") == "live"  # the rest of the viewer is

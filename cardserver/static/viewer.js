@@ -26,6 +26,7 @@ const state = {
   rows: [],
   selected: null,
   cardTopic: null, // the shown card's topic: the viewer's socket follows it for the card frame
+  cardRefused: "", // why the server refused that topic, if it did
   connection: { state: "connecting", cause: "" },
   want: view.kind === "card" ? `${view.step}/${view.task}/${view.card}` : null,
   follow: view.kind === "follow" || new URLSearchParams(location.search).has("follow"),
@@ -42,9 +43,9 @@ const handlers = {
   "run-detail": (m) => runDetail(m),
   task: (m) => { state.tasks.set(`${m.task.step}/${m.task.task}`, m.task); rowsChanged(); },
   "task-removed": (m) => { state.tasks.delete(`${m.step}/${m.task}`); rowsChanged(); },
-  card: (m) => { if (m.topic === state.cardTopic) frames.card(m); },
+  card: (m) => { if (m.topic === state.cardTopic) { frames.card(m); refused(""); } },
   update: (m) => { if (m.topic === state.cardTopic) frames.update(m); },
-  error: (m) => { if (m.topic === state.cardTopic) drawLiveness(`updates refused: ${m.error}`); },
+  error: (m) => { if (m.topic === state.cardTopic) refused(m.error); },
 };
 
 function onMessage(message) {
@@ -162,6 +163,7 @@ function followCardTopic(topic) {
   if (topic === state.cardTopic) return;
   if (state.cardTopic) socket.unsubscribe(state.cardTopic);
   state.cardTopic = topic;
+  state.cardRefused = "";
   socket.subscribe(topic);
 }
 
@@ -285,7 +287,7 @@ function drawCardBar() {
   $("card-status").textContent = row.status;
   $("card-status").dataset.status = row.status;
   open.href = new URL(cardSource(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
-  if (state.connection.state === "live") drawLiveness("");
+  drawLiveness();
   open.hidden = false;
 }
 
@@ -298,11 +300,20 @@ function showConnection(value, cause) {
   if (value !== "live" && cause && !state.rows.length) {
     $("empty").textContent = `Cannot open the live connection: ${cause}`;
   }
-  drawLiveness(value === "live" ? "" : `updates paused: ${cause || "reconnecting…"}`);
+  drawLiveness();
+}
+
+function refused(why) {
+  if (why === state.cardRefused) return;
+  state.cardRefused = why;
+  drawLiveness();
 }
 
 // The shown card's truth: its updates flow through our socket, so they stop when it does.
-function drawLiveness(text) {
+function drawLiveness() {
+  const { state: value, cause } = state.connection;
+  const text = value !== "live" && value !== "connecting" ? `updates paused: ${cause || "reconnecting…"}`
+    : state.cardRefused ? `updates refused: ${state.cardRefused}` : "";
   const node = $("card-live");
   node.textContent = text;
   node.hidden = !text;
