@@ -32,7 +32,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     app[CONFIG] = config
     app[GUARD] = guard
     app[PIPELINE] = pipeline
-    app[CARD_PAGES] = CardPages(config.roots, config.limits, guard)
+    app[CARD_PAGES] = CardPages(config.roots, config.limits)
     app[SOCKETS] = weakref.WeakSet()
     app[SOCKET_TASKS] = set()
     app[SEEN_TRANSPORTS] = seen
@@ -52,7 +52,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def after_first_scan(pipeline: Pipeline, base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The port opens at once, so the viewer's page and assets load while the datastore is
     read; what needs the index (API, sockets, cards) waits for the first scan, never half."""
-    gated = (f"{base}api/", f"{base}ws", f"{base}card/")
+    gated = (f"{base}api/", f"{base}ws", f"{base}card/", f"{base}card-html/")
     always = f"{base}api/status"
 
     @web.middleware

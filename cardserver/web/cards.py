@@ -1,8 +1,8 @@
-"""Card pages: a card's own HTML with the live runtime injected, sandboxed, compressed once.
+"""Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once.
 
-A card URL is a complete live card on its own (tab, iframe, notebook). The HTML is untrusted:
-it is served with a CSP `sandbox` so it runs in an opaque origin even when opened directly,
-and it may follow only its own card over the websocket, with a capability signed into it.
+The HTML is untrusted: it is served with a CSP `sandbox` so it runs in an opaque origin even
+when opened directly. It opens no connection: the trusted page that frames it (the viewer or
+the card's host page) posts each update to the runtime, which applies it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ from pathlib import Path
 from ..config import Limits, Roots
 from ..index import Card
 from ..layout import CardFileKind, CardKey, card_path
-from .security import Guard
 
 CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at right now
-# From a card URL `card/F/R/S/T/C`, five levels up is the app root.
-SOCKET_FROM_CARD = "../../../../../ws"
 
 
 class CardUnavailable(Exception):
@@ -60,12 +57,11 @@ def script_json(value: object) -> str:
 
 
 class CardPages:
-    def __init__(self, roots: Roots, limits: Limits, guard: Guard) -> None:
+    def __init__(self, roots: Roots, limits: Limits) -> None:
         self.roots = roots
         self.limits = limits
-        self.guard = guard
-        self.runtime = load_runtime().replace("</", "<\\/")
-        self.instance = secrets.token_hex(4)  # per start: a new runtime, or new capabilities
+        self.runtime = "<script>" + load_runtime().replace("</", "<\\/") + "</script>"
+        self.instance = secrets.token_hex(4)  # per start: a new runtime
         self._cache: OrderedDict[tuple[CardKey, str], CardPage] = OrderedDict()
 
     def etag(self, card: Card) -> str:
@@ -86,15 +82,7 @@ class CardPages:
         return page
 
     def _build(self, card: Card) -> CardPage:
-        html = self.read(card)
-        topic = f"card/{card.key}"
-        config = {"topic": topic, "cap": self.guard.capability(topic), "socket": SOCKET_FROM_CARD,
-                  "version": card.version}
-        snippet = (
-            f"<script>window.__cardserver = {script_json(config)};</script>"
-            f"<script>{self.runtime}</script>"
-        ).encode()
-        body = inject(html, snippet)
+        body = inject(self.read(card), self.runtime.encode())
         return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), self.etag(card))
 
     def path(self, card: Card) -> Path:
