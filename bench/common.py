@@ -88,6 +88,58 @@ def start_cardserver(root: Path, *extra: str, timeout: float = 60) -> Server:
     return _launch(args, port, " at http", timeout, cwd=root.parent)
 
 
+@dataclass
+class Jupyter:
+    """Jupyter Server on 127.0.0.1 with token auth on; jupyter-server-proxy serves /proxy/."""
+
+    process: subprocess.Popen[str]
+    port: int
+    token: str
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / ".jupyter_data_dir"
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_jupyter(root: Path, timeout: float = 90) -> Jupyter:
+    """Jupyter Server as a user runs it (token auth on, the proxy extension enabled by being
+    installed), with its config, data and runtime folders in `root`. `allow_remote_access`
+    lets a public Host name through, as a hub's single-user server does."""
+    port, token = free_port(), "jupyter-token-0123456789abcdef"
+    home = {name: str(root / f".{name.lower()}") for name in
+            ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+         f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--ServerApp.allow_remote_access=True", "--ServerApp.port_retries=0"],
+        cwd=root, env={**os.environ, **home, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    log: list[str] = []
+    started = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            if "is running at" in line:
+                started.set()
+        started.set()  # it exited: the caller sees it below
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not started.wait(timeout) or process.poll() is not None:
+        process.kill()
+        raise RuntimeError("Jupyter Server did not start:\n" + "".join(log[-30:]))
+    return Jupyter(process, port, token, root)
+
+
 def start_metaflow_server(flow_file: Path, run_id: str | None, *extra: str,
                           timeout: float = 120, env: dict[str, str] | None = None) -> Server:
     """Metaflow's own `python flow.py card server` (the baseline we compare against)."""

@@ -133,7 +133,7 @@ async def wait_card_frame(page: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for frame in page.frames:
-            if "/card/" not in frame.url:
+            if "/card/" not in frame.url and "/card-html/" not in frame.url:  # theirs, ours
                 continue
             try:
                 if await frame.evaluate(LOADED):

@@ -4,6 +4,7 @@ Chromium, with a real Metaflow live card. Ours and Metaflow's own `card server`,
     python bench/latency.py                  # 200 updates per setup on ours; 40 on Metaflow's
     python bench/latency.py --updates 500 --full
     python bench/latency.py --smoke          # tiny, < 60 s, exits non-zero on any error
+    python bench/latency.py --jupyter --updates 30   # direct vs through jupyter-server-proxy
 
 How: bench/realcard.py runs a real flow whose `@card(type="blank", refresh_interval=1)` task
 stays running; this script then writes the card's `runtime/<stem>.data.json` itself, Metaflow's
@@ -22,6 +23,7 @@ import asyncio
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from bench.common import (
     cpu_seconds,
     machine_busy_seconds,
     start_cardserver,
+    start_jupyter,
     start_metaflow_server,
     summary_ms,
     table,
@@ -66,19 +69,17 @@ OBSERVER = """() => {
       check(node.nodeType === Node.TEXT_NODE ? node.data : node.textContent, now);
     }
   }).observe(document.documentElement, { subtree: true, childList: true, characterData: true });
-  // Ours only: when each update's websocket message reached the card's runtime (wrapping its
-  // handler, so this runs before the update is applied), to split the latency in two.
+  // Ours only: when each update's message from the host page reached the card's runtime (a
+  // capturing listener runs before the runtime's own, so before the update is applied), to
+  // split the latency in two.
   const arrivals = [];
   state.arrivals = arrivals;
-  const runtime = window.__cardserverRuntime;
-  if (runtime && runtime.socket) {
-    const socket = runtime.socket, handler = socket.onmessage;
-    socket.onmessage = (event) => {
+  if (window.__cardserverRuntime) {
+    window.addEventListener("message", (event) => {
       const now = performance.timeOrigin + performance.now();
-      const found = /seq (\\d+)/.exec(typeof event.data === "string" ? event.data : "");
+      const found = /seq (\\d+)/.exec(JSON.stringify(event.data && event.data.update) || "");
       if (found) arrivals.push([Number(found[1]), now]);
-      return handler.call(socket, event);
-    };
+    }, { capture: true });
   }
   window.__bench = state;
 }"""
@@ -285,7 +286,9 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.smoke:
-        return Plan(updates=20, rate=10.0, cold=0, metaflow=[(1, 4, 2.0)])
+        return Plan(updates=20, rate=10.0, cold=0, metaflow=[] if args.jupyter else [(1, 4, 2.0)])
+    if args.jupyter:  # ours direct vs ours through jupyter-server-proxy; no Metaflow server
+        return Plan(updates=args.updates, rate=args.rate, cold=0, metaflow=[])
     mf_updates = args.updates if args.full else 40
     return Plan(updates=args.updates, rate=args.rate, cold=args.cold,
                 metaflow=[(5, mf_updates, 1.0), (1, mf_updates, 1.0)])
@@ -314,6 +317,9 @@ async def run(args: argparse.Namespace) -> list[Result]:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             try:
                 await attempt("ours", lambda: run_ours(browser, card, writer, plan, results))
+                if args.jupyter:
+                    await attempt("ours through Jupyter", lambda: run_through_jupyter(
+                        browser, card, writer, plan, results))
                 for poll, count, rate in plan.metaflow:
                     name = f"Metaflow card server, --poll-interval {poll}"
                     await attempt(name, lambda poll=poll, count=count, rate=rate, name=name: run_metaflow(
@@ -329,7 +335,7 @@ async def run_ours(browser: Any, card: LiveCard, writer: Writer, plan: Plan,
     try:
         page = await browser.new_page()
         await page.goto(f"{server.url}run/{card.path}")
-        frame = await find_card_frame(page, lambda u: "/card/" in u, 60)
+        frame = await find_card_frame(page, is_card_html, 60)
         results.append(await measure("ours: viewer page (/run/...)", frame, writer, server,
                                      plan.updates, plan.rate, plan.settle_extra))
         if plan.cold:
@@ -340,12 +346,41 @@ async def run_ours(browser: Any, card: LiveCard, writer: Writer, plan: Plan,
         await page.close()
         page = await browser.new_page()
         await page.goto(f"{server.url}card/{card.path}")
-        frame = await find_card_frame(page, lambda u: "/card/" in u, 60)
+        frame = await find_card_frame(page, is_card_html, 60)
         results.append(await measure("ours: card URL (/card/...)", frame, writer, server,
                                      plan.updates, plan.rate, plan.settle_extra))
         await page.close()
     finally:
         server.stop()
+
+
+def is_card_html(url: str) -> bool:
+    """Our card's own HTML, framed by the viewer or by the card's host page."""
+    return "/card-html/" in url
+
+
+async def run_through_jupyter(browser: Any, card: LiveCard, writer: Writer, plan: Plan,
+                              results: list[Result]) -> None:
+    """The same pages reached through jupyter-server-proxy, signed in with Jupyter's token."""
+    with tempfile.TemporaryDirectory(prefix="bench-jupyter-") as folder:
+        server = start_cardserver(card.datastore)
+        jupyter = start_jupyter(Path(folder))
+        try:
+            context = await browser.new_context()
+            page = await context.new_page()
+            await page.goto(jupyter.url(f"/api/status?token={jupyter.token}"))  # the login cookie
+            proxied = jupyter.url(f"/proxy/{server.port}/")
+            for name, path in (("viewer page (/run/...)", f"run/{card.path}"),
+                               ("card URL (/card/...)", f"card/{card.path}")):
+                await page.goto(proxied + path)
+                frame = await find_card_frame(page, is_card_html, 60)
+                results.append(await measure(f"ours through jupyter-server-proxy: {name}", frame,
+                                             writer, server, plan.updates, plan.rate,
+                                             plan.settle_extra))
+            await context.close()
+        finally:
+            jupyter.stop()
+            server.stop()
 
 
 async def run_metaflow(browser: Any, card: LiveCard, writer: Writer, name: str, poll: int,
@@ -418,6 +453,9 @@ def main() -> int:
                         help="as many updates on Metaflow's server as on ours (slow: 1 update/s)")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--smoke", action="store_true", help="tiny run; any error exits non-zero")
+    parser.add_argument("--jupyter", action="store_true",
+                        help="ours direct and through jupyter-server-proxy (a real Jupyter Server, "
+                             "token auth on), instead of Metaflow's server")
     args = parser.parse_args()
     busy0, wall0, stolen0 = machine_busy_seconds(), time.monotonic(), stolen_seconds()
     try:

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], list[str]]:
         on_disk = next(iter(html)).stat().st_size
         server = start_cardserver(card.datastore)
         try:
-            ours = measure(server.port, f"/card/{card.path}", args.repeats, "cardserver", errors,
+            ours = measure(server.port, f"/card-html/{card.path}", args.repeats, "cardserver", errors,
                            revalidate=True)
         finally:
             server.stop()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, metaflow_env, stop_process
+from bench.common import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    Jupyter,
+    free_port,
+    metaflow_env,
+    start_jupyter,
+    stop_process,
+)
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.localsource import LocalSource
 from cardserver.watcher import Watcher
@@ -27,7 +36,7 @@ from cardserver.web.app import create_app
 from cardserver.web.keys import READY, SOURCE
 
 REPO = Path(__file__).resolve().parent.parent
-__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "free_port"]  # re-exported for the tests
+__all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "Jupyter", "free_port"]  # re-exported for the tests
 WAIT = 10.0  # seconds any single expected event may take before a test fails
 
 
@@ -55,8 +64,9 @@ def start_app(aiohttp_client: Any) -> Callable[..., Any]:
     """`await start_app(config)` -> a TestClient whose pipeline has finished its first scan and
     watches every live run (so a test's writes cannot race the start-up catch-up read)."""
 
-    async def start(config: Config, first_scan: Any = None) -> TestClient:
-        client: TestClient = await aiohttp_client(create_app(config, first_scan))
+    async def start(config: Config, first_scan: Any = None, port: int | None = None) -> TestClient:
+        kwargs = {"server_kwargs": {"port": port}} if port else {}
+        client: TestClient = await aiohttp_client(create_app(config, first_scan), **kwargs)
         await asyncio.wait_for(client.app[READY].wait(), WAIT)
         await asyncio.wait_for(client.app[SOURCE].caught_up.wait(), WAIT)  # live runs watched and re-read
         return client
@@ -189,16 +199,48 @@ def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+# --- a real Jupyter Server with jupyter-server-proxy ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
+    """One Jupyter Server (token auth on, jupyter-server-proxy) for the whole session."""
+    server = start_jupyter(tmp_path_factory.mktemp("jupyter"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 # --- Chromium ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@asynccontextmanager
+async def chromium(*loopback_names: str) -> AsyncIterator[Any]:
+    """Chromium; each of `loopback_names` (a proxy's public name) resolves to 127.0.0.1."""
     from playwright.async_api import async_playwright
 
+    rules = [f"--host-resolver-rules={', '.join(f'MAP {n} 127.0.0.1' for n in loopback_names)}"]
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *(rules if loopback_names else [])])
         try:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with chromium() as launched:
+        yield launched
+
+
+async def live_flow_moves_in_place(frame: Any, workdir: Path, wait_ms: int) -> None:
+    """tests/flows/live_card_flow.py's card, shown in `frame`: it starts, is let go, and its
+    later steps arrive in the same document (no reload)."""
+    await frame.wait_for_function("document.body.innerText.includes('step 0')", timeout=wait_ms)
+    await frame.evaluate("window.__marker = 'same page'")
+    (workdir / "go").touch()
+    await frame.wait_for_function("document.body.innerText.includes('step 2')", timeout=wait_ms)
+    assert await frame.evaluate("window.__marker") == "same page"

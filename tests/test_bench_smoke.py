@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CARDSERVER_CHROMIUM", "/usr/bin/chromium")
 
 
-def run_smoke(script: str, timeout: float = 120) -> str:
+def run_smoke(script: str, timeout: float = 120, *extra: str) -> str:
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), "--smoke"],
+        [sys.executable, str(REPO / "bench" / script), "--smoke", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -77,16 +77,33 @@ def test_transfer_smoke() -> None:
     assert "ratio: Metaflow bytes / ours (gzip)" in table, table
 
 
-def test_latency_smoke() -> None:
-    out = run_smoke("latency.py", timeout=180)
+def latency_rows(out: str, *setups: str) -> dict[str, list[str]]:
+    """setup -> its cells (n, p50, p90, ...) in latency.py's table; each must have updates."""
     assert "Update latency: file write -> DOM changed in Chromium" in out
-    for setup in ("ours: viewer page (/run/...)", "ours: card URL (/card/...)",
-                  "Metaflow card server, --poll-interval 1"):
+    found = {}
+    for setup in setups:
         rows = [line for line in out.splitlines() if line.startswith(setup + " ")]
         assert rows, f"no table row for {setup!r}:\n{out}"
-        cells = rows[0][len(setup):].split()
-        assert int(cells[0]) > 0, rows[0]  # n: updates that reached the page
+        found[setup] = rows[0][len(setup):].split()
+        assert int(found[setup][0]) > 0, rows[0]  # n: updates that reached the page
+    return found
+
+
+def test_latency_smoke() -> None:
+    out = run_smoke("latency.py", 180)
+    latency_rows(out, "ours: viewer page (/run/...)", "ours: card URL (/card/...)",
+                 "Metaflow card server, --poll-interval 1")
     assert "vs ours (viewer): p50 x" in out
+
+
+def test_latency_through_jupyter_smoke() -> None:
+    """Through a real jupyter-server-proxy (token auth on), every update reaches the card, in
+    the viewer and on its own, about as fast as direct (headroom for a busy machine)."""
+    out = run_smoke("latency.py", 240, "--jupyter")
+    direct = "ours: viewer page (/run/...)"
+    proxied = "ours through jupyter-server-proxy: viewer page (/run/...)"
+    cells = latency_rows(out, direct, proxied, "ours through jupyter-server-proxy: card URL (/card/...)")
+    assert float(cells[proxied][1]) <= float(cells[direct][1]) + 40, out
 
 
 def test_idle_smoke() -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import launch, make_config, start_flow
+from conftest import launch, live_flow_moves_in_place, make_config, start_flow
 from playwright.async_api import Error as PlaywrightError
 
 from cardserver import demo
+from cardserver.config import Limits
 
 pytestmark = pytest.mark.timeout(240)
 UI_WAIT = 20_000  # ms
@@ -63,7 +64,7 @@ async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
                 raise
 
 
-async def wait_card_frame(page: Any, contains: str = "/card/") -> Any:
+async def wait_card_frame(page: Any, contains: str = "/card-html/") -> Any:
     await page.wait_for_function(
         """(part) => [...document.querySelectorAll('#frames iframe:not(.incoming)')]
                      .some(f => f.src.includes(part))""",
@@ -174,17 +175,34 @@ async def test_rerender_swaps_without_blank_frame(roots: Any, start_app: Any, br
 
 
 async def test_card_url_on_its_own_is_live(roots: Any, start_app: Any, browser: Any) -> None:
+    """The card URL is our host page: it holds the socket and feeds the sandboxed card."""
     _, card = live_run(roots)
     client = await start_app(make_config(roots))
     page = await browser.new_page()
     t = card.key.task
     await page.goto(str(client.make_url(f"/card/{t.flow}/{t.run}/{t.step}/{t.task}/{card.key.name}")))
-    await page.evaluate("window.__marker = 1")
+    handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    sandbox = (await handle.get_attribute("sandbox") or "").split()
+    assert "allow-scripts" in sandbox and "allow-same-origin" not in sandbox
+    frame = await handle.content_frame()
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')", timeout=UI_WAIT)
+    assert await frame.evaluate("String(window.origin)") == "null"
+    await frame.evaluate("window.__marker = 1")
     card.update({"bar": demo.progress("bar", 77, 100, "epochs")})
-    await page.wait_for_function(
+    await frame.wait_for_function(
         "document.querySelector('[data-component-id=bar]').textContent.includes('77')",
         timeout=UI_WAIT)
-    assert await page.evaluate("window.__marker") == 1
+    assert await frame.evaluate("window.__marker") == 1  # in place: the same document
+    assert await page.is_hidden("#liveness")  # live: nothing to warn about
+    # A new layout: the host loads it behind the shown card and swaps, as the viewer does.
+    card.rerender([demo.markdown("title", "# a new layout"), demo.text("extra", "added")])
+    await until_shown(page, "document.body.innerText.includes('a new layout')")
+    # The final render: shown, and the page stops listening (nothing more will come).
+    card.finalize()
+    await until_shown(page, "window.METAFLOW_RELOAD_TOKEN === 'final'")
+    await page.wait_for_function("document.getElementById('liveness').dataset.state === 'final'",
+                                 timeout=UI_WAIT)
+    assert await page.is_hidden("#liveness")
 
 
 async def test_real_flow_in_viewer(tmp_path: Path, browser: Any) -> None:
@@ -196,13 +214,7 @@ async def test_real_flow_in_viewer(tmp_path: Path, browser: Any) -> None:
         page = await browser.new_page()
         await page.goto(server.url)
         frame = await wait_card_frame(page, "/LiveCardFlow/")
-        await frame.wait_for_function("document.body.innerText.includes('step 0')",
-                                      timeout=UI_WAIT * 3)
-        await frame.evaluate("window.__marker = 'same page'")
-        (tmp_path / "go").touch()
-        await frame.wait_for_function("document.body.innerText.includes('step 2')",
-                                      timeout=UI_WAIT * 3)
-        assert await frame.evaluate("window.__marker") == "same page"
+        await live_flow_moves_in_place(frame, tmp_path, UI_WAIT * 3)
         status = page.locator("#card-status")
         assert await status.text_content() == "running"
     finally:
@@ -223,3 +235,56 @@ async def test_demo_renders_and_moves(tmp_path: Path, browser: Any) -> None:
         server.stop()
         assert server.process.wait(timeout=5) is not None
 
+
+async def test_card_on_its_own_says_when_the_server_is_gone(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    _, card = live_run(roots)
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url(f"/card/{card.key}")))
+    frame = await shown_frame(page)
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')", timeout=UI_WAIT)
+    await client.close()  # the server stops: its sockets close, and nothing answers any more
+    await page.wait_for_function(
+        "() => document.getElementById('liveness').textContent.includes('cannot be reached')",
+        timeout=UI_WAIT)
+    assert await page.is_visible("#liveness")
+    assert await page.text_content("#liveness") == (
+        "updates paused, reconnecting… the server cannot be reached (stopped?)")
+
+
+async def test_viewer_with_a_token_feeds_its_sandboxed_card(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    """With a token, the card frame's HTML loads with the viewer's cookie (the frame is ours to
+    navigate), and its updates come through the viewer's own socket."""
+    _, card = live_run(roots)
+    client = await start_app(make_config(roots, token="browser-token-0123456789"))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/").with_query(token="browser-token-0123456789")))
+    frame = await wait_card_frame(page, card.key.name)
+    await frame.wait_for_function("document.querySelector('[data-component-id=bar]')", timeout=UI_WAIT)
+    assert "token" not in await frame.evaluate("location.href")
+    card.update({"bar": demo.progress("bar", 66, 100, "epochs")})
+    await frame.wait_for_function(
+        "document.querySelector('[data-component-id=bar]').textContent.includes('66')",
+        timeout=UI_WAIT)
+
+
+async def test_viewer_says_when_the_card_subscription_is_refused(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    """The card's update path breaks at the server (its topic refused: here, one subscription
+    too many): the viewer shows the card, and says its updates are refused and why."""
+    live_run(roots)
+    client = await start_app(make_config(roots, limits=Limits(max_subscriptions=3)))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/")))  # flows, runs/<flow>, run/<flow>/<run>: 3
+    await wait_card_frame(page)
+    await page.wait_for_function(
+        "() => document.getElementById('card-live').textContent.startsWith('updates refused')",
+        timeout=UI_WAIT)
+    assert await page.text_content("#card-live") == (
+        "updates refused: at most 3 subscriptions per socket")
+    assert await page.text_content("#connection") == "live"  # the rest of the viewer is

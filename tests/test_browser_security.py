@@ -34,7 +34,7 @@ HOSTILE_CARD = """<!DOCTYPE html>
 window.addEventListener("load", () => {
   const VICTIM = @@VICTIM@@;
   const ROOT = "../../../../../";
-  const own = window.__cardserver || {};
+  const runtime = window.__cardserverRuntime === true;
   const attempt = async (body) => {
     try { return await body(); } catch (error) { return "blocked: " + (error && error.name); }
   };
@@ -53,8 +53,8 @@ window.addEventListener("load", () => {
     const body = await response.text();
     return body ? "read: " + body.slice(0, 200) : "opaque: " + response.type;
   });
-  const socket = (topic, cap) => new Promise((resolve) => {
-    const url = new URL(ROOT + "ws", location.href);
+  const socket = (topic, cap, query = "") => new Promise((resolve) => {
+    const url = new URL(ROOT + "ws" + query, location.href);
     url.protocol = "ws:";
     const ws = new WebSocket(url.href);
     const leaked = [];
@@ -69,18 +69,36 @@ window.addEventListener("load", () => {
       resolve(leaked.length ? "read: " + leaked.join(",") : "closed " + event.code);
     };
   });
+  // Try to drive the page that hosts us: ask for another card, any topic, a huge frame.
+  const host = () => new Promise((resolve) => {
+    if (window.parent === window) return resolve("top-level: no host");
+    const heard = [];
+    window.addEventListener("message", (event) => heard.push(JSON.stringify(event.data)));
+    for (const ask of [{ cardserver: "subscribe", topic: VICTIM }, { cardserver: "show", src: VICTIM },
+                       { cardserver: "card", exists: true, card: { version: "x" } },
+                       { cardserver: "update", topic: VICTIM }, { cardserver: "ready", token: "x" },
+                       { cardserver: "height", height: 1e12 }, { op: "subscribe", topic: VICTIM }]) {
+      window.parent.postMessage(ask, "*");
+    }
+    setTimeout(() => {
+      const leaked = heard.filter((text) => text.includes("VICTIM") || text.includes("SecFlow"));
+      resolve(leaked.length ? "read: " + leaked.join(",") : "nothing");
+    }, 3000);
+  });
   const cookie = () => attempt(async () => "read: " + JSON.stringify(document.cookie));
   const storage = () => attempt(async () => {
     localStorage.setItem("hostile", "1");
     return "read: " + localStorage.length;
   });
+  const hostSocket = (topic) => socket(topic, undefined, "?card=" + encodeURIComponent(topic.slice(5)));
   Promise.all([
-    parentDocument(), api(), apiNoCors(), socket(VICTIM, own.cap), socket("flows", own.cap),
-    socket(VICTIM, undefined), cookie(), storage(),
-  ]).then(([parent, apiRead, apiOpaque, victim, flows, noCap, cookieRead, storageRead]) => {
-    const results = { origin: String(window.origin), ownTopic: own.topic || null, parent, api: apiRead,
-      apiNoCors: apiOpaque, victimSocket: victim, flowsSocket: flows, noCapSocket: noCap,
-      cookie: cookieRead, storage: storageRead };
+    parentDocument(), api(), apiNoCors(), socket(VICTIM), socket("flows"), hostSocket(VICTIM),
+    cookie(), storage(), host(),
+  ]).then(([parent, apiRead, apiOpaque, victim, flows, asHost, cookieRead, storageRead, hostRead]) => {
+    const results = { origin: String(window.origin), runtime, parent, api: apiRead,
+      apiNoCors: apiOpaque, victimSocket: victim, flowsSocket: flows, hostSocket: asHost,
+      cookie: cookieRead, storage: storageRead, host: hostRead,
+      credentials: JSON.stringify(window.__cardserver || null) + location.search };
     const pre = document.getElementById("results");
     pre.textContent = JSON.stringify(results);
     pre.dataset.done = "1";
@@ -126,21 +144,24 @@ async def results_of(frame: Any) -> dict[str, str]:
     return results
 
 
-def assert_every_attack_failed(results: dict[str, str], key: CardKey, embedded: bool) -> None:
-    flat = json.dumps({k: v for k, v in results.items() if k != "ownTopic"})
+def assert_every_attack_failed(results: dict[str, str], framed: bool) -> None:
+    flat = json.dumps(results)
     assert "read:" not in flat, results
     assert VIEWER_COOKIE not in flat and VICTIM_SECRET not in flat and "SecFlow" not in flat
     assert results["origin"] == "null"  # an opaque origin, in the viewer and on its own
-    assert results["ownTopic"] == f"card/{key}"  # the runtime ran: the capability was there to abuse
-    if embedded:
+    assert "cap=" not in results["credentials"] and "null" in results["credentials"]
+    if framed:
+        assert results["runtime"] is True  # the runtime ran: its host was there to abuse
         assert results["parent"] == "blocked: SecurityError"
+        assert results["host"] == "nothing"
     else:
         assert results["parent"] == "top-level: no parent"
     assert results["api"] == "blocked: TypeError"  # refused and unreadable cross-origin
     assert results["apiNoCors"] == "opaque: opaque"
-    assert results["victimSocket"] == "closed 4403"
-    assert results["flowsSocket"] == "closed 4403"
-    assert results["noCapSocket"] == "closed 4403"
+    # A sandboxed page's socket (Origin null) is refused before the upgrade: no hello at all.
+    assert results["victimSocket"] == "closed 1006"
+    assert results["flowsSocket"] == "closed 1006"
+    assert results["hostSocket"] == "closed 1006"
     assert results["cookie"] == "blocked: SecurityError"
     assert results["storage"] == "blocked: SecurityError"
 
@@ -174,7 +195,12 @@ async def test_hostile_card_in_the_viewer_gets_nothing_and_the_viewer_keeps_work
     assert sandbox is not None and "allow-scripts" in sandbox.split()
     assert "allow-same-origin" not in sandbox
 
-    assert_every_attack_failed(await results_of(frame), key, embedded=True)
+    assert_every_attack_failed(await results_of(frame), framed=True)
+    # Its asks changed nothing: same card shown, the frame no taller than the clamp.
+    assert await page.locator("#frames iframe").count() == 1
+    height = await page.evaluate("document.querySelector('#frames iframe').getBoundingClientRect().height")
+    assert height <= 100_000
+    assert key.name in (await page.get_attribute("#frames iframe", "src") or "")
 
     assert "pwned" not in await page.title()
     await page.wait_for_function(
@@ -193,11 +219,18 @@ async def test_hostile_card_opened_directly_gets_nothing(
     context = await browser.new_context()
     await context.add_cookies([{"name": "probe", "value": VIEWER_COOKIE, "url": server.url}])
     page = await context.new_page()
+    # The card URL: our host page around the sandboxed card.
     response = await page.goto(f"{server.url}card/{key}")
     assert response is not None and response.status == 200
+    handle = await page.wait_for_selector("#frames iframe", timeout=UI_WAIT)
+    assert "allow-same-origin" not in (await handle.get_attribute("sandbox") or "")
+    assert_every_attack_failed(await results_of(await handle.content_frame()), framed=True)
+    assert await page.title() != "pwned"
+    # The card's HTML at the top level: sandboxed by its CSP, with no host to talk to.
+    response = await page.goto(f"{server.url}card-html/{key}")
+    assert response is not None and response.status == 200
     assert response.headers["content-security-policy"].startswith("sandbox allow-scripts")
-
-    assert_every_attack_failed(await results_of(page.main_frame), key, embedded=False)
+    assert_every_attack_failed(await results_of(page.main_frame), framed=False)
 
     # the viewer, opened next, is unharmed
     viewer = await context.new_page()

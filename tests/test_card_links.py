@@ -23,7 +23,7 @@ from cardserver.web.security import Guard
 
 TOKEN = "s3cret-token-for-link-tests"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-CAPABILITY = re.compile(r"window\.__cardserver = (\{.*?\});</script>")
+HOST_CONFIG = re.compile(r'<script type="application/json" id="card-host">(\{.*?\})</script>')
 
 
 @dataclass
@@ -72,16 +72,21 @@ async def test_link_opens_its_card_without_cookie_or_token(
     assert link == f"{path}?cap={client.app[GUARD].link(path)}"
     assert TOKEN not in link
     response = await client.get(f"{base_url}{link}", allow_redirects=False)
-    assert response.status == 200
-    assert "card A" in await response.text()
-    assert response.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+    assert response.status == 200  # the card's host page: ours, with our own strict CSP
+    assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert "Set-Cookie" not in response.headers  # a link grants one page, never a session
-    # The page's capability lets its socket (Origin null) follow that card, with no token.
-    found = CAPABILITY.search(await response.text())
+    found = HOST_CONFIG.search(await response.text())
     assert found is not None
     config = json.loads(found.group(1))
-    async with client.ws_connect(f"{base_url}ws", headers={"Origin": "null"}) as ws:
-        await subscribe(ws, config["topic"], cap=config["cap"])
+    # It frames the card's HTML by that page's own link...
+    html = await client.get(f"{base_url}{config['html']}", allow_redirects=False)
+    assert html.status == 200 and "card A" in await html.text()
+    assert html.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+    assert "Set-Cookie" not in html.headers
+    # ...and its capability lets its socket follow that card, with no token and no cookie.
+    params = {"card": str(pair.a.key), "cap": config["cap"]}
+    async with client.ws_connect(f"{base_url}ws", params=params) as ws:
+        await subscribe(ws, config["topic"])
         card = await next_message(ws, lambda m: m.get("type") == "card")
         assert card["topic"] == path and card["exists"] is True
 
@@ -93,7 +98,7 @@ async def test_link_without_a_token_is_the_plain_card_url(
     link = await link_of(client, pair.a)
     assert link == f"card/{pair.a.key}"
     response = await client.get(f"/{link}")
-    assert response.status == 200 and "card A" in await response.text()
+    assert response.status == 200 and f'"html": "card-html/{pair.a.key}"' in await response.text()
 
 
 # --- and nothing else ---------------------------------------------------------------------------
@@ -106,10 +111,17 @@ async def test_link_for_a_does_not_open_anything_else(
     cap = cap_of(await link_of(client, pair.a))
     assert (await client.get(f"/card/{pair.a.key}", params={"cap": cap})).status == 200
     a, b = pair.a.key, pair.b.key
-    for path in (f"/card/{b}", "/", f"/run/{a}", f"/run/{a.run_key}", "/flow/LinkFlow",
+    for path in (f"/card/{b}", f"/card-html/{a}", f"/card-html/{b}", "/", f"/run/{a}",
+                 f"/run/{a.run_key}", "/flow/LinkFlow",
                  "/api/flows", "/api/status", f"/api/cards/{a}", f"/api/runs/{a.run_key}",
                  "/static/viewer.js", f"/card/{a}/", "/no/such/page"):
         await refused(client, path, cap=cap)
+    # Only a page of ours loads its own code without a cookie: the browser says same-origin.
+    for site in ("cross-site", "same-site", "none"):
+        response = await client.get("/static/card-host.js", headers={"Sec-Fetch-Site": site})
+        assert response.status in (401, 403), site
+    own = await client.get("/static/card-host.js", headers={"Sec-Fetch-Site": "same-origin"})
+    assert own.status == 200
     # Not the other methods of the card route either.
     head = await client.head(f"/card/{a}", params={"cap": cap})
     assert head.status in (401, 403)
@@ -155,18 +167,19 @@ async def test_token_on_a_card_url_redirects_to_its_link(
 ) -> None:
     client = await start_app(make_config(roots, token=TOKEN, base_url=base_url))
     url = f"{base_url}card/{pair.a.key}"
-    response = await client.get(url, params={"embed": "viewer", "token": TOKEN},
+    response = await client.get(url, params={"max_height": "500", "token": TOKEN},
                                 allow_redirects=False)
     assert response.status == 302
     location = response.headers["Location"]
     assert TOKEN not in location and "token" not in location
     assert "://" not in location and not location.startswith("/")  # relative: proxy-safe
-    assert location == f"{pair.a.key.name}?embed=viewer&cap={cap_of(await link_of(client, pair.a, base_url))}"
+    cap = cap_of(await link_of(client, pair.a, base_url))
+    assert location == f"{pair.a.key.name}?max_height=500&cap={cap}"
     assert "Set-Cookie" not in response.headers
     followed = response.url.join(yarl.URL(location))
     assert followed.path == url
     page = await client.get(followed.relative(), allow_redirects=False)  # no cookie, no token
-    assert page.status == 200 and "card A" in await page.text()
+    assert page.status == 200 and f"card-html/{pair.a.key}?cap=" in await page.text()
     # A wrong token is refused, not traded for a link.
     wrong = await client.get(url, params={"token": "wrong-token-value"}, allow_redirects=False)
     assert wrong.status == 403 and "Location" not in wrong.headers
@@ -176,14 +189,15 @@ async def test_cookie_and_bearer_still_open_cards_in_place(
     roots: Roots, pair: Pair, start_app: Any
 ) -> None:
     client = await start_app(make_config(roots, token=TOKEN))
-    bearer = await client.get(f"/card/{pair.a.key}", headers=BEARER, allow_redirects=False)
+    bearer = await client.get(f"/card-html/{pair.a.key}", headers=BEARER, allow_redirects=False)
     assert bearer.status == 200 and "card A" in await bearer.text()
     login = await client.get("/", params={"token": TOKEN}, allow_redirects=False)
     morsel = next(iter(login.cookies.values()))
     assert morsel.value != TOKEN
     cookie = {"Cookie": f"{morsel.key}={morsel.value}"}
-    page = await client.get(f"/card/{pair.a.key}", headers=cookie, allow_redirects=False)
-    assert page.status == 200 and "card A" in await page.text()
+    for route, marker in (("card", f"card-html/{pair.a.key}"), ("card-html", "card A")):
+        page = await client.get(f"/{route}/{pair.a.key}", headers=cookie, allow_redirects=False)
+        assert page.status == 200 and marker in await page.text()
 
 
 # --- the secret ---------------------------------------------------------------------------------
@@ -207,15 +221,17 @@ async def test_links_and_capabilities_survive_a_restart_with_the_same_token(
 ) -> None:
     first = await start_app(make_config(roots, token=TOKEN))
     link = await link_of(first, pair.a)
-    found = CAPABILITY.search(await (await first.get(f"/{link}")).text())
+    found = HOST_CONFIG.search(await (await first.get(f"/{link}")).text())
     assert found is not None
     config = json.loads(found.group(1))
     await first.close()
     again = await start_app(make_config(roots, token=TOKEN))
     response = await again.get(f"/{link}", allow_redirects=False)
-    assert response.status == 200 and "card A" in await response.text()
-    async with again.ws_connect("/ws", headers={"Origin": "null"}) as ws:
-        await subscribe(ws, config["topic"], cap=config["cap"])
+    assert response.status == 200
+    assert (await again.get(f"/{config['html']}", allow_redirects=False)).status == 200
+    params = {"card": str(pair.a.key), "cap": config["cap"]}
+    async with again.ws_connect("/ws", params=params) as ws:
+        await subscribe(ws, config["topic"])
         card = await next_message(ws, lambda m: m.get("type") == "card")
         assert card["exists"] is True
     other = await start_app(make_config(roots, token=TOKEN + "-other"))

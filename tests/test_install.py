@@ -108,10 +108,14 @@ async def check_serves_everything(url: str) -> None:
             tasks = (await got.json())["tasks"]
         task = next(t for t in tasks if t["cards"])
         card_path = f"{flow}/{run}/{task['step']}/{task['task']}/{task['cards'][0]['name']}"
-        async with http.get(url + f"card/{card_path}") as got:
+        async with http.get(url + f"card-html/{card_path}") as got:
             body = await got.text()
             assert got.status == 200 and "<html" in body.lower()
-            assert "metaflow_card_update" in body and "new WebSocket" in body, "no live runtime"
+            assert "metaflow_card_update" in body and "__cardserverRuntime" in body, "no live runtime"
+        async with http.get(url + f"card/{card_path}") as got:  # its host page, with our code
+            assert got.status == 200 and "static/card-host.js" in await got.text()
+        async with http.get(url + "static/card-host.js") as got:
+            assert got.status == 200, "the wheel lacks the host page's script"
 
 
 @pytest.fixture

@@ -88,10 +88,10 @@ async def test_live_card_every_update_arrives(tmp_path: Path, start_app: Any) ->
             timeout=FLOW_WAIT,
         )
 
-        page = await client.get(f"/card/LiveCardFlow/{run}/start/1/{card_name}")
+        page = await client.get(f"/card-html/LiveCardFlow/{run}/start/1/{card_name}")
         html = await page.text()
         assert page.status == 200
-        assert "METAFLOW_RELOAD_TOKEN" in html and "window.__cardserver" in html
+        assert "METAFLOW_RELOAD_TOKEN" in html and "window.__cardserverRuntime" in html
         assert page.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
         api = await (await client.get(f"/api/cards/LiveCardFlow/{run}/start/1/{card_name}")).json()
         assert api["task_status"] == "succeeded"
@@ -131,7 +131,7 @@ async def test_foreach_failure_statuses(tmp_path: Path, start_app: Any) -> None:
     ok = next(t for t in detail["tasks"] if t["step"] == "each" and t["status"] == "succeeded")
     assert [c["id"] for c in ok["cards"]] == ["progress"]
     # The card URL of a finished task serves the real Metaflow card.
-    page = await client.get(f"/card/ForeachFailFlow/{run}/each/{ok['task']}/{ok['cards'][0]['name']}")
+    page = await client.get(f"/card-html/ForeachFailFlow/{run}/each/{ok['task']}/{ok['cards'][0]['name']}")
     assert page.status == 200
     assert 'METAFLOW_RELOAD_TOKEN = "final"' in await page.text()
     assert failed["finished"] is not None

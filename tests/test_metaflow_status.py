@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config, next_message, start_flow, subscribe
+from conftest import local_source, make_config, next_message, start_flow, subscribe
 
 from cardserver.cli import card_rows
 from cardserver.config import Roots, WatchTiming
-from cardserver.web.keys import PIPELINE
 
 pytestmark = pytest.mark.timeout(300)
 FLOW_WAIT = 120.0  # a Metaflow run takes seconds to start on a loaded 2-core machine
@@ -110,9 +109,9 @@ async def test_killed_siblings_with_the_server_started_before(tmp_path: Path, st
     last_verdict = max(path.stat().st_mtime for path in written)
     assert shown_at - last_verdict < 2.0, shown_at - last_verdict
     assert_killed_siblings(await run_detail(client, "KilledSiblingsFlow", run))
-    pipeline = client.app[PIPELINE]
+    following = local_source(client).following
     deadline = time.monotonic() + 30
-    while any(key.run == run for key in pipeline.followed):  # settle_seconds=0: it leaves at once
+    while any(key.run == run for key in following.followed):  # settle_seconds=0: it leaves at once
         assert time.monotonic() < deadline, "the failed run stayed in the deep watch"
         await asyncio.sleep(0.1)
 
@@ -124,7 +123,7 @@ async def test_killed_siblings_with_the_server_started_after(tmp_path: Path, sta
     run = only_run(tmp_path, "KilledSiblingsFlow")
     detail = await run_detail(client, "KilledSiblingsFlow", run)
     assert_killed_siblings(detail)
-    assert not any(key.run == run for key in client.app[PIPELINE].followed)
+    assert not any(key.run == run for key in local_source(client).following.followed)
     # `card list` says what the API says, card by card.
     listed = {(r["step"], r["task"], r["card"]): (r["status"], r["run_status"], r["attempt"])
               for r in card_rows(config(tmp_path))}

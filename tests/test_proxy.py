@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, free_port, make_config
+from conftest import chromium, free_port, make_config
 
 from cardserver import demo
 
@@ -68,12 +68,13 @@ class Nginx:
 async def nginx(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[Nginx] = []
 
-    async def start(routes: list[tuple[str, int, str, str]], listen: int | None = None) -> Nginx:
+    async def start(routes: list[tuple[str, int, str, str]], listen: int | None = None,
+                    extra: str = "") -> Nginx:
         """routes: (location path, upstream port, upstream path, Host header to send)."""
         folder = tmp_path / f"nginx{len(started)}"
         folder.mkdir()
         listen = listen or free_port()
-        locations = "".join(
+        locations = extra + "".join(
             LOCATION.format(path=path, port=port, target=target, host=host)
             for path, port, target, host in routes
         )
@@ -108,18 +109,8 @@ async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 async def public_browser() -> AsyncIterator[Any]:
-    """Chromium that resolves the public workspace name to loopback."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {PUBLIC} 127.0.0.1"],
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium(PUBLIC) as launched:
+        yield launched
 
 
 def live_card(roots: Any) -> Any:
@@ -195,6 +186,27 @@ async def test_public_host_refused_until_allowed(roots: Any, start_app: Any, ngi
     assert "--allow-host workspace.test" in await response.text()
     await page.goto(proxy.url("/b/", host=PUBLIC))
     await see_live_update(page, card)
+
+
+async def test_viewer_says_when_the_card_updates_are_cut(roots: Any, start_app: Any, nginx: Any,
+                                                        browser: Any) -> None:
+    """A proxy that serves the pages but refuses the websocket (as Jupyter does a request
+    without its cookie): the viewer does not claim "live"; it says the updates are paused
+    and why, for the card it shows."""
+    live_card(roots)
+    client = await start_app(make_config(roots))
+    port = client.server.port
+    blocked = "\n    location = /cut/ws { return 403; }\n"
+    proxy = await nginx([("/cut/", port, "/", "$http_host")], extra=blocked)
+    page = await browser.new_page()
+    await page.goto(proxy.url("/cut/"))
+    await page.wait_for_function(
+        "() => document.getElementById('card-live').textContent.includes('HTTP 403')",
+        timeout=UI_WAIT)
+    text = await page.text_content("#card-live")
+    assert text == "updates paused: the proxy refused the connection (HTTP 403)", text
+    assert await page.text_content("#connection") != "live"
+    assert "HTTP 403" in (await page.get_attribute("#connection", "title") or "")
 
 
 async def test_host_rewriting_proxy_needs_allow_origin(roots: Any, start_app: Any, nginx: Any,

@@ -29,10 +29,11 @@ from cardserver import cli
 from cardserver.config import ConfigError, Limits, Roots
 from cardserver.demo import DemoCard, DemoRun, markdown, progress, start_run
 from cardserver.layout import LEGACY_STEP, CardFileKind, CardKey, TaskKey, card_path
+from cardserver.web.keys import SOCKETS
 
 TOKEN = "s3cret-token-for-tests"
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
-CAPABILITY = re.compile(r"window\.__cardserver = (\{.*?\});</script>")
+HOST_CONFIG = re.compile(r'<script type="application/json" id="card-host">(\{.*?\})</script>')
 CLEAN_CLOSES = {1000, 1003, 1008, 1009, 4403}
 
 
@@ -75,13 +76,19 @@ def no_errors(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def capability_of(client: Any, card: DemoCard, **params: str) -> dict[str, Any]:
-    """What the server signed into a card page: `window.__cardserver = {...}`."""
+    """What the server signed into a card's host page (our page, never the card's HTML)."""
     response = await client.get(f"/card/{card.key}", params=params)
     assert response.status == 200
-    found = CAPABILITY.search(await response.text())
-    assert found is not None, "the card page carries no capability"
+    found = HOST_CONFIG.search(await response.text())
+    assert found is not None, "the card's host page carries no capability"
     config: dict[str, Any] = json.loads(found.group(1))
     return config
+
+
+def card_socket(client: Any, topic: str, cap: str | None, **headers: str) -> Any:
+    """A host page's socket: `ws?card=F/R/S/T/C&cap=...`, held to that card."""
+    params = {"card": topic.removeprefix("card/")} | ({"cap": cap} if cap is not None else {})
+    return client.ws_connect("/ws", params=params, headers=headers)
 
 
 async def close_code(ws: aiohttp.ClientWebSocketResponse) -> int | None:
@@ -318,37 +325,64 @@ async def test_socket_requires_the_token(roots: Roots, cards: Cards, start_app: 
 async def test_card_url_trades_the_token_for_its_link(
     roots: Roots, cards: Cards, start_app: Any
 ) -> None:
-    """The card's script can read its own URL: the token must be gone before it runs."""
+    """The token leaves the URL before any page loads (history, referrers, the card's frame)."""
     client = await start_app(make_config(roots, token=TOKEN))
-    response = await client.get(f"/card/{cards.a.key}", params={"token": TOKEN},
+    for route, marker in (("card", "card-html/"), ("card-html", "card A")):
+        response = await client.get(f"/{route}/{cards.a.key}", params={"token": TOKEN},
+                                    allow_redirects=False)
+        assert response.status == 302
+        location = response.headers["Location"]
+        assert TOKEN not in location and "token" not in location and "cap=" in location
+        assert "Set-Cookie" not in response.headers  # a cross-site iframe would not send it back
+        page = await client.get(response.url.join(yarl.URL(location)).relative(),
                                 allow_redirects=False)
-    assert response.status == 302
-    location = response.headers["Location"]
-    assert TOKEN not in location and "token" not in location and "cap=" in location
-    assert "Set-Cookie" not in response.headers  # a cross-site iframe would not send it back
-    page = await client.get(response.url.join(yarl.URL(location)).relative(), allow_redirects=False)
-    assert page.status == 200
-    assert "card A" in await page.text()
+        assert page.status == 200
+        text = await page.text()
+        assert marker in text and TOKEN not in text
+        assert "Set-Cookie" not in page.headers
     assert page.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
-    assert "Set-Cookie" not in page.headers
 
 
-async def test_null_origin_socket_without_token_gets_nothing_but_its_own_card(
+async def test_null_origin_sockets_are_refused_even_with_the_token_off_loopback(
     roots: Roots, cards: Cards, start_app: Any
 ) -> None:
-    """A card page (Origin null) cannot carry the cookie, so its socket skips the token check:
-    it must then be held to its capability alone."""
-    client = await start_app(make_config(roots, token=TOKEN))
-    async with client.ws_connect("/ws", headers={"Origin": "null"}) as ws:
-        await hello(ws)
-        await subscribe(ws, "flows")
-        assert await close_code(ws) == 4403
+    """Issue 16, finding 3: a `null` Origin (any site's sandboxed iframe) used to skip the token
+    and get `hello`; 250 of them filled the socket cap. No page of ours is sandboxed and holds a
+    socket now, so a null Origin gets nothing before the upgrade, with or without a token."""
+    client = await start_app(make_config(roots, host="0.0.0.0", token=TOKEN))
+    for _ in range(20):  # the red team's 250, fewer: each one is refused the same way
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect("/ws", headers={"Origin": "null"})
+        assert refused.value.status == 403
+    # Not with the token either, nor with a card's capability: a sandboxed page gets nothing.
     config = await capability_of(client, cards.a, token=TOKEN)
-    async with client.ws_connect("/ws", headers={"Origin": "null"}) as ws:
+    for attempt in ({"params": {"token": TOKEN}},
+                    {"params": {"card": config["topic"][5:], "cap": config["cap"]}}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect("/ws", headers={"Origin": "null"}, **attempt)
+        assert refused.value.status == 403, attempt
+    open_server = await start_app(make_config(roots))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await open_server.ws_connect("/ws", headers={"Origin": "null"})
+    assert refused.value.status == 403
+    assert len(client.app[SOCKETS]) == len(open_server.app[SOCKETS]) == 0
+
+
+async def test_host_page_socket_without_token_follows_its_own_card_only(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    """A card's host page opened by its link (a notebook's cross-site frame) has no cookie: its
+    socket is let in by the capability signed into the page, and held to that card."""
+    client = await start_app(make_config(roots, token=TOKEN))
+    config = await capability_of(client, cards.a, token=TOKEN)
+    same = {"Origin": f"http://127.0.0.1:{client.port}"}
+    async with card_socket(client, config["topic"], config["cap"], **same) as ws:
         await hello(ws)
-        await subscribe(ws, config["topic"], cap=config["cap"])
+        await subscribe(ws, config["topic"])
         card = await next_message(ws, lambda m: m.get("type") == "card")
         assert card["topic"] == f"card/{cards.a.key}" and card["exists"] is True
+        await subscribe(ws, "flows")
+        assert await close_code(ws) == 4403
 
 
 def test_non_loopback_host_without_token_generates_one(tmp_path: Path) -> None:
@@ -470,25 +504,36 @@ async def test_same_origin_and_no_origin_are_accepted(
             assert detail["exists"] is True
 
 
-async def test_null_origin_needs_a_capability(roots: Roots, cards: Cards, start_app: Any) -> None:
-    client = await start_app(make_config(roots))
-    for extra in ({}, {"cap": ""}, {"cap": None}, {"cap": 12345}, {"cap": ["x"]},
-                  {"cap": "0" * 40}):
-        async with client.ws_connect("/ws", headers={"Origin": "null"}) as ws:
-            await hello(ws)
-            await subscribe(ws, f"card/{cards.a.key}", **extra)
-            assert await close_code(ws) == 4403, extra
+async def test_host_page_socket_needs_a_valid_capability(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    client = await start_app(make_config(roots, token=TOKEN))
+    topic = f"card/{cards.a.key}"
+    good = (await capability_of(client, cards.a, token=TOKEN))["cap"]
+    for cap in (None, "", "0" * 40, good[:-1], good.upper(), good + "0"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with card_socket(client, topic, cap):
+                pass
+        assert refused.value.status in (401, 403), cap
+    # A's capability names A: asked for B, or for no card at all, it opens nothing.
+    for other in (f"card/{cards.b.key}", "card/"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with card_socket(client, other, good):
+                pass
+        assert refused.value.status in (400, 401, 403), other
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await client.ws_connect("/ws", params={"cap": good})
 
 
 async def test_capability_for_card_a_does_not_open_card_b(
     roots: Roots, cards: Cards, start_app: Any
 ) -> None:
-    client = await start_app(make_config(roots))
-    config = await capability_of(client, cards.a)
+    client = await start_app(make_config(roots, token=TOKEN))
+    config = await capability_of(client, cards.a, token=TOKEN)
     assert config["topic"] == f"card/{cards.a.key}"
-    async with client.ws_connect("/ws", headers={"Origin": "null"}) as ws:
+    async with card_socket(client, config["topic"], config["cap"]) as ws:
         await hello(ws)
-        await subscribe(ws, f"card/{cards.b.key}", cap=config["cap"])
+        await subscribe(ws, f"card/{cards.b.key}")
         assert await close_code(ws) == 4403
 
 
@@ -496,21 +541,21 @@ async def test_capability_for_card_a_does_not_open_card_b(
 async def test_capability_does_not_open_other_topics(
     roots: Roots, cards: Cards, start_app: Any, kind: str
 ) -> None:
-    client = await start_app(make_config(roots))
-    config = await capability_of(client, cards.a)
+    client = await start_app(make_config(roots, token=TOKEN))
+    config = await capability_of(client, cards.a, token=TOKEN)
     topic = {"flows": "flows", "runs": "runs/SecFlow", "run": cards.run_topic}[kind]
-    async with client.ws_connect("/ws", headers={"Origin": "null"}) as ws:
+    async with card_socket(client, config["topic"], config["cap"]) as ws:
         await hello(ws)
-        await subscribe(ws, topic, cap=config["cap"])
+        await subscribe(ws, topic)
         assert await close_code(ws) == 4403
 
 
 async def test_capability_opens_its_own_card(roots: Roots, cards: Cards, start_app: Any) -> None:
-    client = await start_app(make_config(roots))
-    config = await capability_of(client, cards.a)
-    async with client.ws_connect("/ws", headers={"Origin": "null"}) as ws:
+    client = await start_app(make_config(roots, token=TOKEN))
+    config = await capability_of(client, cards.a, token=TOKEN)
+    async with card_socket(client, config["topic"], config["cap"]) as ws:
         await hello(ws)
-        await subscribe(ws, config["topic"], cap=config["cap"])
+        await subscribe(ws, config["topic"])
         card = await next_message(ws, lambda m: m.get("type") == "card")
         assert card["topic"] == config["topic"] and card["exists"] is True
         update = await next_message(ws, lambda m: m.get("type") == "update")
@@ -520,8 +565,28 @@ async def test_capability_opens_its_own_card(roots: Roots, cards: Cards, start_a
                                   and m["data"]["p"]["value"] == 7)
         assert live["topic"] == config["topic"]
         # ...and the same socket still cannot reach card B
-        await subscribe(ws, f"card/{cards.b.key}", cap=config["cap"])
+        await subscribe(ws, f"card/{cards.b.key}")
         assert await close_code(ws) == 4403
+
+
+async def test_card_html_holds_no_credential(roots: Roots, cards: Cards, start_app: Any) -> None:
+    """The untrusted document gets no token, no capability and no socket address: its host
+    holds them. Its own URL's `cap` opens that HTML and nothing else."""
+    client = await start_app(make_config(roots, token=TOKEN))
+    config = await capability_of(client, cards.a, token=TOKEN)
+    html_url = config["html"]
+    assert html_url.startswith(f"card-html/{cards.a.key}?cap=")
+    page = await client.get(f"/{html_url}", allow_redirects=False)
+    assert page.status == 200
+    text = await page.text()
+    assert "card A" in text
+    for secret in (TOKEN, config["cap"], "ws?", "WebSocket", "__cardserver ="):
+        assert secret not in text, secret
+    html_cap = yarl.URL(html_url).query["cap"]
+    assert (await client.get(f"/card/{cards.a.key}", params={"cap": html_cap})).status == 403
+    assert (await client.get(f"/card-html/{cards.b.key}", params={"cap": html_cap})).status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await card_socket(client, config["topic"], html_cap)
 
 
 # --- the API from a card page or a foreign page -------------------------------------------------
@@ -571,7 +636,7 @@ def assert_card_headers(response: aiohttp.ClientResponse) -> None:
 
 async def test_every_card_response_is_sandboxed(roots: Roots, cards: Cards, start_app: Any) -> None:
     client = await start_app(make_config(roots))
-    url = f"/card/{cards.a.key}"
+    url = f"/card-html/{cards.a.key}"
     plain = await client.get(url, headers={"Accept-Encoding": "identity"})
     assert plain.status == 200 and "card A" in await plain.text()
     assert_card_headers(plain)
@@ -579,8 +644,6 @@ async def test_every_card_response_is_sandboxed(roots: Roots, cards: Cards, star
     assert zipped.headers["Content-Encoding"] == "gzip"
     assert b"card A" in gzip.decompress(await zipped.read())
     assert_card_headers(zipped)
-    embedded = await client.get(url, params={"embed": "viewer"})
-    assert_card_headers(embedded)
     cached = await client.get(url, headers={"If-None-Match": plain.headers["ETag"]})
     assert cached.status == 304
     assert_card_headers(cached)
@@ -593,7 +656,7 @@ async def test_every_card_response_is_sandboxed(roots: Roots, cards: Cards, star
     async with client.ws_connect("/ws") as ws:
         await subscribe(ws, f"card/{legacy}")
         await wait_listed(ws, legacy)
-    assert_card_headers(await client.get(f"/card/{legacy}"))
+    assert_card_headers(await client.get(f"/card-html/{legacy}"))
 
 
 async def test_viewer_pages_carry_their_own_csp_and_sandbox_the_card_frame(
@@ -715,7 +778,7 @@ async def test_symlinked_card_file_leading_out_of_the_root_is_not_served(
         await subscribe(ws, f"card/{sneaky}")
         os.symlink(outside / "secret.html", link)
         await wait_listed(ws, sneaky)  # the index took it in from the watcher's event
-    response = await client.get(f"/card/{sneaky}")
+    response = await client.get(f"/card-html/{sneaky}")
     assert response.status == 404
     assert_reveals_nothing(await response.read(), roots)
 
@@ -736,12 +799,12 @@ async def test_sibling_prefix_root_is_outside_the_root(
         await subscribe(ws, f"card/{sibling_key}")
         os.symlink(sibling_file, link)
         await wait_listed(ws, sibling_key)
-    response = await client.get(f"/card/{sibling_key}")
+    response = await client.get(f"/card-html/{sibling_key}")
     assert response.status == 404
     assert_reveals_nothing(await response.read(), roots)
     t = sibling_key.task
     status, body = await raw_request(
-        client.port, f"/card/..%2fmf.cards-evil%2f{t.flow}/{t.run}/{t.step}/{t.task}/{sibling_key.name}"
+        client.port, f"/card-html/..%2fmf.cards-evil%2f{t.flow}/{t.run}/{t.step}/{t.task}/{sibling_key.name}"
     )
     assert status == 404
     assert_reveals_nothing(body, roots)
@@ -761,7 +824,7 @@ async def test_symlinked_task_folder_leading_out_of_the_root_is_not_served(
         await subscribe(ws, f"card/{hidden}")
         os.symlink(outside_task, task_dir, target_is_directory=True)
         await wait_listed(ws, hidden)
-    response = await client.get(f"/card/{hidden}")
+    response = await client.get(f"/card-html/{hidden}")
     assert response.status == 404
     assert_reveals_nothing(await response.read(), roots)
 
@@ -853,7 +916,7 @@ async def test_too_many_sockets_get_503(roots: Roots, cards: Cards, start_app: A
     async with client.ws_connect("/ws") as first, client.ws_connect("/ws") as second:
         await hello(first)
         await hello(second)
-        for headers in ({}, {"Origin": "null"}):
+        for headers in ({}, {"Origin": f"http://127.0.0.1:{client.port}"}):
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await client.ws_connect("/ws", headers=headers)
             assert refused.value.status == 503
@@ -872,13 +935,13 @@ async def round_trip(ws: aiohttp.ClientWebSocketResponse) -> None:
 async def test_card_larger_than_the_cap_is_413(roots: Roots, cards: Cards, start_app: Any) -> None:
     size = cards.a.path_html.stat().st_size
     client = await start_app(make_config(roots, limits=Limits(max_card_bytes=size - 1)))
-    response = await client.get(f"/card/{cards.a.key}")
+    response = await client.get(f"/card-html/{cards.a.key}")
     assert response.status == 413
     text = await response.text()
     assert text == f"card file too large to serve (over {size - 1} bytes)\n"
     assert "card A" not in text
     big = await start_app(make_config(roots, limits=Limits(max_card_bytes=2 * 1024 * 1024)))
-    assert (await big.get(f"/card/{cards.a.key}")).status == 200
+    assert (await big.get(f"/card-html/{cards.a.key}")).status == 200
 
 
 # --- property: garbage frames -------------------------------------------------------------------
@@ -901,13 +964,13 @@ async def test_card_larger_than_the_cap_is_413(roots: Roots, cards: Cards, start
         min_size=1,
         max_size=4,
     ),
-    origin=st.sampled_from([None, "null"]),
+    one_card=st.booleans(),
 )
 async def test_garbage_frames_never_crash_the_server(
-    shared_client: Any, caplog: pytest.LogCaptureFixture, frames: list[str], origin: str | None
+    shared_client: Any, caplog: pytest.LogCaptureFixture, frames: list[str], one_card: bool
 ) -> None:
-    headers = {"Origin": origin} if origin else {}
-    async with shared_client.ws_connect("/ws", headers=headers) as ws:
+    params = {"card": "F/1/s/2/blank-abc"} if one_card else {}  # a host page's socket: one card
+    async with shared_client.ws_connect("/ws", params=params) as ws:
         await hello(ws)
         try:
             for frame in frames:

@@ -19,6 +19,7 @@ from cardserver import demo
 from cardserver.config import Roots, WatchTiming
 from cardserver.demo import DemoCard, DemoRun, DemoTask
 from cardserver.layout import LEGACY_STEP, CardKey, TaskKey
+from cardserver.web.security import CARD_IFRAME_SANDBOX, VIEWER_CSP
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -295,7 +296,7 @@ async def test_card_detail_of_named_and_legacy_cards(client: TestClient, shop: S
     assert legacy["task_status"] == "succeeded"  # the status of the task with its id
     # The viewer links it under its task's real step; that URL serves the same file.
     t = shop.legacy.key.task
-    page = await client.get(f"/card/{t.flow}/{t.run}/{t.step}/{t.task}/{shop.legacy.key.name}")
+    page = await client.get(f"/card-html/{t.flow}/{t.run}/{t.step}/{t.task}/{shop.legacy.key.name}")
     assert page.status == 200 and "old layout" in await page.text()
 
 
@@ -547,11 +548,27 @@ async def test_subscribe_sends_snapshot_then_deltas_in_order(client: TestClient,
 
 # --- card pages ------------------------------------------------------------------------------
 
-INJECTED = b"window.__cardserver = "
+INJECTED = b"window.__cardserverRuntime"
+
+
+async def test_card_url_is_our_host_page_around_the_sandboxed_card(
+    client: TestClient, shop: Shop
+) -> None:
+    """`card/...` is our own page (our CSP, our script); it frames `card-html/...` sandboxed."""
+    response = await client.get(f"/card/{card_url(shop.plain)}")
+    assert response.status == 200
+    assert response.headers["Content-Security-Policy"] == VIEWER_CSP
+    text = await response.text()
+    config = json.loads(re.search(r'id="card-host">(\{.*?\})</script>', text)[1])  # type: ignore[index]
+    assert config["topic"] == topic(shop.plain)
+    assert config["html"] == f"card-html/{card_url(shop.plain)}"
+    assert config["cap"] and config["version"]
+    assert f'data-sandbox="{CARD_IFRAME_SANDBOX}"' in text
+    assert 'src="static/card-host.js"' in text and "old layout" not in text
 
 
 async def test_card_page_injects_the_runtime_before_the_last_body(client: TestClient, shop: Shop) -> None:
-    response = await client.get(f"/card/{card_url(shop.plain)}")
+    response = await client.get(f"/card-html/{card_url(shop.plain)}")
     assert response.status == 200
     assert response.content_type == "text/html"
     csp = response.headers["Content-Security-Policy"]
@@ -566,14 +583,11 @@ async def test_card_page_injects_the_runtime_before_the_last_body(client: TestCl
     head, _, _ = original.rpartition(b"</body>")
     assert body.startswith(head)  # the card itself is untouched up to the injection
     assert body.endswith(original[len(head):])
-    config = json.loads(re.search(rb"window.__cardserver = (\{.*?\});", body)[1])  # type: ignore[index]
-    assert config["topic"] == topic(shop.plain)
-    assert config["socket"] == "../../../../../ws"
-    assert config["cap"]
+    assert b"WebSocket" not in body  # the card opens no connection: its host feeds it
 
 
 async def test_card_page_etag_and_304(client: TestClient, shop: Shop) -> None:
-    path = f"/card/{card_url(shop.named)}"
+    path = f"/card-html/{card_url(shop.named)}"
     first = await client.get(path)
     etag = first.headers["ETag"]
     assert etag.startswith('"') and etag.endswith('"')
@@ -589,7 +603,7 @@ async def test_card_page_etag_and_304(client: TestClient, shop: Shop) -> None:
 
 
 async def test_card_page_is_gzipped_when_accepted(client: TestClient, shop: Shop) -> None:
-    path = f"/card/{card_url(shop.plain)}"
+    path = f"/card-html/{card_url(shop.plain)}"
     plain = await client.get(path, headers={"Accept-Encoding": "identity"})
     assert "Content-Encoding" not in plain.headers
     zipped = await client.get(path, headers={"Accept-Encoding": "gzip, deflate"})
@@ -605,7 +619,7 @@ async def test_rerender_changes_the_etag(client: TestClient, roots: Roots) -> No
     ws = await connect(client)
     await subscribe(ws, topic(card))
     before = await next_message(ws, lambda m: m["type"] == "card" and m["exists"])
-    path = f"/card/{card_url(card)}"
+    path = f"/card-html/{card_url(card)}"
     old = await client.get(path)
     old_tag = old.headers["ETag"]
     assert b'"one"' in await old.read()
@@ -620,10 +634,11 @@ async def test_rerender_changes_the_etag(client: TestClient, roots: Roots) -> No
     await ws.close()
 
 
-async def test_card_page_not_found(client: TestClient, shop: Shop) -> None:
-    missing = await client.get(f"/card/{shop.start.key}/blank-0123456789abcdef")
+@pytest.mark.parametrize("route", ["card", "card-html"])
+async def test_card_page_not_found(client: TestClient, shop: Shop, route: str) -> None:
+    missing = await client.get(f"/{route}/{shop.start.key}/blank-0123456789abcdef")
     assert missing.status == 404
-    bad = await client.get(URL("/card/ShopFlow/%2e%2e/start/2/blank-abc", encoded=True))
+    bad = await client.get(URL(f"/{route}/ShopFlow/%2e%2e/start/2/blank-abc", encoded=True))
     assert bad.status == 404
 
 
@@ -652,7 +667,7 @@ async def test_viewer_shell_has_a_relative_base(client: TestClient, path: str, b
 
 async def test_viewer_shell_tells_the_page_what_to_open(client: TestClient) -> None:
     html = await (await client.get("/run/ShopFlow/123/start/2/blank-abc")).text()
-    view = json.loads(re.search(r'<script type="application/json" id="view">(.*?)</script>', html)[1])  # type: ignore[index]
+    view = json.loads(re.search(r'<script type="application/json" id="viewer">(.*?)</script>', html)[1])  # type: ignore[index]
     assert view["kind"] == "card"
     assert (view["flow"], view["run"], view["step"], view["task"], view["card"]) == (
         "ShopFlow", "123", "start", "2", "blank-abc"

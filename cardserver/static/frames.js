@@ -1,28 +1,50 @@
-// The card frame: sandboxed (no allow-same-origin), double-buffered so that switching cards or
-// a card's re-render never shows a blank page. The card's runtime tells us (postMessage)
-// when its HTML was re-rendered; we load the new one behind the old and swap on load.
+// A card's sandboxed frame (no allow-same-origin), hosted by a page of ours that holds the
+// socket: the viewer, or the card's own host page. Double-buffered, so that switching cards
+// or a card's re-render never shows a blank page. Feed it the card topic's messages: `card`
+// (a new version loads the new HTML behind the old and swaps on load) and `update` (posted
+// to the card's runtime). From the card we accept only `ready`, `height` and `applied`, only
+// from the frame we made, and nothing it says can make us show or follow another card.
+
+const MAX_HEIGHT = 100000;
 
 export class Frames {
-  constructor(container, { onUpdate }) {
+  constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {} } = {}) {
     this.container = container;
     this.sandbox = container.dataset.sandbox;
-    this.onUpdate = onUpdate;
+    this.on = { onHeight, onReady, onApplied };
     this.src = null;
+    this.version = null;
+    this.latest = null; // the newest update of the shown card, for each frame that loads
     this.current = null;
     this.incoming = null;
     window.addEventListener("message", (event) => this.message(event));
   }
 
-  show(src) {
+  show(src, version) {
     if (src === this.src) return;
     this.src = src;
+    this.version = version;
+    this.latest = null;
     this.load();
   }
 
-  clear() {
-    this.src = null;
-    for (const frame of this.container.querySelectorAll("iframe")) frame.remove();
-    this.current = this.incoming = null;
+  card(message) {
+    if (!this.src || !message.exists || !message.card || message.card.version === this.version) return;
+    this.version = message.card.version;
+    this.load(); // a new render of the HTML: behind the old one, swapped on load
+  }
+
+  update(message) {
+    if (!this.src) return;
+    if (this.latest && message.created_on < this.latest.created_on) return;
+    this.latest = { token: message.token, created_on: message.created_on, data: message.data };
+    for (const frame of [this.current, this.incoming]) this.post(frame);
+  }
+
+  post(frame) {
+    if (frame && this.latest && frame.contentWindow) {
+      frame.contentWindow.postMessage({ cardserver: "update", update: this.latest }, "*");
+    }
   }
 
   load() {
@@ -31,7 +53,10 @@ export class Frames {
     frame.setAttribute("sandbox", this.sandbox);
     frame.setAttribute("title", "card");
     frame.className = "incoming";
-    frame.src = this.src;
+    const url = new URL(this.src, document.baseURI);
+    if (this.version) url.searchParams.set("v", this.version); // a new render, a new URL
+    frame.src = url.href;
+    if (this.current && this.current.style.height) frame.style.height = this.current.style.height;
     this.incoming = frame;
     frame.addEventListener("load", () => {
       if (this.incoming !== frame) return;
@@ -39,15 +64,32 @@ export class Frames {
       if (this.current) this.current.remove();
       this.current = frame;
       this.incoming = null;
+      if (frame.dataset.height) this.on.onHeight(Number(frame.dataset.height));
     });
     this.container.append(frame);
   }
 
+  frameOf(source) {
+    for (const frame of [this.current, this.incoming]) {
+      if (frame && source === frame.contentWindow) return frame;
+    }
+    return null;
+  }
+
   message(event) {
-    const from = event.source;
-    if (!this.current || from !== this.current.contentWindow) return;
-    const data = event.data || {};
-    if (data.cardserver === "rerender" || data.cardserver === "reload") this.load();
-    else if (data.cardserver === "update") this.onUpdate(data);
+    const frame = this.frameOf(event.source);
+    const data = event.data;
+    if (!frame || event.origin !== "null" || !data || typeof data !== "object") return;
+    if (data.cardserver === "ready") {
+      this.post(frame);
+      if (frame === (this.incoming || this.current)) this.on.onReady(String(data.token));
+    } else if (data.cardserver === "height" && Number.isFinite(data.height)) {
+      const height = Math.max(0, Math.min(MAX_HEIGHT, Math.ceil(data.height)));
+      frame.dataset.height = String(height);
+      frame.style.height = `${height}px`;
+      if (frame === this.current) this.on.onHeight(height);
+    } else if (data.cardserver === "applied" && frame === this.current) {
+      this.on.onApplied(data.created_on);
+    }
   }
 }

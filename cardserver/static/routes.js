@@ -10,8 +10,18 @@ export function cardPath(flow, run, card) {
   return `${runPath(flow, run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
 }
 
+// The card on its own: our host page around the sandboxed card.
 export function cardSource(flow, run, card) {
   return `card/${enc(flow)}/${enc(run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
+}
+
+// The card's own HTML, which the viewer frames sandboxed and feeds from its own socket.
+export function cardHtml(flow, run, card) {
+  return `card-html/${enc(flow)}/${enc(run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
+}
+
+export function cardTopic(flow, run, card) {
+  return `card/${flow}/${run}/${card.step}/${card.task}/${card.name}`;
 }
 
 export function taskPath(flow, run, row) {

@@ -1,5 +1,7 @@
-// One websocket per page: subscriptions survive reconnects (backoff, then full resync: the
-// server sends each topic's current state again on subscribe).
+// One websocket per page of ours: subscriptions survive reconnects (backoff, then full
+// resync: the server sends each topic's current state again on subscribe). When the socket
+// fails, a plain request to the same URL tells why (our own refusal, a proxy's 403, a server
+// that is gone), so the page can say it instead of a bare "reconnecting".
 
 export class LiveSocket {
   constructor(url, { onMessage, onState }) {
@@ -8,18 +10,24 @@ export class LiveSocket {
     this.onState = onState;
     this.topics = new Set();
     this.retry = 0;
+    this.failures = 0;
     this.socket = null;
+    this.live = false;
+    this.stopped = false;
     this.connect();
   }
 
   connect() {
+    if (this.stopped) return;
     const socket = new WebSocket(this.url);
     this.socket = socket;
     let opened = false;
     socket.onopen = () => {
       opened = true;
+      this.live = true;
       this.retry = 0;
-      this.onState("live");
+      this.failures = 0;
+      this.onState("live", "");
       for (const topic of this.topics) this.send({ op: "subscribe", topic });
     };
     socket.onmessage = (event) => {
@@ -27,14 +35,23 @@ export class LiveSocket {
       try { message = JSON.parse(event.data); } catch { return; }
       this.onMessage(message);
     };
-    socket.onclose = () => {
-      if (this.socket !== socket) return;
+    socket.onclose = async (event) => {
+      if (this.socket !== socket || this.stopped) return;
       this.socket = null;
-      this.failures = opened ? 0 : (this.failures || 0) + 1;
-      this.onState("reconnecting", this.failures);
+      this.live = false;
+      this.failures = opened ? 0 : this.failures + 1;
+      this.onState("reconnecting", closeReason(event) || (opened ? "the connection dropped" : ""));
       const delay = Math.min(8000, 200 * 2 ** this.retry++) * (0.6 + Math.random() * 0.4);
       setTimeout(() => this.connect(), delay);
+      if (opened) return;
+      const cause = await whyRefused(this.url);
+      if (!this.live && !this.stopped) this.onState("reconnecting", cause);
     };
+  }
+
+  stop() {
+    this.stopped = true;
+    if (this.socket) this.socket.close();
   }
 
   send(message) {
@@ -53,6 +70,38 @@ export class LiveSocket {
     if (!this.topics.delete(topic)) return;
     this.send({ op: "unsubscribe", topic });
   }
+}
+
+function closeReason(event) {
+  if (event.code === 1001) return "the server is restarting";
+  if (event.code === 4008) return "too slow to keep up: catching up";
+  return event.reason || "";
+}
+
+// The same URL as a plain request, with the page's own cookies: whoever answers says why.
+export async function whyRefused(url) {
+  const probe = new URL(url);
+  probe.protocol = probe.protocol === "wss:" ? "https:" : "http:";
+  let response;
+  try {
+    response = await fetch(probe, { credentials: "same-origin", redirect: "manual", cache: "no-store" });
+  } catch {
+    return "the server cannot be reached (stopped?)";
+  }
+  if (response.type === "opaqueredirect") return "the proxy wants you to sign in again (reload the page)";
+  if (!response.headers.has("X-Cardserver")) {
+    return response.status >= 500
+      ? `the server cannot be reached (the proxy answers ${response.status})`
+      : `the proxy refused the connection (HTTP ${response.status})`;
+  }
+  if (response.status === 426) {
+    // Our server is reachable and lets this page in, so the upgrade itself was refused: most
+    // often a proxy that rewrites Host, which makes the page's Origin look foreign.
+    return `the server refuses the live connection. Behind a proxy? Start card server with --allow-origin ${location.origin}`;
+  }
+  let error = "";
+  try { error = (await response.json()).error || ""; } catch { /* not JSON */ }
+  return `the server refused the connection (HTTP ${response.status}${error ? `: ${error}` : ""})`;
 }
 
 export function socketUrl(baseURI) {

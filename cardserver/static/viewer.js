@@ -3,14 +3,15 @@
 // redrawn from state, once per animation frame.
 
 import { CardList, toRows } from "./cardlist.js";
+import { fitToContent, isFramed } from "./embed.js";
 import { followCard, newestRun, newer } from "./follow.js";
 import { Frames } from "./frames.js";
-import { cardPath, cardSource, runPath, taskPath } from "./routes.js";
+import { cardHtml, cardPath, cardSource, cardTopic, runPath, taskPath } from "./routes.js";
 import { LiveSocket, socketUrl } from "./socket.js";
 import { TaskView } from "./taskview.js";
 
 const $ = (id) => document.getElementById(id);
-const view = JSON.parse($("view").textContent);
+const view = JSON.parse($("viewer").textContent);
 // Resolve <base> once: pushState must not move the app root.
 const ROOT = new URL(document.baseURI);
 document.querySelector("base").href = ROOT.href;
@@ -29,13 +30,16 @@ const state = {
     : view.kind === "task" ? `${view.step}/${view.task}` : null,
   tab: view.kind === "task" ? "task" : "card", // what the stage shows: the card or the task view
   follow: view.kind === "follow" || new URLSearchParams(location.search).has("follow"),
+  cardTopic: null, // the shown card's topic: the viewer's socket follows it for the card frame
+  cardRefused: "", // why the server refused that topic, if it did
+  connection: { state: "connecting", cause: "" },
 };
 
 const list = new CardList($("card-list"), {
   onPick: (id) => pick(id, { byHand: true }),
   onFilter: () => { drawCount(); drawEmpty(); },
 });
-const frames = new Frames($("frames"), { onUpdate: () => {} });
+const frames = new Frames($("frames"), { onHeight: cardHeight });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
   onCard: (step, task, name) => pick(`${step}/${task}/${name}`, { byHand: true, tab: "card" }) });
@@ -48,6 +52,9 @@ const handlers = {
   task: (m) => { state.tasks.set(`${m.task.step}/${m.task.task}`, m.task); rowsChanged(); },
   "task-removed": (m) => { state.tasks.delete(`${m.step}/${m.task}`); rowsChanged(); },
   "task-detail": (m) => taskView.onMessage(m),
+  card: (m) => { if (m.topic === state.cardTopic) { frames.card(m); refused(""); } },
+  update: (m) => { if (m.topic === state.cardTopic) frames.update(m); },
+  error: (m) => { if (m.topic === state.cardTopic) refused(m.error); },
 };
 
 function onMessage(message) {
@@ -171,12 +178,32 @@ function pick(id, { byHand, tab }) {
   list.select(id);
   $("empty").hidden = true;
   if (row.card) {
-    frames.show(new URL(`${cardSource(state.flow, state.run, { ...row, name: row.card.name })}?embed=viewer`, ROOT).href);
+    const card = { ...row, name: row.card.name };
+    followCardTopic(cardTopic(state.flow, state.run, card));
+    frames.show(new URL(cardHtml(state.flow, state.run, card), ROOT).href, row.card.version);
+  } else {
+    followCardTopic(null);
   }
   showTab();
   drawCardBar();
   updateAddress(byHand);
 }
+
+function followCardTopic(topic) {
+  if (topic === state.cardTopic) return;
+  if (state.cardTopic) socket.unsubscribe(state.cardTopic);
+  state.cardTopic = topic;
+  state.cardRefused = "";
+  if (topic) socket.subscribe(topic);
+}
+
+// The card frame is as tall as its card (the stage scrolls); framed, we ask for that much,
+// and never less than room for the pickers and a few rows of the card list.
+const FRAMED_MIN = 420;
+function cardHeight(height) {
+  if (isFramed) fitToContent(Math.max(FRAMED_MIN, $("frames").getBoundingClientRect().top + window.scrollY + height));
+}
+cardHeight(0);
 
 function showTab() {
   const row = selectedRow();
@@ -354,6 +381,7 @@ function drawCardBar() {
   $("card-status").dataset.status = row.status;
   open.hidden = !row.card;
   if (row.card) open.href = new URL(cardSource(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
+  drawLiveness();
 }
 
 // A failure in the shown run is visible at once, whatever is shown: a badge that opens the
@@ -380,20 +408,36 @@ $("card-list").addEventListener("click", (event) => {
   if (row) pick(row.dataset.id, { byHand: true, tab: "task" });
 });
 
-function showConnection(value, failures = 0) {
+function showConnection(value, cause) {
+  state.connection = { state: value, cause };
   const node = $("connection");
   node.dataset.state = value;
   node.textContent = value === "live" ? "live" : "reconnecting…";
-  // A socket that never opens while the page loaded: most often a proxy that rewrites Host.
-  const hint = value !== "live" && failures >= 3;
-  node.title = hint ? `The live connection is refused. Behind a proxy? Start card server with --allow-origin ${location.origin}` : "";
-  if (hint && !state.rows.length) {
+  node.title = cause;
+  if (value !== "live" && cause && !state.rows.length) {
     $("empty").dataset.hint = "refused";
-    $("empty").textContent = `Cannot open the live connection. If this page is reached through a proxy, start the server with --allow-origin ${location.origin}`;
+    $("empty").textContent = `Cannot open the live connection: ${cause}`;
   } else if (value === "live" && $("empty").dataset.hint) {
     delete $("empty").dataset.hint;
     drawEmpty();
   }
+  drawLiveness();
+}
+
+function refused(why) {
+  if (why === state.cardRefused) return;
+  state.cardRefused = why;
+  drawLiveness();
+}
+
+// The shown card's truth: its updates flow through our socket, so they stop when it does.
+function drawLiveness() {
+  const { state: value, cause } = state.connection;
+  const text = value !== "live" && value !== "connecting" ? `updates paused: ${cause || "reconnecting…"}`
+    : state.cardRefused ? `updates refused: ${state.cardRefused}` : "";
+  const node = $("card-live");
+  node.textContent = text;
+  node.hidden = !text;
 }
 
 // --- controls -----------------------------------------------------------------------------

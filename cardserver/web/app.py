@@ -53,7 +53,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     app[TASKS] = pipeline.tasks
     app[SOURCE] = source
     app[READY] = pipeline.ready
-    app[CARD_PAGES] = CardPages(source.read_card, guard)
+    app[CARD_PAGES] = CardPages(source.read_card)
     app[SOCKETS] = weakref.WeakSet()
     app[SEEN_TRANSPORTS] = seen
     base = config.base_url
@@ -72,7 +72,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def after_first_scan(ready: asyncio.Event, base: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     """The port opens at once, so the viewer's page and assets load while the datastore is
     read; what needs the index (API, sockets, cards) waits for the first scan, never half."""
-    gated = (f"{base}api/", f"{base}ws", f"{base}card/")
+    gated = (f"{base}api/", f"{base}ws", f"{base}card/", f"{base}card-html/")
     always = f"{base}api/status"
 
     @web.middleware

@@ -1,8 +1,8 @@
-"""Card pages: a card's own HTML with the live runtime injected, sandboxed, compressed once.
+"""Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once.
 
-A card URL is a complete live card on its own (tab, iframe, notebook). The HTML is untrusted:
-it is served with a CSP `sandbox` so it runs in an opaque origin even when opened directly,
-and it may follow only its own card over the websocket, with a capability signed into it.
+The HTML is untrusted: it is served with a CSP `sandbox` so it runs in an opaque origin even
+when opened directly. It opens no connection: the trusted page that frames it (the viewer or
+the card's host page) posts each update to the runtime, which applies it.
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from ..feed import card_topic
 from ..index import Card
 from ..layout import CardKey
-from ..scriptjson import script_json
 from ..source import Unavailable
-from .security import Guard
 
 CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at right now
-# From a card URL `card/F/R/S/T/C`, five levels up is the app root.
-SOCKET_FROM_CARD = "../../../../../ws"
 
 
 ReadCard = Callable[[Card], Awaitable[bytes]]  # the source's read of a card's HTML
@@ -51,11 +46,10 @@ def inject(html: bytes, snippet: bytes) -> bytes:
 
 
 class CardPages:
-    def __init__(self, read: ReadCard, guard: Guard) -> None:
+    def __init__(self, read: ReadCard) -> None:
         self.read = read
-        self.guard = guard
-        self.runtime = load_runtime().replace("</", "<\\/")
-        self.instance = secrets.token_hex(4)  # per start: a new runtime, or new capabilities
+        self.runtime = "<script>" + load_runtime().replace("</", "<\\/") + "</script>"
+        self.instance = secrets.token_hex(4)  # per start: a new runtime
         self._cache: OrderedDict[tuple[CardKey, str], CardPage] = OrderedDict()
 
     def etag(self, card: Card) -> str:
@@ -77,12 +71,5 @@ class CardPages:
         return page
 
     def _build(self, card: Card, html: bytes) -> CardPage:
-        topic = card_topic(card.key)
-        config = {"topic": topic, "cap": self.guard.capability(topic), "socket": SOCKET_FROM_CARD,
-                  "version": card.version}
-        snippet = (
-            f"<script>window.__cardserver = {script_json(config)};</script>"
-            f"<script>{self.runtime}</script>"
-        ).encode()
-        body = inject(html, snippet)
+        body = inject(html, self.runtime.encode())
         return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), self.etag(card))

@@ -1,7 +1,8 @@
-"""Pages: the viewer shell (one template, several deep-link routes) and the card pages.
+"""Pages: the viewer shell (one template, several deep-link routes), a card's host page and
+the card's own HTML.
 
-Every URL a page uses is relative: the shell sets `<base href>` to the app root as seen from
-its own URL, so the app works under any path prefix a proxy adds or strips.
+Every URL a page uses is relative: a page sets `<base href>` to the app root as seen from its
+own URL, so the app works under any path prefix a proxy adds or strips.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ from aiohttp import web
 from markupsafe import Markup
 
 from .. import __version__
+from ..feed import card_topic
+from ..index import Card
 from ..layout import card_key_from_parts, is_name
 from ..scriptjson import script_json
 from ..source import Unavailable
-from .keys import CARD_PAGES, CONFIG, INDEX
-from .security import CARD_CSP, CARD_IFRAME_SANDBOX, CARD_ROUTE, VIEWER_CSP, plain_error
+from .keys import CARD_PAGES, CONFIG, GUARD, INDEX
+from .security import (
+    CARD_CSP,
+    CARD_HTML_ROUTE,
+    CARD_IFRAME_SANDBOX,
+    CARD_ROUTE,
+    VIEWER_CSP,
+    plain_error,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +64,14 @@ def root_from(path: str, base: str) -> str:
 def shell(request: web.Request, view: View) -> web.Response:
     config = request.app[CONFIG]
     view = View(**{**asdict(view), "pinned_flow": config.flow, "pinned_run": config.run_id})
-    html = request.app[TEMPLATES].get_template("viewer.html").render(
-        root=root_from(request.path, config.base_url),
-        view=Markup(script_json(asdict(view))),
+    return our_page(request, "viewer.html", asdict(view))
+
+
+def our_page(request: web.Request, template: str, data: object) -> web.Response:
+    """One of our own (trusted) pages: its data as JSON, its strict CSP, always revalidated."""
+    html = request.app[TEMPLATES].get_template(template).render(
+        root=root_from(request.path, request.app[CONFIG].base_url),
+        data=Markup(script_json(data)),
         sandbox=CARD_IFRAME_SANDBOX,
         version=__version__,
     )
@@ -96,9 +111,30 @@ def card_parts(request: web.Request) -> tuple[str, ...]:
     return tuple(request.match_info[k] for k in ("flow", "run", "step", "task", "card"))
 
 
-async def card(request: web.Request) -> web.StreamResponse:
+def card_of_request(request: web.Request) -> Card | None:
     key = card_key_from_parts(list(card_parts(request)))
-    found = request.app[INDEX].card(key) if key else None
+    return request.app[INDEX].card(key) if key else None
+
+
+async def card_host(request: web.Request) -> web.StreamResponse:
+    """A card on its own: our page, which holds the socket and frames the sandboxed card."""
+    found = card_of_request(request)
+    if found is None or found.version is None:
+        return plain_error(404, "card not found")
+    guard, topic = request.app[GUARD], card_topic(found.key)
+    host = {
+        "topic": topic,
+        "cap": guard.capability(topic),  # for the socket when no cookie came (a notebook's frame)
+        "html": guard.card_url(found.key, CARD_HTML_ROUTE),
+        "version": found.version,
+        "title": f"{found.key.task.step}/{found.key.task.task} · {found.key.name}",
+    }
+    return our_page(request, "card.html", host)
+
+
+async def card_html(request: web.Request) -> web.StreamResponse:
+    """The card's own HTML (untrusted), with the runtime its host talks to."""
+    found = card_of_request(request)
     if found is None:
         return plain_error(404, "card not found")
     pages = request.app[CARD_PAGES]
@@ -138,6 +174,7 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}flow/{{flow}}", flow)
     app.router.add_get(f"{base}run/{{flow}}/{{run}}", run)
     app.router.add_get(f"{base}run/{card_path}", run_card)
-    app.router.add_get(f"{base}card/{card_path}", card, name=CARD_ROUTE)  # links open it
+    app.router.add_get(f"{base}card/{card_path}", card_host, name=CARD_ROUTE)  # links open it
+    app.router.add_get(f"{base}card-html/{card_path}", card_html, name=CARD_HTML_ROUTE)
     static = resources.files("cardserver").joinpath("static")
     app.router.add_static(f"{base}static/", str(static), append_version=False)

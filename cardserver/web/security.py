@@ -5,9 +5,11 @@ Localhost is not a trust boundary: any web page the user opens can send requests
 require a token whenever we listen beyond loopback, refuse foreign Origins on the API and the
 websocket, and serve card HTML (untrusted code) into an opaque-origin sandbox.
 
-The token never reaches a card's document, whose script could read `location.href`: a card
-URL asked with `?token=` is redirected to its signed link (`?cap=`), which opens that card
-and nothing else.
+Card HTML never opens a connection of its own. The card URL `card/F/R/S/T/C` is a trusted
+page of ours (same origin as the server) that holds the websocket and frames the sandboxed
+card HTML, served apart at `card-html/F/R/S/T/C`. Neither document ever holds the token: a
+card URL asked with `?token=` is redirected to its signed link (`?cap=`), which opens that one
+page and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 
 from ..config import LOOPBACK_HOSTS, Config
-from ..feed import card_topic
 from ..layout import CardKey, card_key_from_parts
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -35,8 +36,17 @@ VIEWER_CSP = (
     "connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
 )
 CARD_IFRAME_SANDBOX = "allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
-CARD_ROUTE = "card"  # the name of the card page's route: the only one a link opens
+CARD_ROUTE = "card"  # the card's host page: a link opens it
+CARD_HTML_ROUTE = "card-html"  # the card's own HTML, framed sandboxed by its host
+CARD_ROUTES = (CARD_ROUTE, CARD_HTML_ROUTE)  # the only routes a link opens
 CARD_PARTS = ("flow", "run", "step", "task", "card")
+SERVER_HEADER = "X-Cardserver"
+
+
+def card_page(key: CardKey, route: str = CARD_ROUTE) -> str:
+    """A card page's path below the app root: its host page (`card/...`, the same string as
+    its topic) or its own HTML (`card-html/...`). Built only here."""
+    return f"{route}/{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +113,8 @@ class Guard:
     # --- Origin ----------------------------------------------------------------------------
 
     def origin_kind(self, request: web.Request) -> str:
-        """`none` (no Origin: not a browser), `same`, `allowed`, `opaque` (a sandboxed card
-        page), or `foreign`."""
+        """`none` (no Origin: not a browser), `same`, `allowed`, `opaque` (a sandboxed page:
+        a card, or any site's sandboxed iframe), or `foreign`."""
         origin = request.headers.get("Origin")
         if origin is None:
             return "none"
@@ -121,7 +131,7 @@ class Guard:
     # --- card links and capabilities -------------------------------------------------------
 
     def link(self, path: str) -> str:
-        """`?cap=` for the card URL `path` (`card/F/R/S/T/C`): opens that one card page."""
+        """`?cap=` for the page `path` (`card/F/R/S/T/C` or `card-html/...`): opens it alone."""
         return hmac.new(self.secret, b"link:" + path.encode(), hashlib.sha256).hexdigest()
 
     def link_ok(self, path: str, offered: str | None) -> bool:
@@ -129,13 +139,13 @@ class Guard:
             offered.encode(), self.link(path).encode()
         )
 
-    def card_url(self, key: CardKey) -> str:
-        """A card's URL relative to the app root; signed when a token guards the server."""
-        path = card_topic(key)
+    def card_url(self, key: CardKey, route: str = CARD_ROUTE) -> str:
+        """A card page's URL relative to the app root; signed when a token guards the server."""
+        path = card_page(key, route)
         return f"{path}?{urlencode({'cap': self.link(path)})}" if self.token else path
 
     def capability(self, topic: str) -> str:
-        """Signed into a card page: lets that page (Origin `null`) follow its own card only."""
+        """Signed into a card's host page: its socket may follow that card only (`ws?card=`)."""
         return hmac.new(self.secret, b"topic:" + topic.encode(), hashlib.sha256).hexdigest()[:40]
 
     def capability_ok(self, topic: str, offered: object) -> bool:
@@ -152,12 +162,19 @@ def derive_secret(token: str | None) -> bytes:
     return hmac.new(token.encode(), b"cardserver secret", hashlib.sha256).digest()
 
 
-def card_of(request: web.Request) -> CardKey | None:
-    """The card this request's page would show, when it was routed to the card page."""
+def card_of(request: web.Request) -> tuple[str, CardKey] | None:
+    """(route, card) when this request was routed to a card's host page or its HTML."""
     resource = request.match_info.route.resource
-    if resource is None or resource.name != CARD_ROUTE:
+    if resource is None or resource.name not in CARD_ROUTES:
         return None
-    return card_key_from_parts([request.match_info.get(k, "") for k in CARD_PARTS])
+    key = card_key_from_parts([request.match_info.get(k, "") for k in CARD_PARTS])
+    return None if key is None else (resource.name, key)
+
+
+def socket_card(request: web.Request) -> str | None:
+    """The card topic a host page's socket asks to be held to (`ws?card=F/R/S/T/C`)."""
+    card = request.query.get("card")
+    return None if card is None else f"card/{card}"  # raw text: the socket refuses it unless it parses
 
 
 def host_name(header: str) -> str | None:
@@ -174,6 +191,16 @@ def host_name(header: str) -> str | None:
     if port and not port.isdigit():
         return None
     return name or None
+
+
+def own_code(request: web.Request, base_url: str) -> bool:
+    """A page of ours loading its own static code. A card's host page opened by its link in a
+    notebook's cross-site frame has no cookie, but its subresource requests are same-origin,
+    which the browser (not a script) states in `Sec-Fetch-Site`; no other site's page is."""
+    return (
+        request.path.startswith(f"{base_url}static/")
+        and request.headers.get("Sec-Fetch-Site") == "same-origin"
+    )
 
 
 def plain_error(status: int, text: str) -> web.Response:
@@ -212,22 +239,33 @@ def make_middleware(
             )
         is_socket = request.path == f"{base_url}ws"
         origin = guard.origin_kind(request)
+        if is_socket and origin in ("opaque", "foreign"):
+            # No page of ours is sandboxed and holds a socket: a `null` Origin is a card's
+            # script or any site's sandboxed iframe, and gets nothing, token or not.
+            return json_error(403, f"websocket from origin {request.headers.get('Origin')!r} refused")
         state = guard.authenticated(request)
-        card = card_of(request)
-        if card is not None and state is not True and "cap" in request.query:
-            # A card link is a credential for exactly one card page (a notebook's iframe).
-            state = request.method == "GET" and guard.link_ok(card_topic(card), request.query["cap"])
-        capability_socket = is_socket and origin == "opaque"
-        if state is not True and not capability_socket:
+        target = card_of(request)
+        offered = request.query.get("cap")
+        if state is not True and offered is not None:
+            if target is not None:
+                # A card link is a credential for exactly one page (a notebook's iframe).
+                route, card = target
+                state = request.method == "GET" and guard.link_ok(card_page(card, route), offered)
+            elif is_socket and (topic := socket_card(request)) is not None:
+                # A card's host page, opened by its link: its socket follows that card only.
+                state = guard.capability_ok(topic, offered)
+        if state is not True and own_code(request, base_url):
+            state = True
+        if state is not True:
             return refuse(request, state)
         # A card page (Origin null) or a foreign page gets nothing from the API, not even a 200.
         if request.path.startswith(f"{base_url}api/") and origin in ("opaque", "foreign"):
             return json_error(403, f"API request from origin {request.headers.get('Origin')!r} refused")
         if "token" in request.query and guard.token and request.method == "GET":
-            # A card's script can read its own URL: swap the token for that card's link.
-            if card is not None and guard.token_ok(request.query["token"]):
-                return to_link(request, guard, card)
-            if not (is_socket or request.path.startswith(f"{base_url}card/")):
+            # A card's script can read its own URL: swap the token for that page's link.
+            if target is not None and guard.token_ok(request.query["token"]):
+                return to_link(request, guard, *target)
+            if not (is_socket or target is not None):
                 return drop_token(request, guard)
         return await handler(request)
 
@@ -238,6 +276,8 @@ def harden(response: web.StreamResponse) -> web.StreamResponse:
     if not response.prepared:  # a websocket has sent its headers already
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # Tells a page's failure probe our answer from a proxy's (a 403 from Jupyter, a 502).
+        response.headers.setdefault(SERVER_HEADER, "1")
     return response
 
 
@@ -250,11 +290,11 @@ def refuse(request: web.Request, state: bool | None) -> web.Response:
     return json_error(status, text) if wants_json(request) else plain_error(status, text)
 
 
-def to_link(request: web.Request, guard: Guard, card: CardKey) -> web.Response:
-    """A card URL with ?token=: the same card with its own link instead. No cookie: a
+def to_link(request: web.Request, guard: Guard, route: str, card: CardKey) -> web.Response:
+    """A card URL with ?token=: the same page with its own link instead. No cookie: a
     cross-site iframe would not send it back."""
     query = [(k, v) for k, v in request.query.items() if k not in ("token", "cap")]
-    query.append(("cap", guard.link(card_topic(card))))
+    query.append(("cap", guard.link(card_page(card, route))))
     # Relative, like drop_token's; a validated card name is never mistaken for a scheme.
     target = f"{card.name}?{urlencode(query)}"
     return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"})

@@ -1,12 +1,14 @@
-"""The websocket: one per page. The page subscribes to topics; the server queues each topic's
-current state, then every change, in a per-socket mailbox drained by one writer task.
+"""The websocket: one per page of ours (the viewer, or a card's host page; never card HTML).
+The page subscribes to topics; the server queues each topic's current state, then every
+change, in a per-socket mailbox drained by one writer task.
 
+`ws?card=F/R/S/T/C&cap=...` is a card host page's socket: held to that one card's topic (the
+capability stands in for the cookie a cross-site frame cannot send).
 Client -> server, JSON text frames of at most a few KiB:
-    {"op": "subscribe", "topic": "card/F/R/S/T/C", "cap": "..."}   (cap: card pages only)
-    {"op": "unsubscribe", "topic": "..."}
+    {"op": "subscribe" | "unsubscribe", "topic": "..."}
 Server -> client: {"type": "hello", ...} first, then feed messages ({"topic", "type", ...}) and
 {"type": "error", "topic", "error"} for a refused subscription.
-Close codes: 4403 capability refused (card page should reload), 4008 too slow (reconnect).
+Close codes: 4403 a topic outside the socket's card, 4008 too slow (reconnect and resync).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..feed import Topic, parse_topic
 from ..hub import Message, Overflow, Subscriber
-from .keys import CONFIG, FEED, GUARD, HUB, SOCKETS, TASKS
-from .security import json_error
+from .keys import CONFIG, FEED, HUB, SOCKETS, TASKS
+from .security import json_error, socket_card
 
 log = logging.getLogger("cardserver.socket")
 
@@ -35,11 +37,15 @@ VERSION = 1
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    guard, hub = request.app[GUARD], request.app[HUB]
+    hub = request.app[HUB]
     limits = request.app[CONFIG].limits
-    origin = guard.origin_kind(request)
-    if origin == "foreign":
-        return json_error(403, f"websocket from origin {request.headers.get('Origin')!r} refused")
+    # Origin, token and capability were checked by the security middleware.
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        # What a page's failure probe gets when it reaches us: the upgrade was lost on the way.
+        return json_error(426, "this is the websocket endpoint: the upgrade did not reach the server")
+    only = socket_card(request)
+    if only is not None and ((card := parse_topic(only)) is None or card.kind != "card"):
+        return json_error(400, "?card= names no card")
     sockets = request.app[SOCKETS]
     if len(sockets) >= limits.max_sockets:
         return json_error(503, "too many open websockets")
@@ -55,7 +61,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     sockets.add(ws)
     subscriber = Subscriber(limits.mailbox_bytes)
     writer = asyncio.create_task(write(ws, subscriber, limits.stall_seconds, request))
-    session = Session(request, ws, subscriber, restricted=origin == "opaque")
+    session = Session(request, ws, subscriber, only)
     subscriber.mailbox.put(Message("", "hello", json.dumps({"type": "hello", "version": VERSION})))
     try:
         async for msg in ws:
@@ -82,12 +88,12 @@ class Session:
 
     def __init__(
         self, request: web.Request, ws: web.WebSocketResponse, subscriber: Subscriber,
-        restricted: bool,
+        only: str | None,
     ) -> None:
         self.app = request.app
         self.ws = ws
         self.subscriber = subscriber
-        self.restricted = restricted  # a sandboxed card page: its own card, with its capability
+        self.only = only  # a card host page's socket: that card's topic and nothing else
 
     async def handle(self, text: str) -> bool:
         """Apply one client message; False when the socket must close."""
@@ -103,13 +109,10 @@ class Session:
         if op == "unsubscribe":
             self.app[HUB].unsubscribe(self.subscriber, str(topic))
             return True
-        if self.restricted and not self.may_follow(topic, request.get("cap")):
-            await self.ws.close(code=CLOSE_CAPABILITY, message=b"capability refused")
+        if self.only is not None and str(topic) != self.only:
+            await self.ws.close(code=CLOSE_CAPABILITY, message=b"this socket follows one card")
             return False
         return self.subscribe(topic)
-
-    def may_follow(self, topic: Topic, capability: object) -> bool:
-        return topic.kind == "card" and self.app[GUARD].capability_ok(str(topic), capability)
 
     def subscribe(self, topic: Topic) -> bool:
         limit = self.app[CONFIG].limits.max_subscriptions
