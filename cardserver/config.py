@@ -59,6 +59,8 @@ class WatchTiming:
     # every batch waits this long: 40 ms gave a p50 lag of 44 ms, 10 ms gives 20 ms (+15% CPU).
     debounce_ms: int = 10
     poll_delay_ms: int = 300  # for the polling fallback
+    supervise_seconds: float = 1.0  # how often the supervisor checks that the watch runs
+    stuck_seconds: float = 60.0  # one change handled this long: the watch is stuck, restart it
 
 
 @dataclass(frozen=True, slots=True)

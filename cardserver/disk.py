@@ -7,21 +7,25 @@ a Problem instead of an event; nothing raises.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from stat import S_ISDIR, S_ISREG
 from types import MappingProxyType
 from typing import Any
 
+from . import helper
 from .config import CARDS_DIR, Limits, Roots
 from .events import (
     CardWritten,
     DataUpdate,
     DataWritten,
+    Encoded,
     Event,
     MetaFile,
     RunWritten,
@@ -34,7 +38,6 @@ from .layout import (
     LEGACY_STEP,
     PARAMETERS_STEP,
     CardFileKind,
-    CardKey,
     MetaKind,
     RunFile,
     RunKey,
@@ -88,52 +91,147 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def read_json(path: str | Path, cap: int) -> dict[str, Any] | Problem:
-    """A JSON object from disk, never more than `cap` bytes read. A str path spares the scan pathlib."""
-    try:
-        raw = _read_head(path, cap + 1)
-    except FileNotFoundError:
-        return Problem(Path(path), "vanished before it could be read")
-    except IsADirectoryError:
-        return Problem(Path(path), "is a folder")
-    except OSError as error:
-        return Problem(Path(path), f"unreadable ({error.strerror or error})")
+def read_json(path: str | Path, cap: int, root: str | Path) -> dict[str, Any] | Problem:
+    """A JSON object from disk, never more than `cap` bytes read, only from a regular file
+    inside `root` (see `read_regular`). A str path spares the scan pathlib."""
+    raw = read_regular(path, cap + 1, root)
+    if isinstance(raw, Problem):
+        return raw
     if len(raw) > cap:
         return Problem(Path(path), f"too large (over {cap} bytes)")
+    doc = parse_json_bytes(raw)
+    return Problem(Path(path), doc) if isinstance(doc, str) else doc
+
+
+# --- the one way a file is opened -------------------------------------------------------------
+# Anyone can put anything in a datastore: a FIFO blocks `open` forever, a device or a symlink
+# leads out of it. Every read and every stat of a card file goes through `open_regular`.
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+_FD_PATHS = Path("/proc/self/fd").is_dir()  # Linux: where an open file really is, in one call
+
+
+class Refused(OSError):
+    """A file the datastore must not make us read; the message says why."""
+
+
+def open_regular(path: str | Path, root: str | Path) -> tuple[int, os.stat_result]:
+    """An open descriptor (and its stat) of the regular file at `path`, reached from `root`
+    through real folders only. Opening never blocks (a FIFO opens at once, then is refused), and
+    the checks are made on what was opened, so a swap after a check cannot fool them."""
+    fd = os.open(path, _OPEN_FLAGS)
     try:
-        # What json.loads does with bytes, with one decoder made once instead of one per call.
-        doc = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-    except (ValueError, RecursionError):
-        return Problem(Path(path), "not valid JSON (half written?)")
-    if not isinstance(doc, dict):
-        return Problem(Path(path), "not a JSON object")
-    return doc
+        stat = os.fstat(fd)
+        if S_ISDIR(stat.st_mode):
+            raise IsADirectoryError(21, "is a folder", str(path))
+        if not S_ISREG(stat.st_mode):
+            raise Refused("not a regular file (a FIFO, device or socket)")
+        if not _reached_directly(fd, os.fspath(path), os.fspath(root)):
+            raise Refused("reached through a symlink or outside the root")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, stat
 
 
-def _read_head(path: str | Path, size: int) -> bytes:
-    """Up to `size` bytes in one read: a short read of a regular file is its end. Three system
-    calls, where open() makes seven: the scan reads one of these per task."""
-    fd = os.open(path, os.O_RDONLY)
+def _reached_directly(fd: int, path: str, root: str) -> bool:
+    """The file opened is `path` itself: no folder between `root` and it is a symlink."""
+    if not path.startswith(root.rstrip("/") + "/"):
+        return False
+    rest = path[len(root.rstrip("/")) :]
+    real = os.readlink(f"/proc/self/fd/{fd}") if _FD_PATHS else os.path.realpath(path)
+    return real in (_real_root(root) + rest, os.path.realpath(root) + rest)
+
+
+@lru_cache(maxsize=16)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def read_regular(path: str | Path, size: int, root: str | Path) -> bytes | Problem:
+    """Up to `size` bytes of a regular file inside `root`, in one read (a short read of a
+    regular file is its end); a Problem for anything else. Never raises, never blocks."""
+    try:
+        fd, _ = open_regular(path, root)
+    except OSError as error:
+        return Problem(Path(path), _reason(error))
     try:
         return os.read(fd, size)
+    except OSError as error:
+        return Problem(Path(path), _reason(error))
     finally:
         os.close(fd)
 
 
+def regular_stat(path: str | Path, root: str | Path) -> os.stat_result | Problem:
+    """The stat of a file `read_regular` would read; a Problem where it would refuse."""
+    try:
+        fd, stat = open_regular(path, root)
+    except OSError as error:
+        return Problem(Path(path), _reason(error))
+    os.close(fd)
+    return stat
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, Refused):
+        return str(error)
+    if isinstance(error, FileNotFoundError):
+        return "vanished before it could be read"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder"
+    if error.errno == errno.ELOOP:
+        return "a symlink: not followed"
+    return f"unreadable ({error.strerror or error})"
+
+
 def parse_data_update(doc: dict[str, Any]) -> DataUpdate | None:
+    """The update in a data file's JSON, each component encoded back to JSON text here (off
+    the event loop: sending it on is then a join, and no depth of nesting can fail later)."""
     token, created, data = doc.get("reload_token"), doc.get("created_on"), doc.get("data")
     if not isinstance(token, str) or not isinstance(data, dict):
         return None
     created_on = float(created) if isinstance(created, int | float) else 0.0
-    return DataUpdate(token, created_on, data)
+    return DataUpdate(token, created_on, {key: encoded(value) for key, value in data.items()})
 
 
-def read_data_update(path: Path, limits: Limits) -> DataUpdate | Problem:
-    doc = read_json(path, limits.max_data_bytes)
-    if isinstance(doc, Problem):
+def read_data_update(path: Path, limits: Limits, root: str | Path) -> DataUpdate | Problem:
+    cap = limits.max_data_bytes
+    raw = read_regular(path, cap + 1, root)
+    if isinstance(raw, Problem):
+        return raw
+    if len(raw) > cap:
+        return Problem(path, f"too large (over {cap} bytes)")
+    # Parsing a big one here would hold the GIL, so stall the server: the helper does it.
+    big = len(raw) > helper.BIG_UPDATE
+    found = helper.parse_elsewhere(raw) if big else parse_update_bytes(raw)
+    return found if isinstance(found, DataUpdate) else Problem(path, found)
+
+
+def parse_update_bytes(raw: bytes) -> DataUpdate | str:
+    """A data update from a data file's bytes, or why not."""
+    doc = parse_json_bytes(raw)
+    if isinstance(doc, str):
         return doc
-    update = parse_data_update(doc)
-    return update if update is not None else Problem(path, "not a card data update")
+    try:
+        update = parse_data_update(doc)
+    except (ValueError, RecursionError):
+        return "nested too deeply"
+    return update if update is not None else "not a card data update"
+
+
+def parse_json_bytes(raw: bytes) -> dict[str, Any] | str:
+    """A JSON object, or why not."""
+    try:
+        # What json.loads does with bytes, with one decoder made once instead of one per call.
+        doc = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except (ValueError, RecursionError):
+        return "not valid JSON (half written?)"
+    return doc if isinstance(doc, dict) else "not a JSON object"
+
+
+def encoded(value: Any) -> Encoded:
+    return Encoded(json.dumps(value, separators=(",", ":"), allow_nan=False))
 
 
 def stat_version(path: Path) -> os.stat_result | None:
@@ -141,6 +239,11 @@ def stat_version(path: Path) -> os.stat_result | None:
         return path.stat()
     except OSError:
         return None
+
+
+def file_version(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells one content of a file from the next: a rewrite changes one of these."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 def version_of(stat: os.stat_result) -> str:
@@ -160,22 +263,15 @@ def card_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> Event 
     if found is None or not scope.wants(found.key.task.flow, found.key.task.run):
         return None
     legacy = found.legacy
+    stat = regular_stat(path, roots.cards)
+    if isinstance(stat, Problem):
+        return stat
     if found.kind is CardFileKind.HTML:
-        return html_event(found.key, legacy, path)
-    stat = stat_version(path)
-    if stat is None:
-        return Problem(path, "vanished before it could be read")
-    update = read_data_update(path, limits)
+        return CardWritten(found.key, legacy, stat.st_mtime, stat.st_size, version_of(stat))
+    update = read_data_update(path, limits, roots.cards)
     if isinstance(update, Problem):
         return update
     return DataWritten(found.key, legacy, stat.st_mtime, update)
-
-
-def html_event(key: CardKey, legacy: bool, path: Path) -> CardWritten | Problem:
-    stat = stat_version(path)
-    if stat is None:
-        return Problem(path, "vanished before it could be read")
-    return CardWritten(key, legacy, stat.st_mtime, stat.st_size, version_of(stat))
 
 
 def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> Event | Problem | None:
@@ -189,7 +285,7 @@ def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> E
     found = parse_datastore_path(rel)
     if found is None or not scope.wants(found.key.flow, found.key.run):
         return None
-    doc = read_json(path, limits.max_meta_bytes)
+    doc = read_json(path, limits.max_meta_bytes, roots.datastore)
     if isinstance(doc, Problem):
         return doc
     if isinstance(found, RunFile):
@@ -225,12 +321,19 @@ def scan(roots: Roots, limits: Limits, scope: Scope) -> Scanned:
 
 
 def listed(path: str, folders: bool) -> list[str]:
-    """Names of the folders (or else the files) in `path`, links not followed; none if unlistable."""
+    """Names of the folders (or else the files) in `path`, links not followed (`path` itself
+    neither); none if unlistable."""
     try:
-        with os.scandir(path) as found:
+        fd = open_folder(path)
+    except OSError:
+        return []
+    try:
+        with os.scandir(fd) as found:
             entries = list(found)
     except OSError:
         return []
+    finally:
+        os.close(fd)
     test = os.DirEntry.is_dir if folders else os.DirEntry.is_file
     try:
         return [entry.name for entry in entries if test(entry, follow_symlinks=False)]
@@ -243,6 +346,12 @@ def _safe_test(test: Callable[..., bool], entry: os.DirEntry[str]) -> bool:
         return test(entry, follow_symlinks=False)
     except OSError:
         return False
+
+
+def open_folder(path: str) -> int:
+    """A descriptor of the folder at `path`, refused (ELOOP, ENOTDIR) when it is a symlink or
+    not a folder: a symlinked `runtime` or `_meta` must not lead the scan out of the root."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
 
 
 def subdirs(path: str) -> list[str]:
@@ -296,11 +405,13 @@ def scan_datastore(
     roots: Roots, limits: Limits, scope: Scope, problems: list[Problem]
 ) -> Iterator[Event]:
     for key, run_dir in datastore_runs(roots, scope):
-        yield from scan_run(key, run_dir, limits, problems)
+        yield from scan_run(key, run_dir, limits, problems, str(roots.datastore))
 
 
-def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem]) -> Iterator[Event]:
-    self_doc = read_json(f"{run_dir}/_meta/_self.json", limits.max_meta_bytes)
+def scan_run(
+    key: RunKey, run_dir: str, limits: Limits, problems: list[Problem], root: str
+) -> Iterator[Event]:
+    self_doc = read_json(f"{run_dir}/_meta/_self.json", limits.max_meta_bytes, root)
     if isinstance(self_doc, Problem):
         if "vanished" not in self_doc.reason:
             problems.append(self_doc)
@@ -313,7 +424,7 @@ def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem])
         for task in subdirs(f"{run_dir}/{step}"):
             if task != "_meta":
                 meta_dir = f"{run_dir}/{step}/{task}/_meta"
-                found = scan_task_meta(TaskKey(flow, run, step, task), meta_dir, limits, problems)
+                found = scan_task_meta(TaskKey(flow, run, step, task), meta_dir, limits, problems, root)
                 if found is not None:
                     yield found
 
@@ -323,7 +434,7 @@ FIRST_ATTEMPT: Mapping[str, Any] = MappingProxyType({"value": "0", "tags": ["att
 
 
 def scan_task_meta(
-    key: TaskKey, meta_dir: str, limits: Limits, problems: list[Problem]
+    key: TaskKey, meta_dir: str, limits: Limits, problems: list[Problem], root: str
 ) -> TaskMetaRead | None:
     """The task's status files in one event; None when it has none yet."""
     found: list[tuple[MetaKind, int, str]] = []
@@ -341,7 +452,7 @@ def scan_task_meta(
             # One attempt: its number is 0 and the file name says the rest; skip the read.
             read.append((kind, ts, FIRST_ATTEMPT))
         else:
-            doc = read_json(f"{meta_dir}/{name}", limits.max_meta_bytes)
+            doc = read_json(f"{meta_dir}/{name}", limits.max_meta_bytes, root)
             if isinstance(doc, Problem):
                 problems.append(doc)
             else:
@@ -380,18 +491,24 @@ def scan_task_cards(task: TaskKey, legacy: bool, task_dir: str) -> TaskCardsRead
 def card_files(folder: str, kind: CardFileKind) -> list[tuple[str, os.stat_result]]:
     """(card name, stat) of the card files of that kind in a task's `cards` or `runtime` folder."""
     try:
-        names = os.listdir(folder)
+        fd = open_folder(folder)
     except OSError:
         return []
-    found = []
-    for name in names:
-        stem = card_stem(name, kind)
-        if stem is None:
-            continue
-        try:
-            stat = os.lstat(f"{folder}/{name}")
-        except OSError:
-            continue
-        if S_ISREG(stat.st_mode):  # what DirEntry.is_file(follow_symlinks=False) says
-            found.append((stem, stat))
-    return found
+    try:
+        names = os.listdir(fd)
+        found = []
+        for name in names:
+            stem = card_stem(name, kind)
+            if stem is None:
+                continue
+            try:
+                stat = os.lstat(name, dir_fd=fd)
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):  # what DirEntry.is_file(follow_symlinks=False) says
+                found.append((stem, stat))
+        return found
+    except OSError:
+        return []
+    finally:
+        os.close(fd)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -194,7 +194,7 @@ class Watcher:
     def _all_pumps(self) -> list[_Pump]:
         return [*self._pumps.values(), *self._deep.values()]
 
-    async def batches(self) -> AsyncIterator[Item]:
+    async def batches(self) -> AsyncGenerator[Item, None]:
         """Changed paths under the roots, batch by batch, until `stop()`."""
         reopened: str | None = None
         while not self._stop.is_set():
