@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -289,13 +290,24 @@ def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> E
     if isinstance(doc, Problem):
         return doc
     if isinstance(found, RunFile):
-        return RunWritten(found.key, epoch_seconds(doc), user_of(doc))
+        return RunWritten(found.key, epoch_seconds(doc), run_user(doc))
     return TaskMetaWritten(found.key, found.kind, found.ts, slim(doc))
+
+
+FUTURE_SLACK = 86_400.0  # seconds of clock skew allowed; a later time is impossible: ignored
+MAX_USER = 80  # characters of a user name shown; a tag may hold anything
 
 
 def epoch_seconds(doc: dict[str, Any]) -> float | None:
     epoch = doc.get("ts_epoch")
-    return epoch / 1000 if isinstance(epoch, int | float) else None
+    if not isinstance(epoch, int | float) or epoch / 1000 > time.time() + FUTURE_SLACK:
+        return None  # a run from the future would take over "follow the newest run"
+    return epoch / 1000
+
+
+def run_user(doc: dict[str, Any]) -> str | None:
+    user = user_of(doc)
+    return user if user is None or len(user) <= MAX_USER else user[: MAX_USER - 1] + "…"
 
 
 def slim(doc: dict[str, Any]) -> dict[str, Any]:
@@ -416,7 +428,7 @@ def scan_run(
         if "vanished" not in self_doc.reason:
             problems.append(self_doc)
     else:
-        yield RunWritten(key, epoch_seconds(self_doc), user_of(self_doc))
+        yield RunWritten(key, epoch_seconds(self_doc), run_user(self_doc))
     flow, run = key.flow, key.run
     for step in subdirs(run_dir):
         if step in ("_meta", PARAMETERS_STEP):

@@ -34,6 +34,7 @@ const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnect
 
 const handlers = {
   flows: (m) => { state.flows = m.flows; drawFlowPicker(); chooseRun(); },
+  health: (m) => showHealth(m),
   runs: (m) => { state.runs = m.runs; drawRunPicker(); chooseRun(); },
   run: (m) => m.topic.startsWith("runs/") ? runListChanged(m.run) : runChanged(m),
   "run-detail": (m) => runDetail(m),
@@ -205,8 +206,8 @@ function option(value, text, selected) {
 }
 
 function when(seconds) {
-  if (!seconds) return "";
   const date = new Date(seconds * 1000);
+  if (!seconds || Number.isNaN(date.getTime())) return "";  // no time, or one no date can hold
   const today = new Date().toDateString() === date.toDateString();
   return today ? date.toLocaleTimeString() : date.toLocaleString();
 }
@@ -263,6 +264,14 @@ function drawCardBar() {
   $("card-status").dataset.status = row.status;
   open.href = new URL(cardSource(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
   open.hidden = false;
+}
+
+// The server's file watch failed (it restarts it): updates may be missing meanwhile.
+function showHealth(health) {
+  const node = $("watch-health");
+  node.hidden = health.ok;
+  node.textContent = health.ok ? "" : "live updates interrupted: restarting the file watch";
+  node.title = health.problem || "";
 }
 
 function showConnection(value, failures = 0) {
