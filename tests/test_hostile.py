@@ -81,15 +81,16 @@ async def test_fifo_status_file_moved_into_a_flow_blocks_nothing(
     (staging / "_meta").mkdir(parents=True)
     os.mkfifo(staging / "_meta" / "_self.json")
     async with aiohttp.ClientSession() as session:
-        await answers_promptly(session, server.url, 1)
-        os.rename(staging, roots.datastore / "HostileFlow" / "666")
         async with session.ws_connect(f"{server.url}ws", timeout=aiohttp.ClientWSTimeout(ws_close=3)) as ws:
+            await subscribe(ws, "runs/HostileFlow")
+            await next_message(ws, lambda m: m.get("type") == "runs")
+            os.rename(staging, roots.datastore / "HostileFlow" / "666")
+            later = start_run(roots.datastore, roots.cards, flow="HostileFlow")  # seen after it
+            await next_message(ws, lambda m: m.get("type") == "run" and m["run"]["run"] == later.run)
             await subscribe(ws, f"card/{card.key}")
             card.update({"p": {"value": 7}})
             await wait_update(ws, card, 7)
         await answers_promptly(session, server.url)
-        runs = await get_json(session, f"{server.url}api/flows/HostileFlow/runs")
-        assert card.key.task.run in [r["run"] for r in runs["runs"]]
     assert exits_within(server.process, 3) < 3
 
 
@@ -120,8 +121,11 @@ async def test_fifo_card_pages_pin_no_worker_and_sigterm_exits(
     fifo = CardKey(card.key.task, "blank-f1f0")
     async with aiohttp.ClientSession() as session:
         await answers_promptly(session, server.url, 1)
-        os.mkfifo(roots.cards / card_path(fifo, CardFileKind.HTML, False))
-        card.update({"p": {"value": 3}})  # a change after it: the watcher has seen the FIFO
+        async with session.ws_connect(f"{server.url}ws", timeout=aiohttp.ClientWSTimeout(ws_close=3)) as ws:
+            await subscribe(ws, f"card/{card.key}")
+            os.mkfifo(roots.cards / card_path(fifo, CardFileKind.HTML, False))
+            card.update({"p": {"value": 3}})  # a change after it: the watcher has seen the FIFO
+            await wait_update(ws, card, 3)
 
         async def ask_fifo() -> None:
             try:
@@ -419,9 +423,11 @@ async def test_a_symlinked_tree_in_a_live_run_is_not_walked(
         os.symlink(tree, card.path_data.parent.parent / "linked", target_is_directory=True)
         card.update({"p": {"value": 4}})
         await wait_update(ws, card, 4)
+        await asyncio.sleep(1.5)  # a window to measure in: the symlink's event may come later
     ticking = False
     await ticks
-    assert worst < 0.3, worst
+    print(f"worst loop stall {worst * 1000:.0f} ms")
+    assert worst < 0.2, worst
 
 
 # --- 7. hostile metadata -------------------------------------------------------------------------
@@ -437,3 +443,51 @@ async def test_hostile_run_metadata_is_bounded(roots: Roots, start_app: Any) -> 
     assert len(by_id[long_user.run]["user"]) <= 100
     assert by_id[future.run]["started"] is None or by_id[future.run]["started"] <= time.time() + 86_400
     assert runs[0]["run"] != future.run  # the newest run is not the one from the future
+
+
+@pytest.mark.timeout(120)
+async def test_viewer_survives_hostile_metadata_and_shows_watch_health(
+    roots: Roots, start_app: Any, browser: Any
+) -> None:
+    start_run(roots.datastore, roots.cards, flow="HostileFlow", ts_ms=10**17)  # from the future
+    run = start_run(roots.datastore, roots.cards, flow="HostileFlow", user="u" * 30_000)
+    run.start_task("train").add_card(components=[markdown("m", "# hostile")])
+    client = await start_app(make_config(roots))
+    page = await browser.new_page(viewport={"width": 1200, "height": 800})
+    await page.goto(str(client.make_url("/")))
+    await page.wait_for_selector("#card-list .row", timeout=20_000)
+    await page.wait_for_function("(run) => document.querySelector('#run-summary').textContent"
+                                 ".includes(run)", arg=run.run, timeout=20_000)
+    texts = await page.evaluate("() => [document.body.innerText,"
+                                " ...[...document.querySelectorAll('option')].map(o => o.textContent)]")
+    assert not [t for t in texts if "Invalid Date" in t]
+    summary = await page.locator("#run-summary").bounding_box()
+    assert summary is not None and summary["height"] < 150, summary
+    row = await page.locator("#card-list .row >> nth=0").bounding_box()
+    assert row is not None
+    hit = await page.evaluate("([x, y]) => !!document.elementFromPoint(x, y)?.closest('#card-list .row')",
+                              [row["x"] + row["width"] / 2, row["y"] + row["height"] / 2])
+    assert hit, "the card list is covered"
+    assert not await page.locator("#watch-health").is_visible()
+    pipeline = client.app[PIPELINE]
+    assert pipeline._task is not None
+    pipeline._task.cancel()
+    await page.wait_for_selector("#watch-health", state="visible", timeout=20_000)
+    assert "restarting" in await page.locator("#watch-health").inner_text()
+    await page.wait_for_selector("#watch-health", state="hidden", timeout=20_000)
+
+
+async def test_a_session_cookie_dies_with_the_server_that_set_it(
+    roots: Roots, start_app: Any
+) -> None:
+    """Another local server on this host gets our cookie (cookies ignore ports): what it can
+    replay is worth nothing once this server stops."""
+    live_card(roots)
+    first = await start_app(make_config(roots, token="t0ken"))
+    response = await first.get("/?token=t0ken", allow_redirects=False)
+    cookie = next(iter(response.cookies.values()))
+    headers = {"Cookie": f"{cookie.key}={cookie.value}"}
+    assert (await first.get("/api/flows", headers=headers)).status == 200
+    second = await start_app(make_config(roots, token="t0ken"))
+    assert (await second.get("/api/flows", headers=headers)).status == 403
+    assert (await second.get("/api/flows", headers={"Authorization": "Bearer t0ken"})).status == 200
