@@ -124,8 +124,9 @@ async def test_fifo_card_pages_pin_no_worker_and_sigterm_exits(
         async with session.ws_connect(f"{server.url}ws", timeout=aiohttp.ClientWSTimeout(ws_close=3)) as ws:
             await subscribe(ws, f"card/{card.key}")
             os.mkfifo(roots.cards / card_path(fifo, CardFileKind.HTML, False))
-            card.update({"p": {"value": 3}})  # a change after it: the watcher has seen the FIFO
-            await wait_update(ws, card, 3)
+            for value in (3, 4):  # changes after it, in later batches: the FIFO's event is handled
+                card.update({"p": {"value": value}})
+                await wait_update(ws, card, value)
 
         async def ask_fifo() -> None:
             try:
