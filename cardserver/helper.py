@@ -14,6 +14,7 @@ import logging
 import marshal
 import multiprocessing
 import threading
+import time
 from multiprocessing.pool import Pool
 from typing import Any
 
@@ -42,10 +43,16 @@ def parse_elsewhere(raw: bytes) -> DataUpdate | str:
     """The data update in `raw`, parsed by the helper; or why not."""
     try:
         pool = _helper()
-        wire = pool.apply_async(_parse, (raw,)).get(PARSE_SECONDS)
-    except multiprocessing.TimeoutError:
-        stop()
-        return f"took over {PARSE_SECONDS:.0f} s to parse"
+        pending = pool.apply_async(_parse, (raw,))
+        deadline = time.monotonic() + PARSE_SECONDS
+        while not pending.ready():  # in short waits: a stopped helper never answers
+            if _pool is not pool:
+                return "not parsed: the helper was stopped"
+            if time.monotonic() > deadline:
+                stop()
+                return f"took over {PARSE_SECONDS:.0f} s to parse"
+            pending.wait(0.1)
+        wire = pending.get()
     except (OSError, ValueError, RuntimeError) as error:  # the helper died or could not start
         stop()
         return f"could not be parsed ({error})"
