@@ -141,7 +141,8 @@ def _reached_directly(fd: int, path: str, root: str) -> bool:
         return False
     rest = path[len(root.rstrip("/")) :]
     real = os.readlink(f"/proc/self/fd/{fd}") if _FD_PATHS else os.path.realpath(path)
-    return real in (_real_root(root) + rest, os.path.realpath(root) + rest)
+    # The root's own real path, cached; asked again only if it seems to have moved.
+    return real == _real_root(root) + rest or real == os.path.realpath(root) + rest
 
 
 @lru_cache(maxsize=16)
@@ -335,17 +336,13 @@ def scan(roots: Roots, limits: Limits, scope: Scope) -> Scanned:
 def listed(path: str, folders: bool) -> list[str]:
     """Names of the folders (or else the files) in `path`, links not followed (`path` itself
     neither); none if unlistable."""
-    try:
-        fd = open_folder(path)
-    except OSError:
+    if not real_folder(path):
         return []
     try:
-        with os.scandir(fd) as found:
+        with os.scandir(path) as found:
             entries = list(found)
     except OSError:
         return []
-    finally:
-        os.close(fd)
     test = os.DirEntry.is_dir if folders else os.DirEntry.is_file
     try:
         return [entry.name for entry in entries if test(entry, follow_symlinks=False)]
@@ -360,10 +357,14 @@ def _safe_test(test: Callable[..., bool], entry: os.DirEntry[str]) -> bool:
         return False
 
 
-def open_folder(path: str) -> int:
-    """A descriptor of the folder at `path`, refused (ELOOP, ENOTDIR) when it is a symlink or
-    not a folder: a symlinked `runtime` or `_meta` must not lead the scan out of the root."""
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+def real_folder(path: str) -> bool:
+    """`path` is a folder and not a symlink to one: a symlinked `runtime` or `_meta` must not
+    lead the scan anywhere. (Between this and the listing a swap could still show other names;
+    never other contents: every read proves its own path, see `open_regular`.)"""
+    try:
+        return S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def subdirs(path: str) -> list[str]:
@@ -502,25 +503,21 @@ def scan_task_cards(task: TaskKey, legacy: bool, task_dir: str) -> TaskCardsRead
 
 def card_files(folder: str, kind: CardFileKind) -> list[tuple[str, os.stat_result]]:
     """(card name, stat) of the card files of that kind in a task's `cards` or `runtime` folder."""
-    try:
-        fd = open_folder(folder)
-    except OSError:
+    if not real_folder(folder):
         return []
     try:
-        names = os.listdir(fd)
-        found = []
-        for name in names:
-            stem = card_stem(name, kind)
-            if stem is None:
-                continue
-            try:
-                stat = os.lstat(name, dir_fd=fd)
-            except OSError:
-                continue
-            if S_ISREG(stat.st_mode):  # what DirEntry.is_file(follow_symlinks=False) says
-                found.append((stem, stat))
-        return found
+        names = os.listdir(folder)
     except OSError:
         return []
-    finally:
-        os.close(fd)
+    found = []
+    for name in names:
+        stem = card_stem(name, kind)
+        if stem is None:
+            continue
+        try:
+            stat = os.lstat(f"{folder}/{name}")
+        except OSError:
+            continue
+        if S_ISREG(stat.st_mode):  # what DirEntry.is_file(follow_symlinks=False) says
+            found.append((stem, stat))
+    return found

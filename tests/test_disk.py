@@ -277,16 +277,14 @@ def test_scope_by_run_looks_at_no_other_run(roots: Roots, monkeypatch: pytest.Mo
     events, problems = scan(roots, LIMITS, Scope(flow="AFlow", run=wanted.run))
     assert (events, problems) == (whole, [])
     assert seen and not [path for _, path in seen if other.run in path]
-    # A folder is listed through a descriptor opened for it (links not followed)
-    listed = {os.path.normpath(path) for call, path in seen if call in ("scandir", "listdir", "open")}
+    listed = {os.path.normpath(path) for call, path in seen if call in ("scandir", "listdir")}
     flow_folders = {str(roots.datastore), str(roots.datastore / "AFlow"), str(roots.cards / "AFlow" / "runs")}
     assert not listed & flow_folders
 
 
 def spy(name: str, real: Any, seen: list[tuple[str, str]]) -> Any:
     def spied(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(path, int):  # a descriptor: its path was recorded when it was opened
-            seen.append((name, os.fspath(path)))
+        seen.append((name, os.fspath(path)))
         return real(path, *args, **kwargs)
 
     return spied
