@@ -17,10 +17,13 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
+from stat import S_ISDIR
+from typing import Any
 
-from . import disk
+from . import disk, helper
 from .config import CARDS_DIR, Config, Roots
 from .disk import Problem, Scanned, Scope
 from .events import CardRemoved, DataWritten, Event, Reset, collector_paused
@@ -38,6 +41,20 @@ log = logging.getLogger("cardserver")
 
 NEW_FOLDER_FILES = 10_000  # a new folder's files are read directly: inotify may miss them
 OWN_WATCH_TASKS = 500  # a followed run this big gets an OS watch of its own (see `watch_groups`)
+
+Read = tuple[Path, Event | Problem]  # what one changed path said, read off the loop
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether the file watch runs: what /api/status and the viewer show."""
+
+    ok: bool = True
+    restarts: int = 0
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "restarts": self.restarts, "problem": self.problem}
 
 
 class Pipeline:
@@ -64,11 +81,17 @@ class Pipeline:
         self._reported: set[tuple[Path, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._live_poll: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self.health = Health()
+        self._busy_since: float | None = None  # when the item being handled began (monotonic)
+        self._unreadable: dict[CardKey, tuple[int, int, int]] = {}  # data file versions that failed
+        self._loading: dict[CardKey, asyncio.Future[None]] = {}  # data updates being read
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cardserver-watch")
+        self._supervisor = asyncio.create_task(self._supervise(), name="cardserver-supervisor")
 
     async def stop(self) -> None:
         if self.first_scan is not None:
@@ -78,35 +101,92 @@ class Pipeline:
                 timer.cancel()
         self.watcher.stop()
         await self.tasks.close()
-        for task in (self._task, self._live_poll):
+        for task in (self._supervisor, self._task, self._live_poll):
             if task is not None:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
+        helper.stop()
 
-    async def _run(self) -> None:
+    async def _run(self, first_read: bool = True) -> None:
         batches = self.watcher.batches()
         first = asyncio.ensure_future(anext(batches, None))  # OS watches exist before the scan
-        await asyncio.sleep(0)
         try:
-            if self.first_scan is not None:
-                await self.rescan([part.result for part in self.first_scan.parts])
-                await self.read_missed_runs()
-            else:
-                await self.rescan()
-        except Exception:  # requests wait for `ready`: a bug here must not hang them all
-            log.exception("failed to read the datastore; serving what is known")
-        self.check_live_poll()
-        self.ready.set()
-        item = await first
-        while item is not None:
+            await asyncio.sleep(0)
             try:
-                await self.handle(item)
-            except Exception:  # a bug must not stop the watching: log it, read everything again
-                log.exception("failed to apply a change; reading the datastore again")
-                await self.rescan()
+                if not first_read:
+                    await self.rescan()  # a restarted watch: what changed meanwhile was missed
+                elif self.first_scan is not None:
+                    await self.rescan([part.result for part in self.first_scan.parts])
+                    await self.read_missed_runs()
+                else:
+                    await self.rescan()
+            except Exception:  # requests wait for `ready`: a bug here must not hang them all
+                log.exception("failed to read the datastore; serving what is known")
             self.check_live_poll()
-            item = await anext(batches, None)
+            self.ready.set()
+            item = await first
+            while item is not None:
+                self._busy_since = time.monotonic()
+                try:
+                    await self.handle(item)
+                except Exception:  # a bug must not stop the watching: log it, read everything again
+                    log.exception("failed to apply a change; reading the datastore again")
+                    await self.recover()
+                self._busy_since = None
+                self.check_live_poll()
+                item = await anext(batches, None)
+        finally:
+            self._busy_since = None
+            if not first.done():
+                first.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await first
+            with suppress(Exception):
+                await batches.aclose()  # closes its OS watches
+
+    async def recover(self) -> None:
+        try:
+            await self.rescan()
+        except Exception:  # the next change tries again; the supervisor watches the rest
+            log.exception("reading the datastore again failed too; watching on")
+
+    # --- the supervisor ----------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Notices a watch task that ended or is stuck on one change, says so (`health`, shown
+        in /api/status and the viewer), and starts it again."""
+        timing = self.config.timing
+        while True:
+            await asyncio.sleep(timing.supervise_seconds)
+            task = self._task
+            if task is None:
+                continue
+            busy = self._busy_since
+            if task.done():
+                failure = "ended" if task.cancelled() or task.exception() is None else (
+                    f"failed: {task.exception()!r}")
+            elif busy is not None and time.monotonic() - busy > timing.stuck_seconds:
+                failure = f"stuck on one change for over {timing.stuck_seconds:.0f} s"
+            else:
+                if not self.health.ok and self.ready.is_set():
+                    self.set_health(Health(True, self.health.restarts, None))
+                continue
+            await self.restart_watch(failure)
+
+    async def restart_watch(self, failure: str) -> None:
+        log.error("the file watch %s; starting it again", failure)
+        self.set_health(Health(False, self.health.restarts + 1, f"the file watch {failure}; restarting"))
+        old = self._task
+        if old is not None and not old.done():
+            old.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await old
+        self._task = asyncio.create_task(self._run(first_read=False), name="cardserver-watch")
+
+    def set_health(self, health: Health) -> None:
+        self.health = health
+        self.feed.publish_health(health.as_dict())
 
     async def handle(self, item: Item) -> None:
         if isinstance(item, Rescan):
@@ -120,7 +200,7 @@ class Pipeline:
             log.info("a flow or run folder was deleted; reading the datastore again")
             await self.rescan()
         else:
-            self.ingest(self.classify(item))
+            self.ingest(self.settle(await asyncio.to_thread(self.classify, item)))
             self.tasks.paths_changed(path for _, path in item)
 
     # --- the polling fallback ----------------------------------------------------------------
@@ -138,7 +218,7 @@ class Pipeline:
             # Index reads and file reads stay on the loop, like `classify`; only stats go out.
             known = self.live_card_files()
             changed = await asyncio.to_thread(changed_files, known)
-            self.ingest([e for path in changed for e in self.read_file(path)])
+            self.ingest(self.settle(await asyncio.to_thread(self.read_files, changed)))
 
     def live_card_files(self) -> list[tuple[Path, CardFileKind, object]]:
         """Each file of a running or pending task's cards, with the signature last seen."""
@@ -334,20 +414,33 @@ class Pipeline:
                 shown[topic.card] = card.data_mtime if card is not None else None
         return shown
 
-    def classify(self, batch: Batch) -> list[Event]:
-        events: list[Event] = []
+    def classify(self, batch: Batch) -> list[Read]:
+        """What a batch of changed paths says. Reads files: runs in a thread, never on the loop."""
+        events: list[Read] = []
         for change, path in batch:
             if not self.relevant(path):
                 continue
             if change is Change.DELETED:
                 removed = self.removed_card(path)
                 if removed is not None:
-                    events.append(removed)
+                    events.append((path, removed))
                 continue
-            if change is Change.ADDED and path.is_dir():
+            if change is Change.ADDED and is_real_folder(path):
                 events.extend(self.read_new_folder(path))
                 continue
             events.extend(self.read_file(path))
+        return events
+
+    def settle(self, reads: list[Read]) -> list[Event]:
+        """On the loop: log the problems of what `classify` read, keep the events."""
+        events: list[Event] = []
+        for path, found in reads:
+            if isinstance(found, Problem):
+                self.report(found)
+            else:
+                if self._reported:  # it reads well now: say so again if it breaks again
+                    self._reported = {r for r in self._reported if r[0] != path}
+                events.append(found)
         return events
 
     def relevant(self, path: Path) -> bool:
@@ -360,20 +453,17 @@ class Pipeline:
             return False
         return not (len(parts) >= 2 and parts[1] == "data") and parts[:1] != (CARDS_DIR,)
 
-    def read_file(self, path: Path) -> list[Event]:
+    def read_files(self, paths: list[Path]) -> list[Read]:
+        return [read for path in paths for read in self.read_file(path)]
+
+    def read_file(self, path: Path) -> list[Read]:
         found = disk.card_event(self.roots, path, self.limits, self.scope)
         if found is None:
             found = disk.datastore_event(self.roots, path, self.limits, self.scope)
-        if isinstance(found, Problem):
-            self.report(found)
-            return []
-        if found is not None:
-            self._reported = {r for r in self._reported if r[0] != path}
-            return [found]
-        return []
+        return [] if found is None else [(path, found)]
 
-    def read_new_folder(self, folder: Path) -> list[Event]:
-        events: list[Event] = []
+    def read_new_folder(self, folder: Path) -> list[Read]:
+        events: list[Read] = []
         seen = 0
         for dirpath, dirnames, filenames in os.walk(folder):
             if Path(dirpath).parent == self.roots.datastore:  # a flow folder: skip its artifacts
@@ -406,16 +496,42 @@ class Pipeline:
 
     async def load_update(self, key: CardKey, force: bool = False) -> None:
         """Read a card's data update the first time someone wants it (the scan skips them),
-        or again (`force`) when a scan saw a newer one."""
+        or again (`force`) when a scan saw a newer one. One read at a time per card, and a file
+        that could not be read is not read again until it changes."""
         card = self.index.card(key)
         if card is None or card.data_mtime is None or (card.update is not None and not force):
             return
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load_update(key))
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        await asyncio.shield(loading)
+
+    async def _load_update(self, key: CardKey) -> None:
+        card = self.index.card(key)
+        if card is None or card.data_mtime is None:
+            return
         path = self.roots.cards / card_path(key, CardFileKind.DATA, card.legacy)
-        update = await asyncio.to_thread(disk.read_data_update, path, self.limits)
+        version = await asyncio.to_thread(disk.stat_version, path)
+        seen = disk.file_version(version) if version is not None else None
+        if seen is not None and self._unreadable.get(key) == seen:
+            return
+        update = await asyncio.to_thread(disk.read_data_update, path, self.limits, self.roots.cards)
         if isinstance(update, Problem):
+            if seen is not None:
+                self._unreadable[key] = seen
             self.report(update)
             return
+        self._unreadable.pop(key, None)
         self.ingest([DataWritten(key, card.legacy, card.data_mtime, update)])
+
+
+def is_real_folder(path: Path) -> bool:
+    """A folder, not a symlink to one: a symlinked tree is not walked (it may be anything)."""
+    try:
+        return S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def run_folders(roots: Roots, key: RunKey) -> tuple[Path, Path]:

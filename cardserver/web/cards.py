@@ -14,9 +14,9 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 from ..config import Limits, Roots
+from ..disk import Problem, read_regular
 from ..index import Card
 from ..layout import CardFileKind, CardKey, card_path
 
@@ -85,20 +85,11 @@ class CardPages:
         body = inject(self.read(card), self.runtime.encode())
         return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), self.etag(card))
 
-    def path(self, card: Card) -> Path:
-        """The card file, proven inside the cards root (no `..`, no symlink out)."""
-        root = self.roots.cards.resolve()
-        candidate = (self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy)).resolve()
-        if not candidate.is_relative_to(root):
-            raise CardUnavailable(404, "card not found")
-        return candidate
-
     def read(self, card: Card) -> bytes:
-        path = self.path(card)
-        try:
-            with path.open("rb") as handle:
-                html = handle.read(self.limits.max_card_bytes + 1)
-        except OSError:
+        # A regular file inside the root, reached through no symlink, opened without blocking.
+        html = read_regular(self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy),
+                            self.limits.max_card_bytes + 1, self.roots.cards)
+        if isinstance(html, Problem):
             raise CardUnavailable(404, "card not found") from None
         if len(html) > self.limits.max_card_bytes:
             cap = self.limits.max_card_bytes

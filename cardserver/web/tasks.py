@@ -85,13 +85,11 @@ def read_page(datastore: Path, key: TaskKey, stream: str, attempt: int | None, l
         if attempt is None:
             return None
     path = folder / log_file_name(attempt, stream)
-    if path.is_symlink():  # a link could point anywhere: logs are only the task's own files
-        return None
     try:
         if since is not None:
-            return attempt, logs.after(path, since, lines)
-        return attempt, logs.tail(path, lines, before)
-    except OSError:  # missing, vanished, a folder: nothing to show
+            return attempt, logs.after(path, datastore, since, lines)
+        return attempt, logs.tail(path, datastore, lines, before)
+    except OSError:  # missing, vanished, a folder, a FIFO, a symlink: nothing to show
         return None
 
 
