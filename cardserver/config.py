@@ -64,6 +64,8 @@ class WatchTiming:
     # Nothing running and nothing written this long: a run's runtime will not act any more
     # (see status.GRACE_SECONDS). Tests of just-written finished fixtures set 0.
     status_grace_seconds: float = GRACE_SECONDS
+    supervise_seconds: float = 1.0  # how often the supervisor checks that the watch runs
+    stuck_seconds: float = 60.0  # one change handled this long: the watch is stuck, restart it
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,21 +7,26 @@ a Problem instead of an event; nothing raises.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from stat import S_ISDIR, S_ISREG
 from types import MappingProxyType
 from typing import Any
 
+from . import helper
 from .config import CARDS_DIR, Limits, Roots
 from .events import (
     CardWritten,
     DataUpdate,
     DataWritten,
+    Encoded,
     Event,
     MetaFile,
     RunWritten,
@@ -34,10 +39,10 @@ from .layout import (
     NOT_RUNS,
     PARAMETERS_STEP,
     CardFileKind,
-    CardKey,
     MetaKind,
     RunFile,
     RunKey,
+    TaskFile,
     TaskKey,
     card_stem,
     cards_runs_dir,
@@ -90,52 +95,148 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def read_json(path: str | Path, cap: int) -> dict[str, Any] | Problem:
-    """A JSON object from disk, never more than `cap` bytes read. A str path spares the scan pathlib."""
-    try:
-        raw = _read_head(path, cap + 1)
-    except FileNotFoundError:
-        return Problem(Path(path), "vanished before it could be read")
-    except IsADirectoryError:
-        return Problem(Path(path), "is a folder")
-    except OSError as error:
-        return Problem(Path(path), f"unreadable ({error.strerror or error})")
+def read_json(path: str | Path, cap: int, root: str | Path) -> dict[str, Any] | Problem:
+    """A JSON object from disk, never more than `cap` bytes read, only from a regular file
+    inside `root` (see `read_regular`). A str path spares the scan pathlib."""
+    raw = read_regular(path, cap + 1, root)
+    if isinstance(raw, Problem):
+        return raw
     if len(raw) > cap:
         return Problem(Path(path), f"too large (over {cap} bytes)")
+    doc = parse_json_bytes(raw)
+    return Problem(Path(path), doc) if isinstance(doc, str) else doc
+
+
+# --- the one way a file is opened -------------------------------------------------------------
+# Anyone can put anything in a datastore: a FIFO blocks `open` forever, a device or a symlink
+# leads out of it. Every read and every stat of a card file goes through `open_regular`.
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+_FD_PATHS = Path("/proc/self/fd").is_dir()  # Linux: where an open file really is, in one call
+
+
+class Refused(OSError):
+    """A file the datastore must not make us read; the message says why."""
+
+
+def open_regular(path: str | Path, root: str | Path) -> tuple[int, os.stat_result]:
+    """An open descriptor (and its stat) of the regular file at `path`, reached from `root`
+    through real folders only. Opening never blocks (a FIFO opens at once, then is refused), and
+    the checks are made on what was opened, so a swap after a check cannot fool them."""
+    fd = os.open(path, _OPEN_FLAGS)
     try:
-        # What json.loads does with bytes, with one decoder made once instead of one per call.
-        doc = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-    except (ValueError, RecursionError):
-        return Problem(Path(path), "not valid JSON (half written?)")
-    if not isinstance(doc, dict):
-        return Problem(Path(path), "not a JSON object")
-    return doc
+        stat = os.fstat(fd)
+        if S_ISDIR(stat.st_mode):
+            raise IsADirectoryError(21, "is a folder", str(path))
+        if not S_ISREG(stat.st_mode):
+            raise Refused("not a regular file (a FIFO, device or socket)")
+        if not _reached_directly(fd, os.fspath(path), os.fspath(root)):
+            raise Refused("reached through a symlink or outside the root")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, stat
 
 
-def _read_head(path: str | Path, size: int) -> bytes:
-    """Up to `size` bytes in one read: a short read of a regular file is its end. Three system
-    calls, where open() makes seven: the scan reads one of these per task."""
-    fd = os.open(path, os.O_RDONLY)
+def _reached_directly(fd: int, path: str, root: str) -> bool:
+    """The file opened is `path` itself: no folder between `root` and it is a symlink."""
+    if not path.startswith(root.rstrip("/") + "/"):
+        return False
+    rest = path[len(root.rstrip("/")) :]
+    real = os.readlink(f"/proc/self/fd/{fd}") if _FD_PATHS else os.path.realpath(path)
+    # The root's own real path, cached; asked again only if it seems to have moved.
+    return real == _real_root(root) + rest or real == os.path.realpath(root) + rest
+
+
+@lru_cache(maxsize=16)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
+
+
+def read_regular(path: str | Path, size: int, root: str | Path) -> bytes | Problem:
+    """Up to `size` bytes of a regular file inside `root`, in one read (a short read of a
+    regular file is its end); a Problem for anything else. Never raises, never blocks."""
+    try:
+        fd, _ = open_regular(path, root)
+    except OSError as error:
+        return Problem(Path(path), _reason(error))
     try:
         return os.read(fd, size)
+    except OSError as error:
+        return Problem(Path(path), _reason(error))
     finally:
         os.close(fd)
 
 
+def regular_stat(path: str | Path, root: str | Path) -> os.stat_result | Problem:
+    """The stat of a file `read_regular` would read; a Problem where it would refuse."""
+    try:
+        fd, stat = open_regular(path, root)
+    except OSError as error:
+        return Problem(Path(path), _reason(error))
+    os.close(fd)
+    return stat
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, Refused):
+        return str(error)
+    if isinstance(error, FileNotFoundError):
+        return "vanished before it could be read"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder"
+    if error.errno == errno.ELOOP:
+        return "a symlink: not followed"
+    return f"unreadable ({error.strerror or error})"
+
+
 def parse_data_update(doc: dict[str, Any]) -> DataUpdate | None:
+    """The update in a data file's JSON, each component encoded back to JSON text here (off
+    the event loop: sending it on is then a join, and no depth of nesting can fail later)."""
     token, created, data = doc.get("reload_token"), doc.get("created_on"), doc.get("data")
     if not isinstance(token, str) or not isinstance(data, dict):
         return None
     created_on = float(created) if isinstance(created, int | float) else 0.0
-    return DataUpdate(token, created_on, data)
+    return DataUpdate(token, created_on, {key: encoded(value) for key, value in data.items()})
 
 
-def read_data_update(path: Path, limits: Limits) -> DataUpdate | Problem:
-    doc = read_json(path, limits.max_data_bytes)
-    if isinstance(doc, Problem):
+def read_data_update(path: Path, limits: Limits, root: str | Path) -> DataUpdate | Problem:
+    cap = limits.max_data_bytes
+    raw = read_regular(path, cap + 1, root)
+    if isinstance(raw, Problem):
+        return raw
+    if len(raw) > cap:
+        return Problem(path, f"too large (over {cap} bytes)")
+    # Parsing a big one here would hold the GIL, so stall the server: the helper does it.
+    big = len(raw) > helper.BIG_UPDATE
+    found = helper.parse_elsewhere(raw) if big else parse_update_bytes(raw)
+    return found if isinstance(found, DataUpdate) else Problem(path, found)
+
+
+def parse_update_bytes(raw: bytes) -> DataUpdate | str:
+    """A data update from a data file's bytes, or why not."""
+    doc = parse_json_bytes(raw)
+    if isinstance(doc, str):
         return doc
-    update = parse_data_update(doc)
-    return update if update is not None else Problem(path, "not a card data update")
+    try:
+        update = parse_data_update(doc)
+    except (ValueError, RecursionError):
+        return "nested too deeply"
+    return update if update is not None else "not a card data update"
+
+
+def parse_json_bytes(raw: bytes) -> dict[str, Any] | str:
+    """A JSON object, or why not."""
+    try:
+        # What json.loads does with bytes, with one decoder made once instead of one per call.
+        doc = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except (ValueError, RecursionError):
+        return "not valid JSON (half written?)"
+    return doc if isinstance(doc, dict) else "not a JSON object"
+
+
+def encoded(value: Any) -> Encoded:
+    return Encoded(json.dumps(value, separators=(",", ":"), allow_nan=False))
 
 
 def stat_version(path: Path) -> os.stat_result | None:
@@ -143,6 +244,11 @@ def stat_version(path: Path) -> os.stat_result | None:
         return path.stat()
     except OSError:
         return None
+
+
+def file_version(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells one content of a file from the next: a rewrite changes one of these."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 def version_of(stat: os.stat_result) -> str:
@@ -162,22 +268,15 @@ def card_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> Event 
     if found is None or not scope.wants(found.key.task.flow, found.key.task.run):
         return None
     legacy = found.legacy
+    stat = regular_stat(path, roots.cards)
+    if isinstance(stat, Problem):
+        return stat
     if found.kind is CardFileKind.HTML:
-        return html_event(found.key, legacy, path)
-    stat = stat_version(path)
-    if stat is None:
-        return Problem(path, "vanished before it could be read")
-    update = read_data_update(path, limits)
+        return CardWritten(found.key, legacy, stat.st_mtime, stat.st_size, version_of(stat))
+    update = read_data_update(path, limits, roots.cards)
     if isinstance(update, Problem):
         return update
     return DataWritten(found.key, legacy, stat.st_mtime, update)
-
-
-def html_event(key: CardKey, legacy: bool, path: Path) -> CardWritten | Problem:
-    stat = stat_version(path)
-    if stat is None:
-        return Problem(path, "vanished before it could be read")
-    return CardWritten(key, legacy, stat.st_mtime, stat.st_size, version_of(stat))
 
 
 def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> Event | Problem | None:
@@ -191,34 +290,47 @@ def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> E
     found = parse_datastore_path(rel)
     if found is None or not scope.wants(found.key.flow, found.key.run):
         return None
-    if isinstance(found, RunFile):
-        doc = read_json(path, limits.max_meta_bytes)
-        return doc if isinstance(doc, Problem) else RunWritten(found.key, epoch_seconds(doc), user_of(doc))
-    if found.attempt is not None:
-        verdict = read_verdict(str(path), found.attempt, limits)
+    if isinstance(found, TaskFile) and found.attempt is not None:
+        verdict = read_verdict(str(path), found.attempt, limits, roots.datastore)
         return verdict if isinstance(verdict, Problem) else TaskMetaWritten(found.key, found.kind, *verdict)
-    doc = read_json(path, limits.max_meta_bytes)
+    doc = read_json(path, limits.max_meta_bytes, roots.datastore)
     if isinstance(doc, Problem):
         return doc
+    if isinstance(found, RunFile):
+        return RunWritten(found.key, epoch_seconds(doc), run_user(doc))
     return TaskMetaWritten(found.key, found.kind, found.ts, slim(doc))
 
 
-def read_verdict(path: str, attempt: int, limits: Limits) -> tuple[int, dict[str, Any]] | Problem:
+def read_verdict(
+    path: str, attempt: int, limits: Limits, root: str | Path
+) -> tuple[int, dict[str, Any]] | Problem:
     """A `<attempt>.runtime` file: (when it was written in ms, its doc as `status.record` takes it)."""
-    try:
-        written = os.stat(path).st_mtime_ns // 1_000_000
-    except OSError:
-        return Problem(Path(path), "vanished before it could be read")
-    doc = read_json(path, limits.max_meta_bytes)
+    stat = regular_stat(path, root)
+    if isinstance(stat, Problem):
+        return stat
+    doc = read_json(path, limits.max_meta_bytes, root)
     if isinstance(doc, Problem):
         return doc
     verdict = verdict_doc(attempt, doc)
-    return (written, verdict) if verdict is not None else Problem(Path(path), "not a runtime verdict")
+    if verdict is None:
+        return Problem(Path(path), "not a runtime verdict")
+    return stat.st_mtime_ns // 1_000_000, verdict
+
+
+FUTURE_SLACK = 86_400.0  # seconds of clock skew allowed; a later time is impossible: ignored
+MAX_USER = 80  # characters of a user name shown; a tag may hold anything
 
 
 def epoch_seconds(doc: dict[str, Any]) -> float | None:
     epoch = doc.get("ts_epoch")
-    return epoch / 1000 if isinstance(epoch, int | float) else None
+    if not isinstance(epoch, int | float) or epoch / 1000 > time.time() + FUTURE_SLACK:
+        return None  # a run from the future would take over "follow the newest run"
+    return epoch / 1000
+
+
+def run_user(doc: dict[str, Any]) -> str | None:
+    user = user_of(doc)
+    return user if user is None or len(user) <= MAX_USER else user[: MAX_USER - 1] + "…"
 
 
 def slim(doc: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +356,10 @@ def scan(roots: Roots, limits: Limits, scope: Scope) -> Scanned:
 
 
 def listed(path: str, folders: bool) -> list[str]:
-    """Names of the folders (or else the files) in `path`, links not followed; none if unlistable."""
+    """Names of the folders (or else the files) in `path`, links not followed (`path` itself
+    neither); none if unlistable."""
+    if not real_folder(path):
+        return []
     try:
         with os.scandir(path) as found:
             entries = list(found)
@@ -260,6 +375,16 @@ def listed(path: str, folders: bool) -> list[str]:
 def _safe_test(test: Callable[..., bool], entry: os.DirEntry[str]) -> bool:
     try:
         return test(entry, follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def real_folder(path: str) -> bool:
+    """`path` is a folder and not a symlink to one: a symlinked `runtime` or `_meta` must not
+    lead the scan anywhere. (Between this and the listing a swap could still show other names;
+    never other contents: every read proves its own path, see `open_regular`.)"""
+    try:
+        return S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
 
@@ -312,16 +437,18 @@ def scan_datastore(
     roots: Roots, limits: Limits, scope: Scope, problems: list[Problem]
 ) -> Iterator[Event]:
     for key, run_dir in datastore_runs(roots, scope):
-        yield from scan_run(key, run_dir, limits, problems)
+        yield from scan_run(key, run_dir, limits, problems, str(roots.datastore))
 
 
-def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem]) -> Iterator[Event]:
-    self_doc = read_json(f"{run_dir}/_meta/_self.json", limits.max_meta_bytes)
+def scan_run(
+    key: RunKey, run_dir: str, limits: Limits, problems: list[Problem], root: str
+) -> Iterator[Event]:
+    self_doc = read_json(f"{run_dir}/_meta/_self.json", limits.max_meta_bytes, root)
     if isinstance(self_doc, Problem):
         if "vanished" not in self_doc.reason:
             problems.append(self_doc)
     else:
-        yield RunWritten(key, epoch_seconds(self_doc), user_of(self_doc))
+        yield RunWritten(key, epoch_seconds(self_doc), run_user(self_doc))
     flow, run = key.flow, key.run
     for step in subdirs(run_dir):
         if step in ("_meta", PARAMETERS_STEP):
@@ -329,7 +456,7 @@ def scan_run(key: RunKey, run_dir: str, limits: Limits, problems: list[Problem])
         for task in subdirs(f"{run_dir}/{step}"):
             if task != "_meta":
                 meta_dir = f"{run_dir}/{step}/{task}/_meta"
-                found = scan_task_meta(TaskKey(flow, run, step, task), meta_dir, limits, problems)
+                found = scan_task_meta(TaskKey(flow, run, step, task), meta_dir, limits, problems, root)
                 if found is not None:
                     yield found
 
@@ -339,7 +466,7 @@ FIRST_ATTEMPT: Mapping[str, Any] = MappingProxyType({"value": "0", "tags": ["att
 
 
 def scan_task_meta(
-    key: TaskKey, meta_dir: str, limits: Limits, problems: list[Problem]
+    key: TaskKey, meta_dir: str, limits: Limits, problems: list[Problem], root: str
 ) -> TaskMetaRead | None:
     """The task's status files in one event; None when it has none yet."""
     found: list[tuple[MetaKind, int, str]] = []
@@ -361,21 +488,23 @@ def scan_task_meta(
             # One attempt: its number is 0 and the file name says the rest; skip the read.
             read.append((kind, ts, FIRST_ATTEMPT))
         else:
-            doc = read_json(f"{meta_dir}/{name}", limits.max_meta_bytes)
+            doc = read_json(f"{meta_dir}/{name}", limits.max_meta_bytes, root)
             if isinstance(doc, Problem):
                 problems.append(doc)
             else:
                 read.append((kind, ts, slim(doc)))
     if kinds.count(verdict) < starts:  # an attempt without attempt_ok: killed, crashed or running
-        read.extend(scan_verdicts(meta_dir.removesuffix("/_meta"), starts, limits, problems))
+        read.extend(scan_verdicts(meta_dir.removesuffix("/_meta"), starts, limits, problems, root))
     return TaskMetaRead(key, tuple(read)) if read else None
 
 
-def scan_verdicts(task_dir: str, starts: int, limits: Limits, problems: list[Problem]) -> list[MetaFile]:
+def scan_verdicts(
+    task_dir: str, starts: int, limits: Limits, problems: list[Problem], root: str | Path
+) -> list[MetaFile]:
     """The runtime's verdicts on a task's attempts (numbered 0 to starts - 1), where written."""
     found: list[MetaFile] = []
     for attempt in range(starts):
-        verdict = read_verdict(f"{task_dir}/{verdict_file_name(attempt)}", attempt, limits)
+        verdict = read_verdict(f"{task_dir}/{verdict_file_name(attempt)}", attempt, limits, root)
         if isinstance(verdict, Problem):
             if "vanished" not in verdict.reason:  # not written (yet): the usual case
                 problems.append(verdict)
@@ -414,6 +543,8 @@ def scan_task_cards(task: TaskKey, legacy: bool, task_dir: str) -> TaskCardsRead
 
 def card_files(folder: str, kind: CardFileKind) -> list[tuple[str, os.stat_result]]:
     """(card name, stat) of the card files of that kind in a task's `cards` or `runtime` folder."""
+    if not real_folder(folder):
+        return []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -11,9 +11,16 @@ from typing import Any
 from .layout import CardKey, MetaKind, RunKey, TaskKey
 
 
+class Encoded(str):
+    """A value already written as JSON text: sent on as it is, never encoded again."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class DataUpdate:
-    """One `runtime/*.data.json`: the newest state of the card's live components."""
+    """One `runtime/*.data.json`: the newest state of the card's live components (as read
+    from disk, each component is `Encoded`)."""
 
     token: str
     created_on: float

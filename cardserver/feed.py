@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .events import DataUpdate, Encoded
 from .hub import SNAPSHOT, Hub, Message, TopicWatch
-from .index import Changes, Index, update_dict
+from .index import Changes, Index
 from .layout import CardKey, RunKey, TaskKey, card_key_from_parts, is_name, task_key_from_parts
 
 
@@ -77,11 +78,24 @@ def shown_cards(show: Callable[[CardKey, bool], None]) -> TopicWatch:
     return watch
 
 
-def encode(payload: dict[str, Any]) -> str:
+def encode(payload: Any) -> str:
     try:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str)
     except ValueError:  # NaN/Infinity: Metaflow writes them in data updates; JSON has neither
         return json.dumps(finite(payload), separators=(",", ":"), allow_nan=False, default=str)
+    except RecursionError:  # read from disk, these come `Encoded`; anything else this deep is a bug
+        return "null"
+
+
+def update_text(update: DataUpdate) -> str:
+    """`{"token", "created_on", "data"}` as JSON: components read from disk are already JSON
+    text (encoded where they were read, off the event loop), so this is a join."""
+    data = ",".join(
+        f"{encode(key)}:{value if isinstance(value, Encoded) else encode(value)}"
+        for key, value in update.data.items()
+    )
+    head = encode({"token": update.token, "created_on": update.created_on})
+    return f'{head[:-1]},"data":{{{data}}}}}'
 
 
 def finite(value: Any) -> Any:
@@ -105,13 +119,20 @@ class Feed:
         self.hub = hub
         # A 10,000-task run's snapshot takes ~0.4 s to build: build it once per revision.
         self._snapshots: dict[RunKey, tuple[tuple[int, int], Message]] = {}
+        self._health: Message | None = None  # only while the file watch is not running
+
+    def publish_health(self, health: dict[str, Any]) -> None:
+        """Whether live updates flow (the file watch runs), on the `flows` topic every viewer follows."""
+        health_message = message("flows", "health", "health", **health)
+        self._health = None if health.get("ok") else health_message
+        self.hub.publish(health_message)
 
     # --- the state now, for a new subscriber ----------------------------------------------
 
     def initial(self, topic: Topic) -> list[Message]:
         name = str(topic)
         if topic.kind == "flows":
-            return [self._flows()]
+            return [self._flows()] if self._health is None else [self._flows(), self._health]
         if topic.flow is not None:
             runs = [r.summary() for r in self.index.runs(topic.flow)]
             return [message(name, SNAPSHOT, "runs", flow=topic.flow, runs=runs)]
@@ -196,5 +217,6 @@ class Feed:
                 out.append(message(topic, "card", "card", exists=True, card=summary))
         card = self.index.card(key)
         if update and card is not None and card.update is not None:
-            out.append(message(topic, "update", "update", **(update_dict(card.update) or {})))
+            head = encode({"topic": topic, "type": "update"})
+            out.append(Message(topic, "update", f"{head[:-1]},{update_text(card.update)[1:]}"))
         return out

@@ -50,7 +50,8 @@ class Mailbox:
             self._bytes -= len(old)
         self._pending[slot] = message.text  # a replaced slot keeps its place in line
         self._bytes += len(message.text)
-        if self._bytes > self._max_bytes:
+        # Beside the newest message, however big (a data update may be 16 MB): it must get through.
+        if self._bytes - len(message.text) > self._max_bytes:
             self.overflowed = True
         self._ready.set()
 

@@ -511,6 +511,8 @@ def merge(old: DataUpdate | None, new: DataUpdate) -> DataUpdate:
 
 
 def update_dict(update: DataUpdate | None) -> dict[str, Any] | None:
+    """As read from disk, each value of `data` is `Encoded` JSON text: send it with
+    `feed.update_text`, never through `json.dumps` (which would quote it)."""
     if update is None:
         return None
     return {"token": update.token, "created_on": update.created_on, "data": update.data}

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import disk, taskinfo
+from . import disk, helper, taskinfo
 from .config import Config
 from .disk import Problem, Scanned, Scope
 from .events import DataWritten, Event
@@ -27,7 +28,7 @@ from .layout import CardFileKind, CardKey, TaskKey, card_path
 from .logs import Page
 from .pathevents import PathEvents
 from .prescan import Prescan
-from .source import Sink, Unavailable
+from .source import Health, Sink, Unavailable
 from .taskinfo import TaskFolder
 from .watcher import Batch, Item, Opened, Rescan, Watcher
 
@@ -47,10 +48,15 @@ class LocalSource:
         self.paths = PathEvents(config.roots, config.limits, self.scope)
         self.shown: set[CardKey] = set()  # cards someone looks at: their data updates stay read
         self._sink: Sink | None = None
-        self._batches: AsyncIterator[Item] | None = None
+        self._batches: AsyncGenerator[Item, None] | None = None
         self._first: asyncio.Future[Item | None] | None = None
         self._live_poll: asyncio.Task[None] | None = None
         self._loads: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None  # the loop over the watcher's batches
+        self.health = Health()
+        self._busy_since: float | None = None  # when the item being handled began (monotonic)
+        self._unreadable: dict[CardKey, tuple[int, int, int]] = {}  # data file versions that failed
+        self._loading: dict[CardKey, asyncio.Future[None]] = {}  # data updates being read
 
     @property
     def sink(self) -> Sink:
@@ -75,27 +81,91 @@ class LocalSource:
 
     async def follow(self, sink: Sink) -> None:
         self._sink = sink
-        assert self._batches is not None and self._first is not None, "follow comes after first_read"
-        item = await self._first
-        while item is not None:
-            try:
-                await self.handle(item)
-            except Exception:  # a bug must not stop the watching: log it, read everything again
-                log.exception("failed to apply a change; reading the datastore again")
-                await self.rescan()
-            self.check_live_poll()
-            item = await anext(self._batches, None)
+        self._watch = asyncio.create_task(self._follow_batches(), name="cardserver-watch")
+        await self._supervise()
+
+    async def _follow_batches(self, restarted: bool = False) -> None:
+        if restarted or self._batches is None or self._first is None:
+            self._batches = self.watcher.batches()
+            self._first = asyncio.ensure_future(anext(self._batches, None))
+            await asyncio.sleep(0)
+            await self.recover()  # a restarted watch: what changed meanwhile was missed
+        batches, first = self._batches, self._first
+        try:
+            item = await first
+            while item is not None:
+                self._busy_since = time.monotonic()
+                try:
+                    await self.handle(item)
+                except Exception:  # a bug must not stop the watching: log it, read everything again
+                    log.exception("failed to apply a change; reading the datastore again")
+                    await self.recover()
+                self._busy_since = None
+                self.check_live_poll()
+                item = await anext(batches, None)
+        finally:
+            self._busy_since = None
+            if not first.done():
+                first.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await first
+            with suppress(Exception):
+                await batches.aclose()  # closes its OS watches
+
+    async def recover(self) -> None:
+        try:
+            await self.rescan()
+        except Exception:  # the next change tries again; the supervisor watches the rest
+            log.exception("reading the datastore again failed too; watching on")
+
+    # --- the supervisor ----------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Notices a watch task that ended or is stuck on one change, says so (`health`, shown
+        in /api/status and the viewer), and starts it again."""
+        timing = self.config.timing
+        while True:
+            await asyncio.sleep(timing.supervise_seconds)
+            task = self._watch
+            if task is None:
+                continue
+            busy = self._busy_since
+            if task.done():
+                failure = "ended" if task.cancelled() or task.exception() is None else (
+                    f"failed: {task.exception()!r}")
+            elif busy is not None and time.monotonic() - busy > timing.stuck_seconds:
+                failure = f"stuck on one change for over {timing.stuck_seconds:.0f} s"
+            else:
+                if not self.health.ok:
+                    self.set_health(Health(True, self.health.restarts, None))
+                continue
+            await self.restart_watch(failure)
+
+    async def restart_watch(self, failure: str) -> None:
+        log.error("the file watch %s; starting it again", failure)
+        self.set_health(Health(False, self.health.restarts + 1, f"the file watch {failure}; restarting"))
+        old = self._watch
+        if old is not None and not old.done():
+            old.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await old
+        self._watch = asyncio.create_task(self._follow_batches(restarted=True), name="cardserver-watch")
+
+    def set_health(self, health: Health) -> None:
+        self.health = health
+        self.sink.health(health)
 
     async def close(self) -> None:
         if self.first_scan is not None:
             self.first_scan.close()  # a reader still busy would hold up the shutdown
         self.following.close()
         self.watcher.stop()
-        for task in (self._first, self._live_poll, *self._loads):
+        for task in (self._watch, self._first, self._live_poll, *self._loads):
             if task is not None:
                 task.cancel()
-                with suppress(asyncio.CancelledError):
+                with suppress(asyncio.CancelledError, Exception):
                     await task
+        helper.stop()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -103,6 +173,7 @@ class LocalSource:
             "cards": str(self.roots.cards),
             "watching": self.watcher.describe(),
             "followed_runs": len(self.following.followed),
+            "watch": self.health.as_dict(),
         }
 
     async def handle(self, item: Item) -> None:
@@ -116,7 +187,7 @@ class LocalSource:
             log.info("a flow or run folder was deleted; reading the datastore again")
             await self.rescan()
         else:
-            self.apply(self.paths.classify(item), item)
+            self.apply(self.paths.settle(await asyncio.to_thread(self.paths.classify, item)), item)
 
     def apply(self, events: list[Event], batch: Batch | None = None) -> Changes:
         """Hand events to the sink (with the tasks a batch of paths touched)."""
@@ -200,7 +271,7 @@ class LocalSource:
             # Index reads and file reads stay on the loop, like `classify`; only stats go out.
             known = self.live_card_files()
             changed = await asyncio.to_thread(changed_files, known)
-            self.apply([e for path in changed for e in self.paths.read_file(path)])
+            self.apply(self.paths.settle(await asyncio.to_thread(self.paths.read_files, changed)))
 
     def live_card_files(self) -> list[tuple[Path, CardFileKind, object]]:
         """Each file of a running or pending task's cards, with the signature last seen."""
@@ -224,40 +295,49 @@ class LocalSource:
 
     async def load_update(self, key: CardKey, force: bool = False) -> None:
         """Read a card's data update the first time someone wants it (the scan skips them),
-        or again (`force`) when a scan saw a newer one."""
+        or again (`force`) when a scan saw a newer one. One read at a time per card, and a file
+        that could not be read is not read again until it changes."""
         card = self.sink.index.card(key)
         if card is None or card.data_mtime is None or (card.update is not None and not force):
             return
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load_update(key))
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        await asyncio.shield(loading)
+
+    async def _load_update(self, key: CardKey) -> None:
+        card = self.sink.index.card(key)
+        if card is None or card.data_mtime is None:
+            return
         path = self.roots.cards / card_path(key, CardFileKind.DATA, card.legacy)
-        update = await asyncio.to_thread(disk.read_data_update, path, self.limits)
+        version = await asyncio.to_thread(disk.stat_version, path)
+        seen = disk.file_version(version) if version is not None else None
+        if seen is not None and self._unreadable.get(key) == seen:
+            return
+        update = await asyncio.to_thread(disk.read_data_update, path, self.limits, self.roots.cards)
         if isinstance(update, Problem):
+            if seen is not None:
+                self._unreadable[key] = seen
             self.paths.report(update)
             return
+        self._unreadable.pop(key, None)
         self.apply([DataWritten(key, card.legacy, card.data_mtime, update)])
 
     async def read_card(self, card: Card) -> bytes:
         return await asyncio.to_thread(self._read_card, card)
 
     def _read_card(self, card: Card) -> bytes:
-        path = self.card_file(card)
-        try:
-            with path.open("rb") as handle:
-                html = handle.read(self.limits.max_card_bytes + 1)
-        except OSError:
+        # A regular file inside the root, reached through no symlink, opened without blocking.
+        html = disk.read_regular(self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy),
+                                 self.limits.max_card_bytes + 1, self.roots.cards)
+        if isinstance(html, Problem):
             raise Unavailable(404, "card not found") from None
         if len(html) > self.limits.max_card_bytes:
             cap = self.limits.max_card_bytes
             size = f"{cap // (1024 * 1024)} MB" if cap >= 1024 * 1024 else f"{cap} bytes"
             raise Unavailable(413, f"card file too large to serve (over {size})")
         return html
-
-    def card_file(self, card: Card) -> Path:
-        """The card file, proven inside the cards root (no `..`, no symlink out)."""
-        root = self.roots.cards.resolve()
-        candidate = (self.roots.cards / card_path(card.key, CardFileKind.HTML, card.legacy)).resolve()
-        if not candidate.is_relative_to(root):
-            raise Unavailable(404, "card not found")
-        return candidate
 
     async def read_task(self, key: TaskKey) -> TaskFolder | None:
         cap = self.limits.max_meta_bytes

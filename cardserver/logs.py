@@ -12,7 +12,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from . import disk
 
 _MFLOG = re.compile(r"\[MFLOG\|\d+\|(?P<ts>[^|\]]{0,40})\|(?P<source>[^|\]]{0,40})\|[^\]]{0,80}\]")
 BLOCK = 64 * 1024  # read size when walking back from the end
@@ -65,10 +67,18 @@ def parse_lines(chunk: bytes) -> list[LogLine]:
     return [parse_line(part) for part in parts]
 
 
-def tail(path: Path, lines: int, before: int | None = None, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+def open_log(path: Path, root: Path) -> BinaryIO:
+    """A log opened the one safe way (a regular file inside `root`: never a FIFO that blocks,
+    never through a symlink). Raises OSError otherwise."""
+    fd, _ = disk.open_regular(path, root)
+    return os.fdopen(fd, "rb")
+
+
+def tail(path: Path, root: Path, lines: int, before: int | None = None,
+         max_bytes: int = MAX_PAGE_BYTES) -> Page:
     """The last `lines` whole lines ending at byte `before` (default: the end of the file),
     found by reading backwards in blocks: never more than `max_bytes` is read."""
-    with path.open("rb") as handle:
+    with open_log(path, root) as handle:
         size = os.fstat(handle.fileno()).st_size
         end = size if before is None else max(0, min(before, size))
         chunk, start = read_back(handle, end, lines, max_bytes)
@@ -101,9 +111,9 @@ def read_back(handle: Any, end: int, lines: int, max_bytes: int) -> tuple[bytes,
     return chunk, start
 
 
-def after(path: Path, offset: int, lines: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+def after(path: Path, root: Path, offset: int, lines: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
     """Up to `lines` whole lines from byte `offset` on (what was written since a page ended)."""
-    with path.open("rb") as handle:
+    with open_log(path, root) as handle:
         size = os.fstat(handle.fileno()).st_size
         start = max(0, min(offset, size))
         handle.seek(start)
@@ -147,8 +157,8 @@ def exception_end(lines: list[str], start: int) -> int:
     return min(i, len(lines))
 
 
-def traceback_of(path: Path) -> list[LogLine] | None:
+def traceback_of(path: Path, root: Path) -> list[LogLine] | None:
     """The traceback at the end of a stderr log; None when it has none."""
-    page = tail(path, MAX_PAGE_LINES, max_bytes=TRACEBACK_TAIL_BYTES)
+    page = tail(path, root, MAX_PAGE_LINES, max_bytes=TRACEBACK_TAIL_BYTES)
     span = traceback_span([line.text for line in page.lines])
     return None if span is None else page.lines[span[0] : span[1]]

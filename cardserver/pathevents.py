@@ -1,5 +1,6 @@
 """What a batch of changed paths means: the local source's events, read from the files where
-needed. Also which part of the tree a folder holds, and logging each bad file once.
+needed (in a thread: `classify` never runs on the loop, `settle` does). Also which part of the
+tree a folder holds, and logging each bad file once.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from stat import S_ISDIR
 
 from . import disk
 from .config import CARDS_DIR, Limits, Roots
@@ -30,6 +32,8 @@ log = logging.getLogger("cardserver")
 
 NEW_FOLDER_FILES = 10_000  # a new folder's files are read directly: inotify may miss them
 
+Read = tuple[Path, Event | Problem]  # what one changed path said, read off the loop
+
 
 class PathEvents:
     def __init__(self, roots: Roots, limits: Limits, scope: Scope) -> None:
@@ -38,20 +42,33 @@ class PathEvents:
         self.scope = scope
         self._reported: set[tuple[Path, str]] = set()
 
-    def classify(self, batch: Batch) -> list[Event]:
-        events: list[Event] = []
+    def classify(self, batch: Batch) -> list[Read]:
+        """What a batch of changed paths says. Reads files: runs in a thread, never on the loop."""
+        events: list[Read] = []
         for change, path in batch:
             if not self.relevant(path):
                 continue
             if change is Change.DELETED:
                 removed = self.removed_card(path)
                 if removed is not None:
-                    events.append(removed)
+                    events.append((path, removed))
                 continue
-            if change is Change.ADDED and path.is_dir():
+            if change is Change.ADDED and is_real_folder(path):
                 events.extend(self.read_new_folder(path))
                 continue
             events.extend(self.read_file(path))
+        return events
+
+    def settle(self, reads: list[Read]) -> list[Event]:
+        """On the loop: log the problems of what `classify` read, keep the events."""
+        events: list[Event] = []
+        for path, found in reads:
+            if isinstance(found, Problem):
+                self.report(found)
+            else:
+                if self._reported:  # it reads well now: say so again if it breaks again
+                    self._reported = {r for r in self._reported if r[0] != path}
+                events.append(found)
         return events
 
     def relevant(self, path: Path) -> bool:
@@ -64,20 +81,17 @@ class PathEvents:
             return False
         return not is_artifact_path(parts) and parts[:1] != (CARDS_DIR,)
 
-    def read_file(self, path: Path) -> list[Event]:
+    def read_files(self, paths: list[Path]) -> list[Read]:
+        return [read for path in paths for read in self.read_file(path)]
+
+    def read_file(self, path: Path) -> list[Read]:
         found = disk.card_event(self.roots, path, self.limits, self.scope)
         if found is None:
             found = disk.datastore_event(self.roots, path, self.limits, self.scope)
-        if isinstance(found, Problem):
-            self.report(found)
-            return []
-        if found is not None:
-            self._reported = {r for r in self._reported if r[0] != path}
-            return [found]
-        return []
+        return [] if found is None else [(path, found)]
 
-    def read_new_folder(self, folder: Path) -> list[Event]:
-        events: list[Event] = []
+    def read_new_folder(self, folder: Path) -> list[Read]:
+        events: list[Read] = []
         seen = 0
         for dirpath, dirnames, filenames in os.walk(folder):
             if Path(dirpath).parent == self.roots.datastore:  # a flow folder: skip its artifacts
@@ -151,3 +165,11 @@ class PathEvents:
             if path.is_relative_to(root):
                 return task_of_path(PurePosixPath(path.relative_to(root).as_posix()), cards)
         return None
+
+
+def is_real_folder(path: Path) -> bool:
+    """A folder, not a symlink to one: a symlinked tree is not walked (it may be anything)."""
+    try:
+        return S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -18,7 +18,7 @@ from .feed import Feed
 from .hub import Hub
 from .index import Changes, Index
 from .layout import TaskKey
-from .source import Source
+from .source import Health, Source
 from .status import GRACE_SECONDS
 from .taskfeed import TaskFeed
 
@@ -79,6 +79,9 @@ class Pipeline:
         if tasks:  # a batch's lazy list of tasks, or nothing to look at
             self.tasks.touched(tasks)
         return changes
+
+    def health(self, health: Health) -> None:
+        self.feed.publish_health(health.as_dict())
 
     def announce(self, changes: Changes) -> None:
         """Tell subscribers, and the source (what it follows may differ now)."""

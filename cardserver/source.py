@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .events import Event
@@ -31,6 +32,19 @@ class Unavailable(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether a source's changes flow (its watch or poll runs): what /api/status and the
+    viewer show."""
+
+    ok: bool = True
+    restarts: int = 0
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "restarts": self.restarts, "problem": self.problem}
 
 
 class Sink(Protocol):
@@ -51,6 +65,10 @@ class Sink(Protocol):
         (their logs, their attempts), looked at only if someone watches one."""
         ...
 
+    def health(self, health: Health) -> None:
+        """Whether changes flow now: every viewer is told."""
+        ...
+
 
 class Source(Protocol):
     caught_up: asyncio.Event  # everything that may still change is followed, and was read since
@@ -60,7 +78,8 @@ class Source(Protocol):
         ...
 
     async def follow(self, sink: Sink) -> None:
-        """Hand the sink each change, batch by batch, until cancelled."""
+        """Hand the sink each change, batch by batch, until cancelled; a way of following that
+        ends or sticks is started again (the sink is told of its `health`)."""
         ...
 
     async def close(self) -> None: ...

@@ -45,10 +45,12 @@ class TaskFolder:
 
 
 def folder_of(datastore: Path, key: TaskKey) -> Path | None:
-    """The task's folder, proven inside the datastore (no `..`, no symlink out)."""
-    root = datastore.resolve()
-    candidate = (datastore / task_dir(key)).resolve()
-    return candidate if candidate.is_relative_to(root) and candidate.is_dir() else None
+    """The task's folder, proven inside the datastore (no `..`, no symlink out). Its files are
+    read with `disk.open_regular`, which checks again on each file it opens."""
+    candidate = datastore / task_dir(key)
+    real = candidate.resolve()
+    inside = real.is_relative_to(datastore.resolve()) and real == datastore.resolve() / task_dir(key)
+    return candidate if inside and real.is_dir() else None
 
 
 def read_task(datastore: Path, key: TaskKey, cap: int) -> TaskFolder | None:
@@ -62,10 +64,10 @@ def read_task(datastore: Path, key: TaskKey, cap: int) -> TaskFolder | None:
         if parsed is not None:
             found.attempts.setdefault(parsed[0], AttemptFiles()).stats[parsed[1]] = stat
     for number, files in found.attempts.items():
-        read_attempt(folder, number, files, cap)
+        read_attempt(folder, number, files, cap, datastore)
     if not (folder / "_meta").is_symlink():  # a link could point anywhere outside the task
-        read_meta(folder / "_meta", found, cap)
-    found.traceback = failed_traceback(folder, found.attempts)
+        read_meta(folder / "_meta", found, cap, datastore)
+    found.traceback = failed_traceback(folder, found.attempts, datastore)
     return found
 
 
@@ -87,18 +89,18 @@ def entries(folder: Path) -> list[tuple[str, os.stat_result]]:
     return out
 
 
-def read_attempt(folder: Path, number: int, files: AttemptFiles, cap: int) -> None:
+def read_attempt(folder: Path, number: int, files: AttemptFiles, cap: int, root: Path) -> None:
     if "attempt.json" in files.stats:
-        doc = disk.read_json(folder / f"{number}.attempt.json", cap)
+        doc = disk.read_json(folder / f"{number}.attempt.json", cap, root)
         if isinstance(doc, dict) and isinstance(doc.get("time"), int | float):
             files.started = float(doc["time"])
     if "runtime" in files.stats:
-        doc = disk.read_json(folder / f"{number}.runtime", cap)
+        doc = disk.read_json(folder / f"{number}.runtime", cap, root)
         if isinstance(doc, dict):
             files.verdict = doc
 
 
-def read_meta(meta: Path, found: TaskFolder, cap: int) -> None:
+def read_meta(meta: Path, found: TaskFolder, cap: int, root: Path) -> None:
     """Tags from `_self.json`; the newest value of each metadata field; attempt_ok per attempt;
     the attempt of each card."""
     newest: dict[str, tuple[int, Path]] = {}
@@ -107,7 +109,7 @@ def read_meta(meta: Path, found: TaskFolder, cap: int) -> None:
     for name, _ in entries(meta):
         parsed = parse_sysmeta_name(name)
         if name == "_self.json":
-            read_tags(meta / name, found, cap)
+            read_tags(meta / name, found, cap, root)
         elif parsed is None:
             continue
         elif parsed[0] == "attempt_ok":
@@ -118,22 +120,22 @@ def read_meta(meta: Path, found: TaskFolder, cap: int) -> None:
         elif _CARD_UUID.fullmatch(parsed[0]):
             infos.append(meta / name)
     for field_name, (_, path) in newest.items():
-        doc = disk.read_json(path, cap)
+        doc = disk.read_json(path, cap, root)
         if isinstance(doc, dict):
             found.metadata[field_name.replace("-", "_")] = doc.get("value")
     for path in infos:
-        doc = disk.read_json(path, cap)
+        doc = disk.read_json(path, cap, root)
         if isinstance(doc, dict) and doc.get("type") == "card-info":
             card_info(doc, found)
     for path in oks:
-        doc = disk.read_json(path, cap)
+        doc = disk.read_json(path, cap, root)
         attempt = attempt_tag(doc) if isinstance(doc, dict) else None
         if isinstance(doc, dict) and attempt in found.attempts:
             found.attempts[attempt].attempt_ok = doc.get("value") == "True"
 
 
-def read_tags(path: Path, found: TaskFolder, cap: int) -> None:
-    doc = disk.read_json(path, cap)
+def read_tags(path: Path, found: TaskFolder, cap: int, root: Path) -> None:
+    doc = disk.read_json(path, cap, root)
     if isinstance(doc, dict):
         found.metadata["tags"] = strings(doc.get("tags"))
         found.metadata["system_tags"] = strings(doc.get("system_tags"))
@@ -162,14 +164,14 @@ def strings(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def failed_traceback(folder: Path, attempts: dict[int, AttemptFiles]) -> dict[str, Any] | None:
+def failed_traceback(folder: Path, attempts: dict[int, AttemptFiles], root: Path) -> dict[str, Any] | None:
     """The traceback of the latest failed attempt that printed one."""
     for number in sorted(attempts, reverse=True):
         files = attempts[number]
         if verdict(files, latest=False) != "failed" or "runtime_stderr.log" not in files.stats:
             continue
         try:
-            found = logs.traceback_of(folder / log_file_name(number, "stderr"))
+            found = logs.traceback_of(folder / log_file_name(number, "stderr"), root)
         except OSError:
             continue
         if found:
@@ -266,13 +268,11 @@ def read_page(datastore: Path, key: TaskKey, stream: str, attempt: int | None, l
         if attempt is None:
             return None
     path = folder / log_file_name(attempt, stream)
-    if path.is_symlink():  # a link could point anywhere: logs are only the task's own files
-        return None
     try:
         if since is not None:
-            return attempt, logs.after(path, since, lines)
-        return attempt, logs.tail(path, lines, before)
-    except OSError:  # missing, vanished, a folder: nothing to show
+            return attempt, logs.after(path, datastore, since, lines)
+        return attempt, logs.tail(path, datastore, lines, before)
+    except OSError:  # missing, vanished, a folder, a FIFO, a symlink: nothing to show
         return None
 
 

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
@@ -196,7 +196,7 @@ class Watcher:
     def _all_pumps(self) -> list[_Pump]:
         return [*self._pumps.values(), *self._deep.values()]
 
-    async def batches(self) -> AsyncIterator[Item]:
+    async def batches(self) -> AsyncGenerator[Item, None]:
         """Changed paths under the roots, batch by batch, until `stop()`."""
         reopened: str | None = None
         while not self._stop.is_set():
@@ -224,28 +224,31 @@ class Watcher:
         self.mode = ("polling" if self.force_polling else "watching") if current.present else "waiting"
 
     def _refresh(self) -> tuple[Path, ...]:
-        """Bring the shape and deep watches up to date; the folders that joined them."""
-        before = self.watched("shape"), self.watched("deep")
+        """Bring the shape and deep watches up to date; the folders that joined them, or whose
+        watch was replaced."""
+        before = self.watched("shape")
         shape = shape_folders(self.roots)
-        if shape != before[0]:
+        if shape != before:
             self._replace("shape", shape, recursive=False)
-        self._refresh_deep()
-        return tuple(sorted(self.watched("shape") - before[0])) + tuple(
-            sorted(self.watched("deep") - before[1])
-        )
+        reopened = self._refresh_deep()
+        return tuple(sorted(self.watched("shape") - before)) + tuple(sorted(reopened))
 
-    def _refresh_deep(self) -> None:
+    def _refresh_deep(self) -> frozenset[Path]:
         """One watch per followed group (its folders that exist); a group that stays keeps its
-        watch. New watches open before old ones close: a folder changing group misses nothing."""
+        watch. The folders of every new watch are returned: a change the old watch had taken in
+        but not yet handed over when it closed is lost, so they must be read again."""
         wanted = {frozenset(f for f in group if f.is_dir()) for group in self._followed}
         wanted.discard(frozenset())
         stale = self._deep.keys() - wanted
+        opened: set[Path] = set()
         for group in wanted - self._deep.keys():
             pump = self._start(group, recursive=True)
             if pump is not None:
                 self._deep[group] = pump
+                opened.update(group)
         for group in stale:
             self._retire(self._deep.pop(group))
+        return frozenset(opened)
 
     def _replace(self, role: str, folders: frozenset[Path], recursive: bool) -> None:
         """Open the new watch before closing the old, so no change falls between them."""

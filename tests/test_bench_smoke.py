@@ -122,3 +122,12 @@ def test_bigrun_smoke() -> None:
     table = rows(run_smoke("bigrun.py"), "Big live run (smoke)")
     assert int(table["probe round trips"][0]) > 10
     assert float(table["worst round trip, a small run starts beside (ms)"][0]) > 0
+
+
+def test_chaos_smoke() -> None:
+    table = rows(run_smoke("chaos.py", timeout=240), "Chaos soak (smoke)")
+    assert int(table["hostile moves"][0]) > 50
+    assert table["lost good updates"][0] == "0", table
+    assert table["final state equals a fresh scan"][0] == "yes", table
+    assert table["server alive at the end"][0] == "yes", table
+    assert float(table["/api/status p99 (ms)"][0]) > 0  # measured; the target is judged in full runs

@@ -29,6 +29,7 @@ from cardserver.events import (
     CardWritten,
     DataUpdate,
     DataWritten,
+    Encoded,
     Event,
     MetaFile,
     Reset,
@@ -331,7 +332,7 @@ def test_card_event_reads_a_data_update(roots: Roots) -> None:
     assert isinstance(event, DataWritten)
     assert event.update is not None
     assert event.update.token == card.token
-    assert event.update.data["p"]["value"] == 3
+    assert json.loads(event.update.data["p"])["value"] == 3  # sent on as the JSON text it was
 
 
 def test_card_event_ignores_temp_files(roots: Roots) -> None:
@@ -371,9 +372,9 @@ def test_read_json_cap_is_inclusive(tmp_path: Path) -> None:
     doc = {"k": "x" * 100}
     raw = json.dumps(doc).encode()
     path.write_bytes(raw)
-    assert read_json(path, len(raw)) == doc
-    assert read_json(str(path), len(raw)) == doc  # the scan's plain strings
-    problem = read_json(path, len(raw) - 1)
+    assert read_json(path, len(raw), tmp_path) == doc
+    assert read_json(str(path), len(raw), tmp_path) == doc  # the scan's plain strings
+    problem = read_json(path, len(raw) - 1, tmp_path)
     assert isinstance(problem, Problem)
     assert problem.reason.startswith("too large")
 
@@ -394,15 +395,15 @@ def test_read_json_cap_is_inclusive(tmp_path: Path) -> None:
 def test_read_json_problems(tmp_path: Path, content: bytes, reason: str) -> None:
     path = tmp_path / "doc.json"
     path.write_bytes(content)
-    assert read_json(path, 1 << 20) == Problem(path, reason)
+    assert read_json(path, 1 << 20, tmp_path) == Problem(path, reason)
 
 
 def test_read_json_missing_and_folder(tmp_path: Path) -> None:
     gone = tmp_path / "gone.json"
-    assert read_json(gone, 100) == Problem(gone, "vanished before it could be read")
-    assert read_json(str(gone), 100) == Problem(gone, "vanished before it could be read")
+    assert read_json(gone, 100, tmp_path) == Problem(gone, "vanished before it could be read")
+    assert read_json(str(gone), 100, tmp_path) == Problem(gone, "vanished before it could be read")
     (tmp_path / "dir.json").mkdir()
-    assert read_json(tmp_path / "dir.json", 100) == Problem(tmp_path / "dir.json", "is a folder")
+    assert read_json(tmp_path / "dir.json", 100, tmp_path) == Problem(tmp_path / "dir.json", "is a folder")
 
 
 def test_read_json_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,7 +420,7 @@ def test_read_json_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
         monkeypatch.setattr(os, "open", denied)
     try:
-        problem = read_json(path, 100)
+        problem = read_json(path, 100, tmp_path)
     finally:
         path.chmod(0o644)
     assert isinstance(problem, Problem)
@@ -429,19 +430,20 @@ def test_read_json_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_read_data_update_shapes(tmp_path: Path) -> None:
     path = tmp_path / "blank-abc.data.json"
     path.write_text(json.dumps({"reload_token": "runtime-1", "created_on": 12.5, "data": {"a": {"v": 1}}}))
-    assert read_data_update(path, LIMITS) == DataUpdate("runtime-1", 12.5, {"a": {"v": 1}})
+    expected = DataUpdate("runtime-1", 12.5, {"a": Encoded('{"v":1}')})
+    assert read_data_update(path, LIMITS, tmp_path) == expected
     path.write_text(json.dumps({"reload_token": "runtime-1", "data": {}}))
-    assert read_data_update(path, LIMITS) == DataUpdate("runtime-1", 0.0, {})
+    assert read_data_update(path, LIMITS, tmp_path) == DataUpdate("runtime-1", 0.0, {})
     path.write_text(json.dumps({"reload_token": 5, "data": {}}))
-    assert read_data_update(path, LIMITS) == Problem(path, "not a card data update")
+    assert read_data_update(path, LIMITS, tmp_path) == Problem(path, "not a card data update")
     path.write_text(json.dumps({"reload_token": "t", "data": []}))
-    assert read_data_update(path, LIMITS) == Problem(path, "not a card data update")
+    assert read_data_update(path, LIMITS, tmp_path) == Problem(path, "not a card data update")
 
 
 def test_read_data_update_respects_max_data_bytes(tmp_path: Path) -> None:
     path = tmp_path / "blank-abc.data.json"
     path.write_text(json.dumps({"reload_token": "t", "data": {"a": "x" * 2000}}))
-    update = read_data_update(path, Limits(max_data_bytes=1000))
+    update = read_data_update(path, Limits(max_data_bytes=1000), tmp_path)
     assert isinstance(update, Problem) and update.reason.startswith("too large")
 
 
@@ -450,14 +452,15 @@ def test_out_of_range_numbers_do_not_raise(tmp_path: Path) -> None:
     exception or as a float that later cannot be written back as JSON."""
     path = tmp_path / "blank-abc.data.json"
     path.write_text('{"reload_token": "t", "created_on": ' + "9" * 400 + ', "data": {"a": {"v": NaN}}}')
-    update = read_data_update(path, LIMITS)
+    update = read_data_update(path, LIMITS, tmp_path)
     assert isinstance(update, DataUpdate)
-    json.dumps(update.data, allow_nan=False)
+    assert update.data == {"a": '{"v":null}'}  # sent on as strict JSON
     assert update.created_on == 0.0
     path.write_text('{"reload_token": "t", "created_on": Infinity, "data": {"a": -Infinity}}')
-    update = read_data_update(path, LIMITS)
+    update = read_data_update(path, LIMITS, tmp_path)
     assert isinstance(update, DataUpdate)
-    json.dumps({"c": update.created_on, "d": update.data}, allow_nan=False)
+    assert update.data == {"a": "null"}
+    json.dumps(update.created_on, allow_nan=False)
 
 
 def test_run_self_with_absurd_timestamp(roots: Roots) -> None:
@@ -508,11 +511,14 @@ def encoded(value: Any) -> bytes:
 def test_reading_any_bytes_never_raises(tmp_path: Path, raw: bytes) -> None:
     path = tmp_path / "blank-abc.data.json"
     path.write_bytes(raw)
-    doc = read_json(path, 4096)
+    doc = read_json(path, 4096, tmp_path)
     assert isinstance(doc, dict | Problem)
-    update = read_data_update(path, Limits(max_data_bytes=4096))
+    update = read_data_update(path, Limits(max_data_bytes=4096), tmp_path)
     assert isinstance(update, DataUpdate | Problem)
     if isinstance(update, DataUpdate):
         assert isinstance(update.token, str) and isinstance(update.data, dict)
         # what we read can always be sent on as strict JSON
-        json.dumps({"c": update.created_on, "d": update.data}, allow_nan=False)
+        json.dumps(update.created_on, allow_nan=False)
+        for text in update.data.values():
+            assert isinstance(text, Encoded)
+            json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} sent on"))

@@ -77,16 +77,26 @@ async def test_pending_byte_accounting() -> None:
 async def test_overflow_raises_from_get() -> None:
     box = Mailbox(10)
     box.put(msg("t", "a", "x" * 10))  # at the limit is fine
+    box.put(msg("t", "b", "y"))  # and the newest message beside it
     assert not box.overflowed
-    box.put(msg("t", "b", "y"))
+    box.put(msg("t", "c", "z"))
     assert box.overflowed
     with pytest.raises(Overflow):
         await asyncio.wait_for(box.get(), timeout=5)
 
 
+async def test_one_message_over_the_limit_still_gets_through() -> None:
+    """A card's newest state may be bigger than the whole mailbox (a 16 MB data update)."""
+    box = Mailbox(10)
+    box.put(msg("t", "a", "x" * 100))
+    assert not box.overflowed
+    assert await box.get() == "x" * 100
+
+
 async def test_overflow_is_sticky_even_after_room_frees_up() -> None:
     box = Mailbox(10)
     box.put(msg("t", "a", "x" * 11))
+    box.put(msg("t", "b", "y"))
     box.drop_topic("t")
     assert box.pending_bytes == 0
     with pytest.raises(Overflow):

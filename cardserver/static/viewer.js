@@ -46,6 +46,7 @@ const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
 
 const handlers = {
   flows: (m) => { state.flows = m.flows; drawFlowPicker(); chooseRun(); drawEmpty(); },
+  health: (m) => showHealth(m),
   runs: (m) => { state.runs = m.runs; drawRunPicker(); chooseRun(); },
   run: (m) => m.topic.startsWith("runs/") ? runListChanged(m.run) : runChanged(m),
   "run-detail": (m) => runDetail(m),
@@ -275,8 +276,8 @@ function option(value, text, selected) {
 }
 
 function when(seconds) {
-  if (!seconds) return "";
   const date = new Date(seconds * 1000);
+  if (!seconds || Number.isNaN(date.getTime())) return "";  // no time, or one no date can hold
   const today = new Date().toDateString() === date.toDateString();
   return today ? date.toLocaleTimeString() : date.toLocaleString();
 }
@@ -407,6 +408,14 @@ $("card-list").addEventListener("click", (event) => {
   const row = event.target.closest(".row.nocard");
   if (row) pick(row.dataset.id, { byHand: true, tab: "task" });
 });
+
+// The server's file watch failed (it restarts it): updates may be missing meanwhile.
+function showHealth(health) {
+  const node = $("watch-health");
+  node.hidden = health.ok;
+  node.textContent = health.ok ? "" : "live updates interrupted: restarting the file watch";
+  node.title = health.problem || "";
+}
 
 function showConnection(value, cause) {
   state.connection = { state: value, cause };

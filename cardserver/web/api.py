@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..feed import update_text
 from ..index import Index, Run, Task
 from ..layout import RunKey, card_key_from_parts, is_name
 from .keys import GUARD, HUB, INDEX, READY, SOURCE
@@ -49,6 +50,7 @@ async def status(request: web.Request) -> web.Response:
             "followed_runs": source.get("followed_runs"),
             "flows": len(app[INDEX].flows),
             "subscribers": app[HUB].subscriber_count(),
+            "watch": source.get("watch"),
         }
     )
 
@@ -151,9 +153,16 @@ async def card(request: web.Request) -> web.Response:
         return json_error(400, "bad card path")
     await request.app[SOURCE].load_update(key)
     detail = request.app[INDEX].card_detail(key)
-    if detail is None:
+    found = request.app[INDEX].card(key)
+    if detail is None or found is None:
         return json_error(404, f"no card {key}")
-    return reply({**detail, "link": request.app[GUARD].card_url(key)})
+    summary = {k: v for k, v in detail.items() if k != "update"}
+    head = dumps({**summary, "link": request.app[GUARD].card_url(key)})
+    if found.update is None:
+        return web.Response(text=f'{head[:-1]},"update":null}}', content_type="application/json")
+    # The update goes in as the JSON it was read as: encoding it here would stall the loop.
+    text = f'{head[:-1]},"update":{update_text(found.update)}}}'
+    return web.Response(text=text, content_type="application/json")
 
 
 def add_routes(app: web.Application, base: str) -> None:

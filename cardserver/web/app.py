@@ -44,6 +44,9 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
             after_first_scan(pipeline.ready, config.base_url),
         ],
         client_max_size=64 * 1024,  # we take no uploads
+        # After each response the next request head must be complete within this, as the first
+        # one's must (`HeaderDeadline`): it bounds idle keep-alive and slow heads alike.
+        handler_args={"keepalive_timeout": config.limits.header_timeout_seconds},
     )
     app[CONFIG] = config
     app[GUARD] = guard

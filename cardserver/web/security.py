@@ -60,6 +60,7 @@ class Guard:
     secret: bytes  # signs card links, capabilities and the session cookie
     cookie_name: str
     cookie_path: str
+    session_nonce: bytes  # new every start: a session cookie dies with the server that set it
 
     @classmethod
     def from_config(cls, config: Config) -> Guard:
@@ -72,6 +73,7 @@ class Guard:
             secret=derive_secret(config.token),
             cookie_name=f"cardserver-{config.port}",
             cookie_path=config.base_url,
+            session_nonce=secrets.token_bytes(16),
         )
 
     # --- Host ------------------------------------------------------------------------------
@@ -87,7 +89,8 @@ class Guard:
     def session_value(self) -> str:
         """What the cookie holds: derived from the token, so the token itself never sits there."""
         assert self.token is not None
-        return hmac.new(self.secret, b"session:" + self.token.encode(), hashlib.sha256).hexdigest()
+        session = b"session:" + self.session_nonce + self.token.encode()
+        return hmac.new(self.secret, session, hashlib.sha256).hexdigest()
 
     def token_ok(self, candidate: str | None) -> bool:
         return (

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
@@ -17,6 +21,7 @@ from .app import create_app
 from .keys import SEEN_TRANSPORTS
 
 SHUTDOWN_SECONDS = 0.5
+EXIT_SECONDS = 1.5  # after SIGTERM or SIGINT, the process is gone by then at the latest
 
 
 class HeaderDeadline:
@@ -65,7 +70,7 @@ async def serve(
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping, stop)
     side = asyncio.create_task(side_job()) if side_job else None
     announce(config.url)
     try:
@@ -77,6 +82,21 @@ async def serve(
                 await side
         listener.close()
         await runner.cleanup()
+
+
+def stopping(stop: asyncio.Event) -> None:
+    """A signal: stop serving, and leave within `EXIT_SECONDS` whatever a worker thread is
+    doing (Python waits for every thread at exit, and a thread may wait on a disk that hangs)."""
+    stop.set()
+    threading.Thread(target=exit_later, name="cardserver-exit", daemon=True).start()
+
+
+def exit_later() -> None:
+    time.sleep(EXIT_SECONDS)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def port_message(config: Config, error: OSError) -> str:
