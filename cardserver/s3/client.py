@@ -69,6 +69,7 @@ class S3Object:
     key: str
     size: int
     etag: str
+    modified: float  # LastModified, seconds since the epoch (S3 keeps whole seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class S3Reader:
         objects: list[S3Object] = []
         async for page in self._pages(root, folder, delimiter):
             folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
-            objects += [S3Object(item["Key"], item["Size"], item["ETag"])
+            objects += [S3Object(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
                         for item in page.get("Contents", [])]
         return Listing(folders, objects)
 
