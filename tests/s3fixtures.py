@@ -89,19 +89,22 @@ class S3Run:
         return self.sysroot.split("/", 3)[3] + "/"
 
 
-def run_s3_flow(script: str, workdir: Path, endpoint: S3Endpoint, prefix: str, **extra_env: str) -> S3Run:
-    """Run tests/flows/`script` to the end with `--datastore s3` under s3://bucket/`prefix`."""
+def run_s3_flow(script: str, workdir: Path, endpoint: S3Endpoint, prefix: str, exit_code: int = 0,
+                **extra_env: str) -> S3Run:
+    """Run tests/flows/`script` to its end (`exit_code`) with `--datastore s3` under s3://bucket/`prefix`."""
     sysroot = f"s3://{endpoint.bucket}/{prefix}"
     workdir.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [sys.executable, str(FLOWS / script), "--no-pylint", "run", "--run-id-file", "run-id"],
+        [sys.executable, str(FLOWS / script), "--no-pylint", "run"],
         cwd=workdir, env=s3_env(workdir, endpoint, sysroot, **extra_env),
         capture_output=True, text=True, timeout=FLOW_WAIT, check=False,
     )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == exit_code, (done.stdout + done.stderr)[-3000:]
     # s3_card_flow.py -> S3CardFlow
     flow = "".join(part.title() for part in script.removesuffix(".py").split("_"))
-    return S3Run(flow, (workdir / "run-id").read_text().strip(), sysroot, workdir)
+    # The run id, from the local metadata (`--run-id-file` is written only when the run succeeds)
+    [run_id] = [path.name for path in (workdir / ".metaflow" / flow).iterdir() if path.name.isdigit()]
+    return S3Run(flow, run_id, sysroot, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -109,4 +112,14 @@ def s3_card_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory)
     """One finished run of tests/flows/s3_card_flow.py in the moto bucket, shared by the session."""
     run = run_s3_flow("s3_card_flow.py", tmp_path_factory.mktemp("s3flow"), s3_server, "datastore")
     assert run.flow == "S3CardFlow"
+    return run
+
+
+@pytest.fixture(scope="session")
+def s3_failed_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
+    """One run of tests/flows/s3_fail_flow.py (its start step raises), its cards under a
+    METAFLOW_CARD_S3ROOT apart from the datastore: s3://bucket/elsewhere/cards."""
+    run = run_s3_flow("s3_fail_flow.py", tmp_path_factory.mktemp("s3fail"), s3_server, "failing", exit_code=1,
+                      METAFLOW_CARD_S3ROOT=f"s3://{s3_server.bucket}/elsewhere/cards")
+    assert run.flow == "S3FailFlow"
     return run

@@ -50,3 +50,13 @@ def test_cards_sit_under_sysroot_mf_cards_in_the_local_layout(
     final = read_json(s3_server, task + update)
     assert isinstance(final, dict) and final["reload_token"] == "final"
     assert "# update 2" in json.dumps(final["data"])
+
+
+def test_card_s3root_puts_cards_apart_from_the_datastore(s3_server: S3Endpoint, s3_failed_run: S3Run) -> None:
+    run = s3_failed_run
+    cards = s3_server.keys(f"elsewhere/cards/{run.flow}/runs/{run.run_id}/steps/start/tasks/1/")
+    # The card is rendered even though its step failed (its one data update may or may not land
+    # first: Metaflow drops a refresh whose card subprocess is still running)
+    assert any(key.endswith(".html") and "/cards/blank-" in key for key in cards), cards
+    assert not s3_server.keys(f"{run.prefix}mf.cards/")
+    assert s3_server.keys(f"{run.prefix}{run.flow}/{run.run_id}/start/1/0.runtime")

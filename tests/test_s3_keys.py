@@ -121,3 +121,19 @@ def test_the_task_ok_names_are_the_ones_metaflow_wrote() -> None:
     """The names seen in moto for `_task_ok` of a succeeded and a failed task (docs/s3.md)."""
     assert OK_NAME[True] == "868436778cb011a1c6230bc12534683ab0b7f1c3"
     assert OK_NAME[False] == "2473d4676d5b2aba674167293142f8031ada401b"
+
+
+async def test_a_failed_task_is_failed_from_its_s3_folder_with_or_without_the_verdict(
+    s3_server: S3Endpoint, s3_failed_run: S3Run
+) -> None:
+    run = s3_failed_run
+    datastore = S3Root(s3_server.bucket, run.prefix.rstrip("/"))
+    async with S3Reader(s3_server.url) as reader:
+        objects = await read_task_folder(reader, datastore, f"{run.flow}/{run.run_id}/start/1/")
+    names = {item.name for item in objects}
+    assert {"0.task_end", "0.DONE.lock", "0.runtime", "0.data.json"} <= names  # written in a finally
+    assert s3_task_status(facts_from_objects(objects)) is Status.FAILED
+    # A remote step's folder has no verdict when no local runtime reaped it: the index still tells
+    without_verdict = [item for item in objects if item.name != "0.runtime"]
+    facts = facts_from_objects(without_verdict)
+    assert facts.attempts[0].ok is False and s3_task_status(facts) is Status.FAILED
