@@ -151,6 +151,13 @@ def start_metaflow_server(flow_file: Path, run_id: str | None, *extra: str,
                    probe=f"http://127.0.0.1:{port}/")
 
 
+def start_moto_server(workdir: Path, timeout: float = 60) -> Server:
+    """moto's S3 server (a real HTTP S3 endpoint) on 127.0.0.1, in its own process."""
+    port = free_port()
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    return _launch(args, port, "", timeout, cwd=workdir, probe=f"http://127.0.0.1:{port}")
+
+
 def _launch(args: list[str], port: int, marker: str, timeout: float, cwd: Path,
             env: dict[str, str] | None = None, probe: str | None = None) -> Server:
     started = time.monotonic()

@@ -131,3 +131,10 @@ def test_chaos_smoke() -> None:
     assert table["final state equals a fresh scan"][0] == "yes", table
     assert table["server alive at the end"][0] == "yes", table
     assert float(table["/api/status p99 (ms)"][0]) > 0  # measured; the target is judged in full runs
+
+
+def test_s3_requests_smoke() -> None:
+    table = rows(run_smoke("s3_requests.py"), "S3 requests (smoke)")
+    assert table["GETs answered 304"][0] == "20"
+    assert table["requests sent: LIST / GET"][0] == "40 / 45"
+    assert float(table["conditional GET, 304 (ms)"][0].split()[1]) > 0

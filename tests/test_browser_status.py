@@ -94,3 +94,21 @@ async def test_the_stage_says_what_is_true_when_no_card_is_shown(
     assert await page.locator("#task-count").text_content() == "0 of 6 tasks · 0 of 6 cards match"
     await page.goto(str(client.make_url(f"/run/BareFlow/{bare.run}")))
     await shows(page, "#empty", "This run has no cards. Add @card to a step")
+
+
+async def test_follow_mode_shows_the_retry_card_not_the_failed_attempts(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    """A retried task keeps its failed attempt's card, which never changes again: following the
+    run shows the card of the attempt that runs."""
+    run = demo.start_run(roots.datastore, flow="RetryFlow")
+    task = run.start_task("train")
+    failed = task.add_card(id="loss", components=[demo.markdown("m", "attempt 0")])
+    task.finish(ok=False)
+    task.retry()
+    retried = task.add_card(id="loss", components=[demo.markdown("m", "attempt 1")])
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/?follow")))
+    await page.wait_for_url(f"**/{retried.key.name}?follow", timeout=20_000)
+    assert failed.key.name not in page.url

@@ -19,16 +19,20 @@ export function newestRun(flows, pinnedFlow) {
   return best;
 }
 
-// Which card to show: stay on a running task's card; else the most recently started running
-// task's first card; else stay put; else the last card of the run.
+// A card that may still change: its task runs, and the card is of the task's newest attempt (a
+// retried task keeps the failed attempt's card, which never changes again).
+const live = (row) => row.status === "running" && (row.attempt == null || row.attempt === row.attempts - 1);
+
+// Which card to show: stay on a live card; else the most recently started running task's card
+// of its newest attempt; else stay put; else the last card of the run.
 export function followCard(rows, current) {
   const withCards = rows.filter((row) => row.card);
   if (!withCards.length) return null;
   const shown = current && withCards.find((row) => row.id === current);
-  if (shown && shown.status === "running") return shown.id;
-  const running = withCards.filter((row) => row.status === "running");
+  if (shown && live(shown)) return shown.id;
+  const running = withCards.filter(live);
   if (running.length) {
-    running.sort((a, b) => (b.started || 0) - (a.started || 0));
+    running.sort((a, b) => (b.started || 0) - (a.started || 0) || (b.attempt || 0) - (a.attempt || 0));
     return running[0].id;
   }
   if (shown) return shown.id;

@@ -1,0 +1,125 @@
+"""A real S3 endpoint for the tests: moto's S3 server on 127.0.0.1, and real Metaflow flows
+run with `--datastore s3` against it (see docs/s3.md for what they leave in the bucket)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.common import metaflow_env, start_moto_server
+
+FLOWS = Path(__file__).resolve().parent / "flows"
+BUCKET = "cardserver-test"
+REGION = "us-east-1"
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+FLOW_WAIT = 240  # seconds: card subprocesses and S3 uploads on a loaded 2-core machine
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str  # http://127.0.0.1:PORT
+    bucket: str
+
+    def client(self) -> Any:
+        """A plain boto3 client for the tests' own setup and checks (never the server's)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name=REGION, **_boto_keys())
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        """PUT every key at once, a few in parallel (one by one, 1,000 keys take 40 s)."""
+        client = self.client()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda item: client.put_object(Bucket=self.bucket, Key=item[0], Body=item[1]),
+                          items.items()))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def _boto_keys() -> dict[str, str]:
+    return {"aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """moto's S3 server for the whole session, with one empty bucket. Its own process: in the
+    test process it would share the GIL with the tests (a PUT took 90 ms instead of 40)."""
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    endpoint = S3Endpoint(server.url, BUCKET)
+    try:
+        endpoint.client().create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def s3_env(workdir: Path, endpoint: S3Endpoint, sysroot: str, **extra: str) -> dict[str, str]:
+    """Metaflow writing its datastore to `sysroot` on the moto server; metadata stays local."""
+    return {
+        **metaflow_env(workdir, "tester"),
+        **DUMMY_CREDENTIALS,
+        "AWS_DEFAULT_REGION": REGION,
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": sysroot,
+        "METAFLOW_S3_ENDPOINT_URL": endpoint.url,
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class S3Run:
+    flow: str
+    run_id: str
+    sysroot: str  # s3://bucket/prefix
+    workdir: Path  # where the flow ran: its local metadata is in workdir/.metaflow
+
+    @property
+    def prefix(self) -> str:
+        """The datastore's key prefix inside the bucket, with a trailing slash."""
+        return self.sysroot.split("/", 3)[3] + "/"
+
+
+def run_s3_flow(script: str, workdir: Path, endpoint: S3Endpoint, prefix: str, exit_code: int = 0,
+                **extra_env: str) -> S3Run:
+    """Run tests/flows/`script` to its end (`exit_code`) with `--datastore s3` under s3://bucket/`prefix`."""
+    sysroot = f"s3://{endpoint.bucket}/{prefix}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, str(FLOWS / script), "--no-pylint", "run"],
+        cwd=workdir, env=s3_env(workdir, endpoint, sysroot, **extra_env),
+        capture_output=True, text=True, timeout=FLOW_WAIT, check=False,
+    )
+    assert done.returncode == exit_code, (done.stdout + done.stderr)[-3000:]
+    # s3_card_flow.py -> S3CardFlow
+    flow = "".join(part.title() for part in script.removesuffix(".py").split("_"))
+    # The run id, from the local metadata (`--run-id-file` is written only when the run succeeds)
+    [run_id] = [path.name for path in (workdir / ".metaflow" / flow).iterdir() if path.name.isdigit()]
+    return S3Run(flow, run_id, sysroot, workdir)
+
+
+@pytest.fixture(scope="session")
+def s3_card_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
+    """One finished run of tests/flows/s3_card_flow.py in the moto bucket, shared by the session."""
+    run = run_s3_flow("s3_card_flow.py", tmp_path_factory.mktemp("s3flow"), s3_server, "datastore")
+    assert run.flow == "S3CardFlow"
+    return run
+
+
+@pytest.fixture(scope="session")
+def s3_failed_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
+    """One run of tests/flows/s3_fail_flow.py (its start step raises), its cards under a
+    METAFLOW_CARD_S3ROOT apart from the datastore: s3://bucket/elsewhere/cards."""
+    run = run_s3_flow("s3_fail_flow.py", tmp_path_factory.mktemp("s3fail"), s3_server, "failing", exit_code=1,
+                      METAFLOW_CARD_S3ROOT=f"s3://{s3_server.bucket}/elsewhere/cards")
+    assert run.flow == "S3FailFlow"
+    return run
