@@ -67,13 +67,18 @@ def card_topic(key: CardKey) -> str:
     return f"card/{key}"
 
 
-def shown_cards(show: Callable[[CardKey, bool], None]) -> TopicWatch:
-    """A hub watch that tells `show` (the source's) when a card gains or loses its viewers."""
+Viewed = CardKey | TaskKey | RunKey  # what a source may be told someone looks at
+
+
+def shown_to(show: Callable[[Viewed, bool], None]) -> TopicWatch:
+    """A hub watch that tells `show` (the source's) when a card, task or run gains its first
+    viewer or loses its last."""
 
     def watch(name: str, shown: bool) -> None:
         topic = parse_topic(name)
-        if topic is not None and topic.card is not None:
-            show(topic.card, shown)
+        key = None if topic is None else topic.card or topic.task or topic.run
+        if key is not None:
+            show(key, shown)
 
     return watch
 

@@ -22,6 +22,7 @@ from . import disk, helper, taskinfo
 from .config import Config
 from .disk import Problem, Scanned, Scope
 from .events import DataWritten, Event
+from .feed import Viewed
 from .following import Following, run_folders
 from .index import Card, Changes
 from .layout import CardFileKind, CardKey, TaskKey, card_path
@@ -283,7 +284,9 @@ class LocalSource:
 
     # --- reads on demand -----------------------------------------------------------------------
 
-    def show(self, key: CardKey, shown: bool) -> None:
+    def show(self, key: Viewed, shown: bool) -> None:
+        if not isinstance(key, CardKey):
+            return  # the disk's watches follow runs by their status, not by who looks
         if not shown:
             self.shown.discard(key)
             return

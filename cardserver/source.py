@@ -9,7 +9,8 @@ A source reads, in the user's words (events), never in its own (paths, listings,
 - reads on demand: a card's bytes, a card's data update, a task's folder, a page of a log.
 The sink (the pipeline) applies what it is handed to the index and tells the source what
 changed, which says what may still change. The layer that knows who is looking (the hub)
-tells the source which cards are shown, so it can keep their data updates read and fresh.
+tells the source which cards, tasks and runs are shown: it keeps a shown card's data update
+read and fresh, and a source that polls may poll what is shown faster.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .events import Event
+from .feed import Viewed
 from .index import Card, Changes, Index
 from .layout import CardKey, TaskKey
 from .logs import Page
@@ -89,8 +91,9 @@ class Source(Protocol):
         so what to follow, may differ now."""
         ...
 
-    def show(self, key: CardKey, shown: bool) -> None:
-        """A card gained its first viewer (or lost its last): keep its data update read."""
+    def show(self, key: Viewed, shown: bool) -> None:
+        """A card, task or run gained its first viewer (or lost its last). A card's data update
+        is kept read while it is shown; a source that polls may poll what is shown faster."""
         ...
 
     async def load_update(self, key: CardKey) -> None:

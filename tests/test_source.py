@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cardserver.events import CardWritten, DataUpdate, DataWritten, Event, RunWritten
-from cardserver.feed import parse_topic, shown_cards
+from cardserver.feed import Viewed, parse_topic, shown_to
 from cardserver.hub import Subscriber
 from cardserver.index import Card, Changes
 from cardserver.layout import CardKey, RunKey, TaskKey
@@ -35,7 +35,7 @@ class ScriptedSource:
         self.first = first
         self.batches: asyncio.Queue[list[Event]] = asyncio.Queue()
         self.caught_up = asyncio.Event()
-        self.shown: list[tuple[CardKey, bool]] = []
+        self.shown: list[tuple[Viewed, bool]] = []
         self.updates: dict[CardKey, DataUpdate] = {}
         self.sink: Sink | None = None
         self.changes: list[Changes] = []  # what the pipeline said changed
@@ -60,7 +60,7 @@ class ScriptedSource:
     def changed(self, changes: Changes) -> None:
         self.changes.append(changes)
 
-    def show(self, key: CardKey, shown: bool) -> None:
+    def show(self, key: Viewed, shown: bool) -> None:
         self.shown.append((key, shown))
 
     async def load_update(self, key: CardKey) -> None:
@@ -100,7 +100,7 @@ def subscribe(pipeline: Pipeline, topic: str) -> Subscriber:
 
 async def started(source: ScriptedSource) -> Pipeline:
     pipeline = Pipeline(source)
-    pipeline.hub.watches.append(shown_cards(source.show))
+    pipeline.hub.watches.append(shown_to(source.show))
     await pipeline.start()
     await asyncio.wait_for(pipeline.ready.wait(), WAIT)
     return pipeline
@@ -128,13 +128,14 @@ async def test_the_hub_tells_the_source_which_cards_are_looked_at() -> None:
     pipeline = await started(source)
     try:
         first, second = subscribe(pipeline, f"card/{CARD}"), subscribe(pipeline, f"card/{CARD}")
-        subscribe(pipeline, f"run/{RUN}")  # not a card: the source is not told
-        assert source.shown == [(CARD, True)]  # once, for the first viewer
+        subscribe(pipeline, f"run/{RUN}")  # a run: told too (a polling source may poll it faster)
+        subscribe(pipeline, "flows")  # not one thing: not told
+        assert source.shown == [(CARD, True), (RUN, True)]  # once each, for the first viewer
         await source.load_update(CARD)  # what a source does when told: the update reaches viewers
         assert (await next_text(second, "update"))["data"]["p"]["value"] == 9
         pipeline.hub.leave(first)
-        assert source.shown == [(CARD, True)]  # one viewer is left
+        assert source.shown == [(CARD, True), (RUN, True)]  # one viewer of the card is left
         pipeline.hub.leave(second)
-        assert source.shown == [(CARD, True), (CARD, False)]
+        assert source.shown[-1] == (CARD, False)
     finally:
         await pipeline.stop()

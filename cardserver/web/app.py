@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from ..config import Config
-from ..feed import shown_cards
+from ..feed import shown_to
 from ..localsource import LocalSource
 from ..pipeline import Pipeline
 from ..prescan import Prescan
@@ -37,7 +37,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
     source = LocalSource(config, first_scan)
     pipeline = Pipeline(source, config.timing.status_grace_seconds)
-    pipeline.hub.watches.append(shown_cards(source.show))  # the hub knows which cards are looked at
+    pipeline.hub.watches.append(shown_to(source.show))  # the hub knows what is looked at
     app = web.Application(
         middlewares=[
             make_middleware(guard, config.base_url, seen),
