@@ -1,0 +1,79 @@
+// The viewer's card frames: the shown card, and up to `keep` others loaded but hidden (the
+// most recently shown ones, and the cards loaded ahead), so that going back to a card, or on
+// to the next one, shows it at once instead of parsing its ~1 MB page again. Each card is
+// keyed by its topic: the viewer stays subscribed to every card held here (`onKeep`, `onDrop`)
+// and routes its messages to it, so a hidden card still loads a new render behind and holds
+// its newest update, shown the moment the card is.
+
+import { Frames } from "./frames.js";
+
+export class Deck {
+  constructor(container, { keep, onHeight, onKeep, onDrop, onSettled }) {
+    this.container = container;
+    this.keep = keep;
+    this.on = { onHeight, onKeep, onDrop, onSettled };
+    this.cards = new Map(); // topic -> Frames, least recently shown first
+    this.shown = null;
+  }
+
+  show(topic, src, version) {
+    const kept = this.cards.get(topic);
+    const frames = kept || this.add(topic, src, version);
+    this.cards.delete(topic);
+    this.cards.set(topic, frames);
+    if (this.shown && this.shown !== frames) this.shown.hide();
+    this.shown = frames;
+    frames.reveal();
+    this.trim();
+    if (kept && kept.current) this.on.onSettled();
+  }
+
+  // Load a card hidden, ahead of being shown; it counts as the most recently shown.
+  preload(topic, src, version) {
+    if (!this.keep || this.cards.has(topic)) return;
+    this.add(topic, src, version, { hidden: true });
+    this.trim();
+  }
+
+  has(topic) {
+    return this.cards.has(topic);
+  }
+
+  // Whether a card is still loading, shown or not: the viewer loads ahead only when none is.
+  get loading() {
+    return [...this.cards.values()].some((frames) => frames.incoming);
+  }
+
+  card(topic, message) {
+    const frames = this.cards.get(topic);
+    if (frames) frames.card(message);
+  }
+
+  update(topic, message) {
+    const frames = this.cards.get(topic);
+    if (frames) frames.update(message);
+  }
+
+  add(topic, src, version, { hidden = false } = {}) {
+    const frames = new Frames(this.container, {
+      onHeight: (height) => { if (frames === this.shown) this.on.onHeight(height); },
+      onLoad: () => { if (frames === this.shown || !this.loading) this.on.onSettled(); },
+    });
+    if (hidden) frames.hide();
+    frames.show(src, version);
+    this.cards.set(topic, frames);
+    this.on.onKeep(topic);
+    return frames;
+  }
+
+  // Drop the least recently shown cards beyond `keep` (never the shown one).
+  trim() {
+    for (const [topic, frames] of this.cards) {
+      if (this.cards.size <= this.keep + 1) return;
+      if (frames === this.shown) continue;
+      frames.remove();
+      this.cards.delete(topic);
+      this.on.onDrop(topic);
+    }
+  }
+}
