@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     percentile,
@@ -42,7 +42,7 @@ from bench.common import (  # noqa: E402
     table,
     verdict,
 )
-from bench.manycards import FLOW_NAME, many_cards  # noqa: E402
+from bench.manycards import FLOW_NAME, many_cards
 
 # Issue 14's figures (an older main, the same kind of run), and its targets, in ms.
 BEFORE = {"first visit": 575.0, "visit again": 195.0}
@@ -181,8 +181,9 @@ async def measure(playwright: Any, url: str, run: str, keep: int, args: Any, see
     try:
         page = await browser.new_page(viewport={"width": 1280, "height": 2400})
         await page.goto(f"{url}run/{FLOW_NAME}/{run}?keep={keep}")
-        await page.wait_for_function("(n) => document.querySelectorAll('#card-list .row[data-card]').length >= n",
-                                     arg=args.cards + 1, timeout=60_000)
+        await page.wait_for_function(
+            "(n) => document.querySelectorAll('#card-list .row[data-card]').length >= n",
+            arg=args.cards + 1, timeout=60_000)
         await page.evaluate(PROBE)
         rows: list[str] = await page.evaluate(
             "[...document.querySelectorAll('#card-list .row[data-card]')].map((n) => n.dataset.id)")
@@ -277,7 +278,8 @@ def main() -> int:
     parser.add_argument("--switches", type=int, default=200, help="random clicks before memory is read")
     parser.add_argument("--again", type=int, default=30, help="clicks on any card seen before")
     parser.add_argument("--keys", type=int, default=30, help="`j` presses down the list")
-    parser.add_argument("--keep", type=int, nargs="+", default=[0, 8], help="viewer ?keep= settings; the last is judged")
+    parser.add_argument("--keep", type=int, nargs="+", default=[0, 8],
+                        help="viewer ?keep= settings; the last is judged")
     parser.add_argument("--seed", type=int, default=14)
     args = parser.parse_args()
     if args.smoke:
