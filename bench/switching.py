@@ -63,25 +63,26 @@ PROBE = """() => {
   });
 }"""
 
-# Resolves with input -> painted (ms) once the frame of `part` (its card-html path) is shown.
-PAINTED = """async ([part, timeout]) => {
+# Armed before the input: from then on, every animation frame checks whether the frame of
+# `part` (its card-html path) is shown (and, if it was kept hidden, laid out again); one frame
+# later `result` holds input -> painted in ms (-1 after `timeout`).
+ARM = """([part, timeout]) => {
   const probe = window.__switch;
+  probe.result = null;
+  probe.input = 0;
   const mine = () => [...document.querySelectorAll('#frames iframe')].find((f) => f.src.includes(part));
-  const start = probe.input;
-  const frame = mine();
-  const kept = !!frame && !frame.classList.contains("incoming");
+  const before = mine();
+  const kept = !!before && !before.classList.contains("incoming");
   const deadline = performance.now() + timeout;
-  const nextFrame = () => new Promise((r) => requestAnimationFrame(r));
-  for (;;) {
-    await nextFrame();
+  const check = () => {
     const f = mine();
-    const shown = f && !f.classList.contains("incoming") && !f.classList.contains("kept");
-    const laidOut = !kept || probe.heights.some((h) => h.source === f.contentWindow && h.at >= start);
-    if (shown && laidOut) break;
-    if (performance.now() > deadline) return -1;
-  }
-  await nextFrame();
-  return performance.now() - start;
+    const shown = probe.input && f && !f.classList.contains("incoming") && !f.classList.contains("kept");
+    const laidOut = !kept || probe.heights.some((h) => h.source === f.contentWindow && h.at >= probe.input);
+    if (shown && laidOut) requestAnimationFrame(() => { probe.result = performance.now() - probe.input; });
+    else if (performance.now() > deadline) probe.result = -1;
+    else requestAnimationFrame(check);
+  };
+  requestAnimationFrame(check);
 }"""
 
 IDLE = """async () => {
@@ -114,12 +115,13 @@ def card_part(row_id: str, run: str) -> str:
 
 async def switch(page: Any, figures: Figures, name: str, run: str, row_id: str, key: str = "") -> None:
     """Pick `row_id` (a click, or `key`) and time it; never the card already shown."""
-    part = card_part(row_id, run)
+    await page.evaluate(ARM, [card_part(row_id, run), 30_000])
     if key:
         await page.keyboard.press(key)
     else:
         await page.click(f"#card-list .row[data-id='{row_id}']")
-    took = await page.evaluate(PAINTED, [part, 30_000])
+    await page.wait_for_function("() => window.__switch.result !== null", timeout=40_000)
+    took = await page.evaluate("window.__switch.result")
     if took < 0:
         figures.errors.append(f"{name}: {row_id} never shown")
     else:

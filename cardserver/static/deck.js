@@ -21,11 +21,16 @@ export class Deck {
     const frames = kept || this.add(topic, src, version);
     this.cards.delete(topic);
     this.cards.set(topic, frames);
-    if (this.shown && this.shown !== frames) this.shown.hide();
     this.shown = frames;
-    frames.reveal();
+    frames.reveal(() => { if (frames.current) this.visible(frames); });
     this.trim();
     if (kept && kept.current) this.on.onSettled();
+  }
+
+  // `frames` is on screen: hide the card it replaces (kept shown until then: never a blank).
+  visible(frames) {
+    if (frames !== this.shown) return frames.hide();
+    for (const other of this.cards.values()) if (other !== frames && !other.hidden) other.hide();
   }
 
   // Load a card hidden, ahead of being shown; it counts as the most recently shown.
@@ -57,7 +62,10 @@ export class Deck {
   add(topic, src, version, { hidden = false } = {}) {
     const frames = new Frames(this.container, {
       onHeight: (height) => { if (frames === this.shown) this.on.onHeight(height); },
-      onLoad: () => { if (frames === this.shown || !this.loading) this.on.onSettled(); },
+      onLoad: () => {
+        if (frames === this.shown && !frames.hidden) this.visible(frames);
+        if (frames === this.shown || !this.loading) this.on.onSettled();
+      },
     });
     if (hidden) frames.hide();
     frames.show(src, version);
@@ -70,7 +78,7 @@ export class Deck {
   trim() {
     for (const [topic, frames] of this.cards) {
       if (this.cards.size <= this.keep + 1) return;
-      if (frames === this.shown) continue;
+      if (frames === this.shown || !frames.hidden) continue;
       frames.remove();
       this.cards.delete(topic);
       this.on.onDrop(topic);

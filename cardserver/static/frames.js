@@ -5,9 +5,11 @@
 // to the card's runtime). From the card we accept only `ready`, `height` and `applied`, only
 // from the frame we made, and nothing it says can make us show or follow another card.
 // The viewer keeps some cards loaded but hidden (`hide`): such a card only holds on to its
-// newest update, posted the moment it is shown again (`reveal`), so it costs nothing meanwhile.
+// newest update, so it costs nothing meanwhile. Shown again (`reveal`), it gets that update
+// first and is made visible once it has applied it (or after REVEAL_WAIT_MS): never stale.
 
 const MAX_HEIGHT = 100000;
+const REVEAL_WAIT_MS = 150;
 
 export class Frames {
   constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {},
@@ -16,6 +18,7 @@ export class Frames {
     this.sandbox = container.dataset.sandbox;
     this.on = { onHeight, onReady, onApplied, onLoad };
     this.hidden = false;
+    this.waiting = null; // a reveal waiting for the card to apply the update it missed
     this.src = null;
     this.version = null;
     this.latest = null; // the newest update of the shown card, for each frame that loads
@@ -27,20 +30,31 @@ export class Frames {
 
   hide() {
     this.hidden = true;
+    this.waiting = null;
     for (const frame of this.frames()) frame.classList.add("kept");
   }
 
-  // Shown again: the newest update first (the runtime drops one it has already applied),
-  // then a fresh height, which a hidden frame does not report.
-  reveal() {
-    if (!this.hidden) return;
+  // Shown again: the newest update it missed first, then visible (`onShown`), then a fresh
+  // height, which a hidden frame does not report.
+  reveal(onShown = () => {}) {
+    if (!this.hidden) return onShown();
     this.hidden = false;
+    const behind = this.current && this.latest && this.current.dataset.posted !== String(this.latest.created_on);
     for (const frame of this.frames()) {
-      frame.classList.remove("kept");
       this.post(frame);
       if (frame.contentWindow) frame.contentWindow.postMessage({ cardserver: "measure" }, "*");
     }
-    if (this.current && this.current.dataset.height) this.on.onHeight(Number(this.current.dataset.height));
+    const visible = () => {
+      if (this.hidden || this.waiting !== waiting) return;
+      this.waiting = null;
+      for (const frame of this.frames()) frame.classList.remove("kept");
+      onShown();
+      if (this.current && this.current.dataset.height) this.on.onHeight(Number(this.current.dataset.height));
+    };
+    const waiting = behind ? { created_on: this.latest.created_on, visible } : null;
+    this.waiting = waiting;
+    if (!waiting) return visible();
+    setTimeout(visible, REVEAL_WAIT_MS); // a card that never says `applied` is still shown
   }
 
   remove() {
@@ -76,6 +90,7 @@ export class Frames {
 
   post(frame) {
     if (frame && this.latest && frame.contentWindow) {
+      frame.dataset.posted = String(this.latest.created_on);
       frame.contentWindow.postMessage({ cardserver: "update", update: this.latest }, "*");
     }
   }
@@ -120,6 +135,7 @@ export class Frames {
       frame.style.height = `${height}px`;
       if (frame === this.current) this.on.onHeight(height);
     } else if (data.cardserver === "applied" && frame === this.current) {
+      if (this.waiting && data.created_on >= this.waiting.created_on) this.waiting.visible();
       this.on.onApplied(data.created_on);
     }
   }
