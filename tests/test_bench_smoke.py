@@ -131,3 +131,12 @@ def test_chaos_smoke() -> None:
     assert table["final state equals a fresh scan"][0] == "yes", table
     assert table["server alive at the end"][0] == "yes", table
     assert float(table["/api/status p99 (ms)"][0]) > 0  # measured; the target is judged in full runs
+
+
+def test_switching_smoke() -> None:
+    out = run_smoke("switching.py", 300)
+    table = rows(out, "Card switching (smoke)")
+    assert float(table["first visit p50 (ms)"][0]) > 0
+    assert float(table["visit again p50 (ms)"][0]) > 0
+    assert float(table["Chromium memory (MB)"][0]) > 50  # all of Chromium's processes counted
+    assert "keep=0 p50/p90" in out and "keep=8 p50/p90" in out  # before and after, side by side
