@@ -40,8 +40,8 @@ const list = new CardList($("card-list"), {
   onFilter: () => { drawCount(); drawEmpty(); },
 });
 // Cards kept loaded and hidden besides the shown one (`?keep=N` at load; 0 keeps none and
-// loads nothing ahead): each costs the browser some 60-80 MB (bench/switching.py).
-const KEEP = Math.max(0, Math.min(32, Number(new URLSearchParams(location.search).get("keep") ?? 5) || 0));
+// loads nothing ahead); up to 3 more are loaded ahead (deck.js). Memory: bench/switching.py.
+const KEEP = Math.max(0, Math.min(32, Number(new URLSearchParams(location.search).get("keep") ?? 4) || 0));
 const deck = new Deck($("frames"), {
   keep: KEEP,
   onHeight: cardHeight,
