@@ -74,6 +74,7 @@ ARM = """([part, timeout]) => {
   const probe = window.__switch;
   probe.result = null;
   probe.input = 0;
+  probe.heights.length = 0; // holding old frames' windows would keep their pages alive
   const mine = () => [...document.querySelectorAll('#frames iframe')].find((f) => f.src.includes(part));
   const before = mine();
   const kept = !!before && !before.classList.contains("incoming");
