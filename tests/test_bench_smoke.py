@@ -138,3 +138,12 @@ def test_s3_requests_smoke() -> None:
     assert table["GETs answered 304"][0] == "20"
     assert table["requests sent: LIST / GET"][0] == "40 / 45"
     assert float(table["conditional GET, 304 (ms)"][0].split()[1]) > 0
+
+
+def test_switching_smoke() -> None:
+    out = run_smoke("switching.py", 300)
+    table = rows(out, "Card switching (smoke)")
+    assert float(table["first visit p50 (ms)"][0]) > 0
+    assert float(table["visit again p50 (ms)"][0]) > 0
+    assert float(table["Chromium memory (MB)"][0]) > 50  # all of Chromium's processes counted
+    assert "keep=0 p50/p90" in out and "keep=4 p50/p90" in out  # before and after, side by side

@@ -22,7 +22,7 @@ async def shown_frame(page: Any) -> Any:
     """The card frame a person sees (not one loading behind it). The viewer swaps frames, so
     a handle can go stale between two calls: ask again until one holds."""
     for _ in range(50):
-        handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+        handle = await page.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)
         frame = await handle.content_frame()
         if frame is not None and not frame.is_detached():
             return frame
@@ -66,7 +66,7 @@ async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
 
 async def wait_card_frame(page: Any, contains: str = "/card-html/") -> Any:
     await page.wait_for_function(
-        """(part) => [...document.querySelectorAll('#frames iframe:not(.incoming)')]
+        """(part) => [...document.querySelectorAll('#frames iframe:not(.incoming):not(.kept)')]
                      .some(f => f.src.includes(part))""",
         arg=contains, timeout=UI_WAIT,
     )
@@ -162,7 +162,7 @@ async def test_rerender_swaps_without_blank_frame(roots: Any, start_app: Any, br
     await page.evaluate("""() => {
         window.__blank = 0;
         new MutationObserver(() => {
-            if (!document.querySelector('#frames iframe:not(.incoming)')) window.__blank++;
+            if (!document.querySelector('#frames iframe:not(.incoming):not(.kept)')) window.__blank++;
         }).observe(document.getElementById('frames'), {childList: true, subtree: true,
                                                         attributes: true});
     }""")
@@ -181,7 +181,7 @@ async def test_card_url_on_its_own_is_live(roots: Any, start_app: Any, browser: 
     page = await browser.new_page()
     t = card.key.task
     await page.goto(str(client.make_url(f"/card/{t.flow}/{t.run}/{t.step}/{t.task}/{card.key.name}")))
-    handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    handle = await page.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)
     sandbox = (await handle.get_attribute("sandbox") or "").split()
     assert "allow-scripts" in sandbox and "allow-same-origin" not in sandbox
     frame = await handle.content_frame()

@@ -126,11 +126,11 @@ def write_hostile_card(cards_root: Path, task: demo.DemoTask, victim_topic: str)
 async def card_frame(page: Any, name: str) -> Any:
     """The shown card frame (not one loading behind it) once it holds card `name`."""
     await page.wait_for_function(
-        """(name) => [...document.querySelectorAll('#frames iframe:not(.incoming)')]
+        """(name) => [...document.querySelectorAll('#frames iframe:not(.incoming):not(.kept)')]
                      .some(f => f.src.includes(name))""",
         arg=name, timeout=UI_WAIT,
     )
-    handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    handle = await page.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)
     frame = await handle.content_frame()
     assert frame is not None
     return frame
@@ -191,16 +191,17 @@ async def test_hostile_card_in_the_viewer_gets_nothing_and_the_viewer_keeps_work
     page = await context.new_page()
     await page.goto(f"{server.url}run/{key}")
     frame = await card_frame(page, key.name)
-    sandbox = await page.get_attribute("#frames iframe:not(.incoming)", "sandbox")
+    sandbox = await page.get_attribute("#frames iframe:not(.incoming):not(.kept)", "sandbox")
     assert sandbox is not None and "allow-scripts" in sandbox.split()
     assert "allow-same-origin" not in sandbox
 
     assert_every_attack_failed(await results_of(frame), framed=True)
     # Its asks changed nothing: same card shown, the frame no taller than the clamp.
-    assert await page.locator("#frames iframe").count() == 1
-    height = await page.evaluate("document.querySelector('#frames iframe').getBoundingClientRect().height")
+    assert await page.locator("#frames iframe:not(.kept)").count() == 1
+    height = await page.evaluate(
+        "document.querySelector('#frames iframe:not(.kept)').getBoundingClientRect().height")
     assert height <= 100_000
-    assert key.name in (await page.get_attribute("#frames iframe", "src") or "")
+    assert key.name in (await page.get_attribute("#frames iframe:not(.kept)", "src") or "")
 
     assert "pwned" not in await page.title()
     await page.wait_for_function(

@@ -202,7 +202,7 @@ async def test_viewer_frame_grows_to_its_card(
     page = await notebook_page(aiohttp_client, browser,
                                viewer(server=str(client.make_url("/")), max_height=2000))
     shell = await (await page.wait_for_selector("iframe")).content_frame()
-    handle = await shell.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    handle = await shell.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)
     frame = await handle.content_frame()
     await frame.wait_for_function("document.querySelector('[data-component-id=bar]')",
                                   timeout=UI_WAIT)

@@ -75,7 +75,7 @@ async def serve(roots: Roots, start_app: Any, mode: str, **options: Any) -> tupl
 
 
 async def shown_card(page: Any) -> Any:
-    handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    handle = await page.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)
     frame = await handle.content_frame()
     await frame.wait_for_function("document.querySelector('[data-component-id=bar]')",
                                   timeout=UI_WAIT)
@@ -250,7 +250,7 @@ async def test_real_metaflow_card_through_the_proxy(
         context = await signed_in(browser, jupyter_server)
         page = await context.new_page()
         await page.goto(jupyter_server.url(f"/proxy/{port}/"))
-        handle = await page.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT * 3)
+        handle = await page.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT * 3)
         await live_flow_moves_in_place(await handle.content_frame(), tmp_path, UI_WAIT * 3)
         await context.close()
     finally:

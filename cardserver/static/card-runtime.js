@@ -44,7 +44,9 @@
   window.addEventListener("message", (event) => {
     if (event.source !== host) return;
     const message = event.data;
-    if (message && typeof message === "object" && message.cardserver === "update") apply(message.update);
+    if (!message || typeof message !== "object") return;
+    if (message.cardserver === "update") apply(message.update);
+    else if (message.cardserver === "measure") { reported = -1; measure(); } // shown again
   });
 
   function ready() {

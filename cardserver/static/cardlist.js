@@ -76,6 +76,13 @@ export class CardList {
     this.onPick(cards[next].id);
   }
 
+  // The card rows either side of `id` in the list's order: the likely next picks.
+  around(id) {
+    const cards = this.visible.filter((row) => row.card);
+    const at = cards.findIndex((row) => row.id === id);
+    return at < 0 ? [] : [cards[at + 1], cards[at - 1]].filter(Boolean);
+  }
+
   key(event) {
     const moves = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1, PageDown: 10, PageUp: -10,
       Home: -Infinity, End: Infinity };

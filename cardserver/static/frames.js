@@ -4,20 +4,67 @@
 // (a new version loads the new HTML behind the old and swaps on load) and `update` (posted
 // to the card's runtime). From the card we accept only `ready`, `height` and `applied`, only
 // from the frame we made, and nothing it says can make us show or follow another card.
+// The viewer keeps some cards loaded but hidden (`hide`): such a card only holds on to its
+// newest update, so it costs nothing meanwhile. Shown again (`reveal`), it gets that update
+// first and is made visible once it has applied it (or after REVEAL_WAIT_MS): never stale.
 
 const MAX_HEIGHT = 100000;
+const REVEAL_WAIT_MS = 150;
 
 export class Frames {
-  constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {} } = {}) {
+  constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {},
+    onLoad = () => {} } = {}) {
     this.container = container;
     this.sandbox = container.dataset.sandbox;
-    this.on = { onHeight, onReady, onApplied };
+    this.on = { onHeight, onReady, onApplied, onLoad };
+    this.hidden = false;
+    this.waiting = null; // a reveal waiting for the card to apply the update it missed
     this.src = null;
     this.version = null;
     this.latest = null; // the newest update of the shown card, for each frame that loads
     this.current = null;
     this.incoming = null;
-    window.addEventListener("message", (event) => this.message(event));
+    this.listener = (event) => this.message(event);
+    window.addEventListener("message", this.listener);
+  }
+
+  hide() {
+    this.hidden = true;
+    this.waiting = null;
+    for (const frame of this.frames()) frame.classList.add("kept");
+  }
+
+  // Shown again: the newest update it missed first, then visible (`onShown`), then a fresh
+  // height, which a hidden frame does not report.
+  reveal(onShown = () => {}) {
+    if (!this.hidden) return onShown();
+    this.hidden = false;
+    const behind = this.current && this.latest && this.current.dataset.posted !== String(this.latest.created_on);
+    for (const frame of this.frames()) {
+      this.post(frame);
+      if (frame.contentWindow) frame.contentWindow.postMessage({ cardserver: "measure" }, "*");
+    }
+    const visible = () => {
+      if (this.hidden || this.waiting !== waiting) return;
+      this.waiting = null;
+      for (const frame of this.frames()) frame.classList.remove("kept");
+      onShown();
+      if (this.current && this.current.dataset.height) this.on.onHeight(Number(this.current.dataset.height));
+    };
+    const waiting = behind ? { created_on: this.latest.created_on, visible } : null;
+    this.waiting = waiting;
+    if (!waiting) return visible();
+    setTimeout(visible, REVEAL_WAIT_MS); // a card that never says `applied` is still shown
+  }
+
+  remove() {
+    window.removeEventListener("message", this.listener);
+    for (const frame of this.frames()) frame.remove();
+    this.current = this.incoming = null;
+  }
+
+  frames() {
+    return [this.current, this.incoming].filter(Boolean);
   }
 
   show(src, version) {
@@ -38,11 +85,12 @@ export class Frames {
     if (!this.src) return;
     if (this.latest && message.created_on < this.latest.created_on) return;
     this.latest = { token: message.token, created_on: message.created_on, data: message.data };
-    for (const frame of [this.current, this.incoming]) this.post(frame);
+    if (!this.hidden) for (const frame of this.frames()) this.post(frame);
   }
 
   post(frame) {
     if (frame && this.latest && frame.contentWindow) {
+      frame.dataset.posted = String(this.latest.created_on);
       frame.contentWindow.postMessage({ cardserver: "update", update: this.latest }, "*");
     }
   }
@@ -52,7 +100,7 @@ export class Frames {
     const frame = document.createElement("iframe");
     frame.setAttribute("sandbox", this.sandbox);
     frame.setAttribute("title", "card");
-    frame.className = "incoming";
+    frame.className = this.hidden ? "incoming kept" : "incoming";
     const url = new URL(this.src, document.baseURI);
     if (this.version) url.searchParams.set("v", this.version); // a new render, a new URL
     frame.src = url.href;
@@ -64,16 +112,14 @@ export class Frames {
       if (this.current) this.current.remove();
       this.current = frame;
       this.incoming = null;
-      if (frame.dataset.height) this.on.onHeight(Number(frame.dataset.height));
+      if (frame.dataset.height && !this.hidden) this.on.onHeight(Number(frame.dataset.height));
+      this.on.onLoad();
     });
     this.container.append(frame);
   }
 
   frameOf(source) {
-    for (const frame of [this.current, this.incoming]) {
-      if (frame && source === frame.contentWindow) return frame;
-    }
-    return null;
+    return this.frames().find((frame) => source === frame.contentWindow) || null;
   }
 
   message(event) {
@@ -81,14 +127,15 @@ export class Frames {
     const data = event.data;
     if (!frame || event.origin !== "null" || !data || typeof data !== "object") return;
     if (data.cardserver === "ready") {
-      this.post(frame);
+      if (!this.hidden) this.post(frame);
       if (frame === (this.incoming || this.current)) this.on.onReady(String(data.token));
-    } else if (data.cardserver === "height" && Number.isFinite(data.height)) {
+    } else if (data.cardserver === "height" && Number.isFinite(data.height) && !this.hidden) {
       const height = Math.max(0, Math.min(MAX_HEIGHT, Math.ceil(data.height)));
       frame.dataset.height = String(height);
       frame.style.height = `${height}px`;
       if (frame === this.current) this.on.onHeight(height);
     } else if (data.cardserver === "applied" && frame === this.current) {
+      if (this.waiting && data.created_on >= this.waiting.created_on) this.waiting.visible();
       this.on.onApplied(data.created_on);
     }
   }

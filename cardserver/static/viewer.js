@@ -5,7 +5,7 @@
 import { CardList, toRows } from "./cardlist.js";
 import { fitToContent, isFramed } from "./embed.js";
 import { followCard, newestRun, newer } from "./follow.js";
-import { Frames } from "./frames.js";
+import { Deck } from "./deck.js";
 import { cardHtml, cardPath, cardSource, cardTopic, runPath, taskPath } from "./routes.js";
 import { LiveSocket, socketUrl } from "./socket.js";
 import { TaskView } from "./taskview.js";
@@ -39,7 +39,16 @@ const list = new CardList($("card-list"), {
   onPick: (id) => pick(id, { byHand: true }),
   onFilter: () => { drawCount(); drawEmpty(); },
 });
-const frames = new Frames($("frames"), { onHeight: cardHeight });
+// Cards kept loaded and hidden besides the shown one (`?keep=N` at load; 0 keeps none and
+// loads nothing ahead); up to 3 more are loaded ahead (deck.js). Memory: bench/switching.py.
+const KEEP = Math.max(0, Math.min(32, Number(new URLSearchParams(location.search).get("keep") ?? 4) || 0));
+const deck = new Deck($("frames"), {
+  keep: KEEP,
+  onHeight: cardHeight,
+  onKeep: (topic) => socket.subscribe(topic),
+  onDrop: (topic) => socket.unsubscribe(topic),
+  onSettled: () => loadAhead(),
+});
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
   onCard: (step, task, name) => pick(`${step}/${task}/${name}`, { byHand: true, tab: "card" }) });
@@ -53,8 +62,8 @@ const handlers = {
   task: (m) => { state.tasks.set(`${m.task.step}/${m.task.task}`, m.task); rowsChanged(); },
   "task-removed": (m) => { state.tasks.delete(`${m.step}/${m.task}`); rowsChanged(); },
   "task-detail": (m) => taskView.onMessage(m),
-  card: (m) => { if (m.topic === state.cardTopic) { frames.card(m); refused(""); } },
-  update: (m) => { if (m.topic === state.cardTopic) frames.update(m); },
+  card: (m) => { deck.card(m.topic, m); if (m.topic === state.cardTopic) refused(""); },
+  update: (m) => deck.update(m.topic, m),
   error: (m) => { if (m.topic === state.cardTopic) refused(m.error); },
 };
 
@@ -179,9 +188,9 @@ function pick(id, { byHand, tab }) {
   list.select(id);
   $("empty").hidden = true;
   if (row.card) {
-    const card = { ...row, name: row.card.name };
-    followCardTopic(cardTopic(state.flow, state.run, card));
-    frames.show(new URL(cardHtml(state.flow, state.run, card), ROOT).href, row.card.version);
+    const topic = rowTopic(row);
+    followCardTopic(topic);
+    deck.show(topic, cardUrl(row), row.card.version);
   } else {
     followCardTopic(null);
   }
@@ -190,13 +199,41 @@ function pick(id, { byHand, tab }) {
   updateAddress(byHand);
 }
 
+// The deck holds the subscription of every card it keeps; this is the one whose refusal we show.
 function followCardTopic(topic) {
   if (topic === state.cardTopic) return;
-  if (state.cardTopic) socket.unsubscribe(state.cardTopic);
   state.cardTopic = topic;
   state.cardRefused = "";
-  if (topic) socket.subscribe(topic);
 }
+
+function rowTopic(row) {
+  return cardTopic(state.flow, state.run, { ...row, name: row.card.name });
+}
+
+function cardUrl(row) {
+  return new URL(cardHtml(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
+}
+
+// Once nothing loads, load the card after the shown one (then the one before) hidden: the
+// likely next pick with the keyboard is then shown at once.
+function loadAhead() {
+  if (!KEEP || deck.loading || !state.selected) return;
+  const next = list.around(state.selected).find((row) => !deck.has(rowTopic(row)));
+  if (next) deck.preload(rowTopic(next), cardUrl(next), next.card.version);
+}
+
+// A card row the pointer rests on is the likely next click: load its card ahead.
+const HOVER_MS = 50;
+let hovering = 0;
+$("card-list").addEventListener("pointerover", (event) => {
+  clearTimeout(hovering);
+  const node = event.target.closest(".row[data-card]");
+  if (!node || !KEEP) return;
+  hovering = setTimeout(() => {
+    const row = state.rows.find((r) => r.id === node.dataset.id);
+    if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version);
+  }, HOVER_MS);
+});
 
 // The card frame is as tall as its card (the stage scrolls); framed, we ask for that much,
 // and never less than room for the pickers and a few rows of the card list.

@@ -1,0 +1,102 @@
+// The viewer's card frames: the shown card, up to `keep` others recently shown, and up to
+// AHEAD loaded ahead of being shown (never shown yet, so they never push a shown card out),
+// all loaded but hidden, so that going back to a card, or on to the next one, shows it at
+// once instead of parsing its ~1 MB page again. Each card is
+// keyed by its topic: the viewer stays subscribed to every card held here (`onKeep`, `onDrop`)
+// and routes its messages to it, so a hidden card still loads a new render behind and holds
+// its newest update, shown the moment the card is.
+
+import { Frames } from "./frames.js";
+
+const AHEAD = 3; // the next card, the previous one, and a hovered one
+
+export class Deck {
+  constructor(container, { keep, onHeight, onKeep, onDrop, onSettled }) {
+    this.container = container;
+    this.keep = keep;
+    this.on = { onHeight, onKeep, onDrop, onSettled };
+    this.cards = new Map(); // topic -> Frames, least recently shown first
+    this.ahead = new Set(); // topics loaded ahead and not shown yet, oldest first
+    this.shown = null;
+  }
+
+  show(topic, src, version) {
+    const kept = this.cards.get(topic);
+    const frames = kept || this.add(topic, src, version);
+    this.cards.delete(topic);
+    this.cards.set(topic, frames);
+    this.ahead.delete(topic);
+    this.shown = frames;
+    frames.reveal(() => { if (frames.current) this.visible(frames); });
+    this.trim();
+    if (kept && kept.current) this.on.onSettled();
+  }
+
+  // `frames` is on screen: hide the card it replaces (kept shown until then: never a blank).
+  visible(frames) {
+    if (frames !== this.shown) return frames.hide();
+    for (const other of this.cards.values()) if (other !== frames && !other.hidden) other.hide();
+  }
+
+  // Load a card hidden, ahead of being shown.
+  preload(topic, src, version) {
+    if (!this.keep || this.cards.has(topic)) return;
+    this.add(topic, src, version, { hidden: true });
+    this.ahead.add(topic);
+    this.trim();
+  }
+
+  has(topic) {
+    return this.cards.has(topic);
+  }
+
+  // Whether a card is still loading, shown or not: the viewer loads ahead only when none is.
+  get loading() {
+    return [...this.cards.values()].some((frames) => frames.incoming);
+  }
+
+  card(topic, message) {
+    const frames = this.cards.get(topic);
+    if (frames) frames.card(message);
+  }
+
+  update(topic, message) {
+    const frames = this.cards.get(topic);
+    if (frames) frames.update(message);
+  }
+
+  add(topic, src, version, { hidden = false } = {}) {
+    const frames = new Frames(this.container, {
+      onHeight: (height) => { if (frames === this.shown) this.on.onHeight(height); },
+      onLoad: () => {
+        if (frames === this.shown && !frames.hidden) this.visible(frames);
+        if (frames === this.shown || !this.loading) this.on.onSettled();
+      },
+    });
+    if (hidden) frames.hide();
+    frames.show(src, version);
+    this.cards.set(topic, frames);
+    this.on.onKeep(topic);
+    return frames;
+  }
+
+  // Drop the oldest cards loaded ahead beyond AHEAD, and the least recently shown beyond
+  // `keep` (never the shown one, nor one still on screen until the shown one has loaded).
+  trim() {
+    for (const topic of this.ahead) {
+      if (this.ahead.size <= AHEAD) break;
+      this.drop(topic);
+    }
+    for (const [topic, frames] of this.cards) {
+      if (this.cards.size - this.ahead.size <= this.keep + 1) return;
+      if (frames !== this.shown && frames.hidden && !this.ahead.has(topic)) this.drop(topic);
+    }
+  }
+
+  drop(topic) {
+    this.cards.get(topic).remove();
+    this.cards.delete(topic);
+    this.ahead.delete(topic);
+    this.on.onDrop(topic);
+  }
+}

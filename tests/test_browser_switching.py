@@ -1,0 +1,145 @@
+"""Switching cards in the viewer, in Chromium: a card shown before is kept loaded and hidden,
+holds on to what changed while hidden (an update, a new render), and shows the newest the
+very frame it is visible again, in the same document; the next card is loaded ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from conftest import make_config
+from test_browser import UI_WAIT, live_run
+
+from cardserver import demo
+
+pytestmark = pytest.mark.timeout(240)
+
+# Run inside a card frame: when the frame first comes on screen (an IntersectionObserver on
+# the top-level viewport fires in the rendering step that paints it), note what it shows.
+WATCH_SHOWN = """() => {
+  window.__seen = null;
+  new IntersectionObserver((entries) => {
+    if (window.__seen === null && entries.some((e) => e.isIntersecting)) {
+      window.__seen = document.body.innerText;
+    }
+  }).observe(document.body);
+}"""
+
+
+def card_frames(page: Any, name: str) -> list[Any]:
+    return [f for f in page.frames if "/card-html/" in f.url and name in f.url]
+
+
+async def kept_frame(page: Any, name: str, script: str) -> Any:
+    """The one frame of card `name`, once `script` holds in it (it may still be swapping)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UI_WAIT / 1000
+    while loop.time() < deadline:
+        frames = card_frames(page, name)
+        if len(frames) == 1:
+            try:
+                if await frames[0].evaluate(script):
+                    return frames[0]
+            except Exception:  # swapped under us: look again
+                pass
+        await page.wait_for_timeout(50)
+    raise AssertionError(f"card {name}: never one frame where {script}")
+
+
+def socket_log(page: Any) -> list[str]:
+    """Every message the page's websockets receive, as it arrives."""
+    received: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: received.append(str(payload))))
+    return received
+
+
+async def until_updated(page: Any, received: list[str], card: Any, value: int) -> None:
+    """Wait until the page's socket got the update that sets `card`'s bar to `value`."""
+    def holds(text: str) -> bool:
+        message = json.loads(text)
+        return (message.get("type") == "update" and message.get("topic", "").endswith(card.key.name)
+                and message["data"].get("bar", {}).get("value") == value)
+
+    for _ in range(UI_WAIT // 50):
+        if any(holds(m) for m in received):
+            return
+        await page.wait_for_timeout(50)
+    raise AssertionError(f"the viewer never received the update to {value}")
+
+
+async def shown_names(page: Any) -> list[str]:
+    return await page.evaluate(
+        "[...document.querySelectorAll('#frames iframe:not(.kept):not(.incoming)')].map((f) => f.src)")
+
+
+async def test_kept_card_is_never_stale(roots: Any, start_app: Any, browser: Any) -> None:
+    run, first = live_run(roots)
+    other = run.start_task("train").add_card(components=[demo.markdown("title", "# the other card")])
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    received = socket_log(page)
+    t = first.key.task
+    await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}")))
+    frame = await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
+    await frame.evaluate("window.__marker = 'kept'")
+
+    # Away to the other card: the first stays loaded, hidden, still subscribed.
+    await page.locator(f"#card-list .row[data-id='train/{other.key.task.task}/{other.key.name}']").click()
+    await page.wait_for_function(
+        "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
+        arg=first.key.name, timeout=UI_WAIT)
+    assert any(other.key.name in src for src in await shown_names(page))
+
+    # While hidden: an update lands. It is held, not applied (a hidden card costs nothing)...
+    first.update({"bar": demo.progress("bar", 41, 100, "epochs")})
+    first.update({"bar": demo.progress("bar", 42, 100, "epochs")})
+    await until_updated(page, received, first, 42)
+    hidden = card_frames(page, first.key.name)[0]
+    assert "42" not in await hidden.evaluate("document.querySelector('[data-component-id=bar]').textContent")
+    # ... and shown again, the very first frame on screen has it, in the same document.
+    await hidden.evaluate(WATCH_SHOWN)
+    await page.locator(f"#card-list .row[data-id='train/{t.task}/{first.key.name}']").click()
+    await hidden.wait_for_function("window.__seen !== null", timeout=UI_WAIT)
+    assert "42" in await hidden.evaluate("window.__seen")
+    assert await hidden.evaluate("window.__marker") == "kept"
+
+    # Hidden again, the card is re-rendered (a new layout) and then updated: the new render
+    # loads behind while hidden, and shown again it is the newest layout with the newest data.
+    await page.locator(f"#card-list .row[data-id='train/{other.key.task.task}/{other.key.name}']").click()
+    await page.wait_for_function(
+        "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
+        arg=first.key.name, timeout=UI_WAIT)
+    first.rerender([demo.markdown("title", "# a new layout"), demo.progress("bar", 50, 100, "epochs")])
+    rendered = await kept_frame(page, first.key.name, "document.body.innerText.includes('a new layout')")
+    first.update({"bar": demo.progress("bar", 77, 100, "epochs")})
+    await until_updated(page, received, first, 77)
+    await rendered.evaluate(WATCH_SHOWN)
+    await rendered.evaluate("window.__marker = 'rendered'")
+    await page.locator(f"#card-list .row[data-id='train/{t.task}/{first.key.name}']").click()
+    await rendered.wait_for_function("window.__seen !== null", timeout=UI_WAIT)
+    seen = await rendered.evaluate("window.__seen")
+    assert "a new layout" in seen and "77" in seen, seen
+    assert await rendered.evaluate("window.__marker") == "rendered"  # kept: no reload on show
+
+
+async def test_next_card_is_loaded_ahead(roots: Any, start_app: Any, browser: Any) -> None:
+    run, first = live_run(roots)
+    second = run.start_task("train").add_card(components=[demo.markdown("title", "# second")])
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    t = first.key.task
+    await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}")))
+    # Nothing clicked: once the shown card has loaded, the next one loads hidden.
+    ahead = await kept_frame(page, second.key.name, "document.body.innerText.includes('second')")
+    await ahead.evaluate("window.__marker = 'ahead'")
+    await page.keyboard.press("j")
+    await page.wait_for_function(
+        "(n) => [...document.querySelectorAll('#frames iframe:not(.kept)')].some((f) => f.src.includes(n))",
+        arg=second.key.name, timeout=UI_WAIT)
+    assert await ahead.evaluate("window.__marker") == "ahead"  # the frame loaded ahead is shown
+    # With ?keep=0 nothing is kept or loaded ahead: one card frame at a time.
+    await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}?keep=0")))
+    await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
+    assert card_frames(page, second.key.name) == []
