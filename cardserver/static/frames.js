@@ -39,7 +39,7 @@ export class Frames {
   reveal(onShown = () => {}) {
     if (!this.hidden) return onShown();
     this.hidden = false;
-    const behind = this.current && this.latest && this.current.dataset.posted !== String(this.latest.created_on);
+    const behind = this.behind(this.current);
     for (const frame of this.frames()) {
       this.post(frame);
       if (frame.contentWindow) frame.contentWindow.postMessage({ cardserver: "measure" }, "*");
@@ -55,6 +55,13 @@ export class Frames {
     this.waiting = waiting;
     if (!waiting) return visible();
     setTimeout(visible, REVEAL_WAIT_MS); // a card that never says `applied` is still shown
+  }
+
+  // Whether `frame` has not been given the newest update its render would apply (one for
+  // another render token is for a new render, which loads as a new frame: no use waiting).
+  behind(frame) {
+    return Boolean(frame && this.latest && frame.dataset.token === this.latest.token
+      && frame.dataset.posted !== String(this.latest.created_on));
   }
 
   remove() {
@@ -127,7 +134,8 @@ export class Frames {
     const data = event.data;
     if (!frame || event.origin !== "null" || !data || typeof data !== "object") return;
     if (data.cardserver === "ready") {
-      if (!this.hidden) this.post(frame);
+      frame.dataset.token = String(data.token);
+      this.post(frame); // even hidden: a card loaded ahead is shown with its newest update
       if (frame === (this.incoming || this.current)) this.on.onReady(String(data.token));
     } else if (data.cardserver === "height" && Number.isFinite(data.height) && !this.hidden) {
       const height = Math.max(0, Math.min(MAX_HEIGHT, Math.ceil(data.height)));

@@ -1,4 +1,5 @@
-"""Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once.
+"""Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once;
+Metaflow's JavaScript bundle, which every card page repeats, served apart once (cardscript.py).
 
 The HTML is untrusted: it is served with a CSP `sandbox` so it runs in an opaque origin even
 when opened directly. It opens no connection: the trusted page that frames it (the viewer or
@@ -18,11 +19,14 @@ from importlib import resources
 from ..index import Card
 from ..layout import CardKey
 from ..source import Unavailable
+from .cardscript import split
 
 CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at right now
+SCRIPT_ENTRIES = 8  # one per Metaflow version whose cards are looked at
 
 
 ReadCard = Callable[[Card], Awaitable[bytes]]  # the source's read of a card's HTML
+ScriptUrl = Callable[[str], str]  # a card script's name -> its URL, relative to a card page
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,10 @@ class CardPage:
     body: bytes
     gzipped: bytes
     etag: str
+
+
+def compressed(body: bytes, etag: str) -> CardPage:
+    return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), etag)
 
 
 def load_runtime() -> str:
@@ -46,11 +54,13 @@ def inject(html: bytes, snippet: bytes) -> bytes:
 
 
 class CardPages:
-    def __init__(self, read: ReadCard) -> None:
+    def __init__(self, read: ReadCard, script_url: ScriptUrl) -> None:
         self.read = read
+        self.script_url = script_url
         self.runtime = "<script>" + load_runtime().replace("</", "<\\/") + "</script>"
         self.instance = secrets.token_hex(4)  # per start: a new runtime
         self._cache: OrderedDict[tuple[CardKey, str], CardPage] = OrderedDict()
+        self._scripts: OrderedDict[str, CardPage] = OrderedDict()  # name -> the shared bundle
 
     def etag(self, card: Card) -> str:
         return f'"{card.version}-{self.instance}"'
@@ -64,12 +74,32 @@ class CardPages:
             self._cache.move_to_end(slot)
             return cached
         html = await self.read(card)
-        page = await asyncio.to_thread(self._build, card, html)
+        page, script = await asyncio.to_thread(self._build, card, html)
+        if script is not None:
+            self._keep_script(*script)
         self._cache[slot] = page
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
         return page
 
-    def _build(self, card: Card, html: bytes) -> CardPage:
-        body = inject(html, self.runtime.encode())
-        return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), self.etag(card))
+    def script(self, name: str) -> CardPage | None:
+        """A card script split out of a page built here, by its name (`<sha256>.js`)."""
+        found = self._scripts.get(name)
+        if found is not None:
+            self._scripts.move_to_end(name)
+        return found
+
+    def _keep_script(self, name: str, script: bytes) -> None:
+        if name not in self._scripts:
+            self._scripts[name] = compressed(script, f'"{name}"')
+        self._scripts.move_to_end(name)
+        while len(self._scripts) > SCRIPT_ENTRIES:
+            self._scripts.popitem(last=False)
+
+    def _build(self, card: Card, html: bytes) -> tuple[CardPage, tuple[str, bytes] | None]:
+        """The page to serve, and the script split out of it (name, source) if one was."""
+        apart = split(html)
+        if apart is not None:
+            html = apart.page(self.script_url(apart.name))
+        page = compressed(inject(html, self.runtime.encode()), self.etag(card))
+        return page, None if apart is None else (apart.name, apart.script)

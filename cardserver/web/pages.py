@@ -20,12 +20,14 @@ from ..index import Card
 from ..layout import card_key_from_parts, is_name
 from ..scriptjson import script_json
 from ..source import Unavailable
+from .cards import CardPage
 from .keys import CARD_PAGES, CONFIG, GUARD, INDEX
 from .security import (
     CARD_CSP,
     CARD_HTML_ROUTE,
     CARD_IFRAME_SANDBOX,
     CARD_ROUTE,
+    CARD_SCRIPT_ROUTE,
     VIEWER_CSP,
     plain_error,
 )
@@ -145,12 +147,30 @@ async def card_html(request: web.Request) -> web.StreamResponse:
         page = await pages.page(found)
     except Unavailable as problem:
         return plain_error(problem.status, str(problem))
+    return encoded(request, page, headers, "text/html")
+
+
+async def card_script(request: web.Request) -> web.StreamResponse:
+    """Metaflow's card JavaScript, split out of card pages: named by its content, so it never
+    changes (and reveals nothing to whoever cannot name it)."""
+    script = request.app[CARD_PAGES].script(request.match_info["name"])
+    if script is None:
+        return plain_error(404, "card script not found")
+    headers = {"ETag": script.etag, "Cache-Control": "max-age=31536000, immutable",
+               "Vary": "Accept-Encoding"}
+    if script.etag in if_none_match(request):
+        return web.Response(status=304, headers=headers)
+    return encoded(request, script, headers, "text/javascript")
+
+
+def encoded(request: web.Request, page: CardPage, headers: dict[str, str], kind: str) -> web.Response:
+    """The page gzipped when the client takes it (compressed once, when built)."""
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         headers["Content-Encoding"] = "gzip"
         body = page.gzipped
     else:
         body = page.body
-    return web.Response(body=body, headers=headers, content_type="text/html", charset="utf-8")
+    return web.Response(body=body, headers=headers, content_type=kind, charset="utf-8")
 
 
 def card_headers(etag: str) -> dict[str, str]:
@@ -176,5 +196,6 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}run/{card_path}", run_card)
     app.router.add_get(f"{base}card/{card_path}", card_host, name=CARD_ROUTE)  # links open it
     app.router.add_get(f"{base}card-html/{card_path}", card_html, name=CARD_HTML_ROUTE)
+    app.router.add_get(f"{base}{CARD_SCRIPT_ROUTE}/{{name}}", card_script, name=CARD_SCRIPT_ROUTE)
     static = resources.files("cardserver").joinpath("static")
     app.router.add_static(f"{base}static/", str(static), append_version=False)
