@@ -30,6 +30,7 @@ from bench.common import (
     start_jupyter,
     stop_process,
 )
+from bench.manycards import make_run
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.localsource import LocalSource
 from cardserver.watcher import Watcher
@@ -48,6 +49,16 @@ WAIT = 10.0  # seconds any single expected event may take before a test fails
 def roots(tmp_path: Path) -> Roots:
     datastore = tmp_path / ".metaflow"
     datastore.mkdir()
+    return Roots(datastore, datastore / "mf.cards")
+
+
+@pytest.fixture(scope="session")
+def metaflow_cards(tmp_path_factory: pytest.TempPathFactory) -> Roots:
+    """A finished real Metaflow run: `start`'s default card, then two blank cards (Markdown,
+    Table, VegaChart), each Metaflow's ~1.1 MB page with its bundle inline."""
+    workdir = tmp_path_factory.mktemp("metaflow-cards")
+    make_run(workdir, branches=2, timeout=600)
+    datastore = workdir / ".metaflow"
     return Roots(datastore, datastore / "mf.cards")
 
 

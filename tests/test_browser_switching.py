@@ -126,20 +126,62 @@ async def test_kept_card_is_never_stale(roots: Any, start_app: Any, browser: Any
 
 async def test_next_card_is_loaded_ahead(roots: Any, start_app: Any, browser: Any) -> None:
     run, first = live_run(roots)
-    second = run.start_task("train").add_card(components=[demo.markdown("title", "# second")])
+    second = run.start_task("train").add_card(components=[demo.markdown("title", "# second"),
+                                                           demo.progress("bar", 0, 100, "epochs")])
+    second.update({"bar": demo.progress("bar", 5, 100, "epochs")})
     client = await start_app(make_config(roots))
     page = await browser.new_page()
+    received = socket_log(page)
     t = first.key.task
     await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}")))
-    # Nothing clicked: once the shown card has loaded, the next one loads hidden.
-    ahead = await kept_frame(page, second.key.name, "document.body.innerText.includes('second')")
+    # Nothing clicked: once the shown card has loaded, the next one loads hidden, given the
+    # update it had when it loaded.
+    bar = "document.querySelector('[data-component-id=bar]').textContent"
+    ahead = await kept_frame(page, second.key.name, f"{bar}.includes('5')")
     await ahead.evaluate("window.__marker = 'ahead'")
+    # An update while it waits hidden is held, and shown with it the first frame it is seen.
+    second.update({"bar": demo.progress("bar", 6, 100, "epochs")})
+    await until_updated(page, received, second, 6)
+    assert "6" not in await ahead.evaluate(bar)
+    await ahead.evaluate(WATCH_SHOWN)
     await page.keyboard.press("j")
-    await page.wait_for_function(
-        "(n) => [...document.querySelectorAll('#frames iframe:not(.kept)')].some((f) => f.src.includes(n))",
-        arg=second.key.name, timeout=UI_WAIT)
+    await ahead.wait_for_function("window.__seen !== null", timeout=UI_WAIT)
+    assert "6" in await ahead.evaluate("window.__seen")
     assert await ahead.evaluate("window.__marker") == "ahead"  # the frame loaded ahead is shown
+    # Shown, it is live again: the next update moves it in place.
+    second.update({"bar": demo.progress("bar", 7, 100, "epochs")})
+    await ahead.wait_for_function(f"{bar}.includes('7')", timeout=UI_WAIT)
     # With ?keep=0 nothing is kept or loaded ahead: one card frame at a time.
     await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}?keep=0")))
     await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
     assert card_frames(page, second.key.name) == []
+
+
+# Press `j` and say, in the same task, whether the frame of card `name` is on screen yet.
+PRESS_J = """(name) => {
+  document.body.dispatchEvent(new KeyboardEvent("keydown", { key: "j", bubbles: true }));
+  const frame = [...document.querySelectorAll("#frames iframe")].find((f) => f.src.includes(name));
+  return frame ? frame.className : "no frame";
+}"""
+
+
+async def test_loaded_card_is_shown_at_once(metaflow_cards: Any, start_app: Any, browser: Any) -> None:
+    """Real Metaflow cards: their final render keeps the last runtime update (of another render
+    token) beside it, which the card would never apply. A card loaded ahead with nothing newer
+    to apply is shown by the key press itself, not after waiting on the card's renderer."""
+    client = await start_app(make_config(metaflow_cards))
+    files = sorted(metaflow_cards.cards.rglob("cards/*.html"))
+    first = next(f for f in files if f.name.startswith("default-"))
+    key = str(first.relative_to(metaflow_cards.cards)).split("/")
+    flow, run, step, task = key[0], key[2], key[4], key[6]
+    page = await browser.new_page()
+    await page.goto(str(client.make_url(f"/run/{flow}/{run}/{step}/{task}/{first.stem}")))
+    listed = "[...document.querySelectorAll('#card-list .row[data-card]')].map((n) => n.dataset.card)"
+    await page.wait_for_function(f"{listed}.length === 3", timeout=UI_WAIT)
+    rows = await page.evaluate(listed)
+    following = rows[rows.index(first.stem) + 1]
+    await kept_frame(page, following, "document.body.innerText.includes('branch')")
+    await page.wait_for_function(  # loaded: not still swapping in
+        "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
+        arg=following, timeout=UI_WAIT)
+    assert "kept" not in await page.evaluate(PRESS_J, following)

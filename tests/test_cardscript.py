@@ -1,0 +1,122 @@
+"""Metaflow's card bundle served once (cardscript.py), on cards a real Metaflow run wrote: the
+split is exact, anything else is served whole, the bundle's URL is signed like its page, and
+the split card renders in Chromium, sandboxed."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yarl
+from conftest import make_config
+
+from cardserver.config import Roots
+from cardserver.demo import markdown, start_run
+from cardserver.layout import CardKey, parse_card_path
+from cardserver.web.cardscript import split
+from cardserver.web.keys import GUARD
+from cardserver.web.security import CARD_HTML_ROUTE
+
+pytestmark = pytest.mark.timeout(240)
+TOKEN = "s3cret-token-for-tests"
+
+
+def card_files(roots: Roots) -> list[Path]:
+    files = sorted(roots.cards.rglob("cards/*.html"))
+    assert len(files) == 3, files
+    return files
+
+
+def card_key(roots: Roots, file: Path) -> CardKey:
+    parsed = parse_card_path(PurePosixPath(file.relative_to(roots.cards).as_posix()))
+    assert parsed is not None
+    return parsed.key
+
+
+def test_metaflow_cards_split_exactly(metaflow_cards: Roots) -> None:
+    names = set()
+    for file in card_files(metaflow_cards):
+        html = file.read_bytes()
+        apart = split(html)
+        assert apart is not None, file
+        assert apart.before + b"<script>" + apart.script + b"</script>" + apart.after == html
+        assert apart.name == hashlib.sha256(apart.script).hexdigest() + ".js"
+        assert len(apart.script) > len(html) * 0.8  # the bundle is most of the page
+        assert b"METAFLOW_RELOAD_TOKEN" in apart.before  # the card's own data stays in its page
+        names.add(apart.name)
+    assert len(names) == 1  # every card of a Metaflow version shares one bundle
+
+
+def test_other_shapes_are_served_whole(metaflow_cards: Roots) -> None:
+    html = card_files(metaflow_cards)[1].read_bytes()
+    apart = split(html)
+    assert apart is not None
+    bundle = apart.script
+    unlike = {
+        "a script tag inside the bundle": html.replace(bundle, bundle[:5000] + b"'<script>'" + bundle[5000:]),
+        "an end tag inside the bundle": html.replace(bundle, bundle[:5000] + b"'</SCRIPT '" + bundle[5000:]),
+        "no data script": html.replace(b"var METAFLOW_RELOAD_TOKEN", b"var OTHER_TOKEN"),
+        "something after the bundle": html.replace(b"</body>\n\n</html>", b"<p>x</p></body></html>"),
+        "a small script": apart.before + b"<script>1</script>" + apart.after,
+        "an attribute on the bundle's tag": html.replace(b"<script>" + bundle, b"<script defer>" + bundle),
+    }
+    for why, page in unlike.items():
+        assert page != html, why
+        assert split(page) is None, why
+    demo_card = start_run(Path(metaflow_cards.datastore.parent / "demo"), flow="DemoFlow")
+    card = demo_card.start_task("start").add_card(components=[markdown("t", "# hello")])
+    assert split(card.path_html.read_bytes()) is None  # our demo's cards: not Metaflow's shape
+
+
+async def test_bundle_url_is_signed_like_its_page(metaflow_cards: Roots, start_app: Any) -> None:
+    client = await start_app(make_config(metaflow_cards, token=TOKEN))
+    guard = client.app[GUARD]
+    scripts = set()
+    for file in card_files(metaflow_cards):
+        page_url = yarl.URL("/" + guard.card_url(card_key(metaflow_cards, file), CARD_HTML_ROUTE))
+        response = await client.get(page_url)
+        assert response.status == 200
+        body = await response.read()
+        assert len(body) < 200_000  # the page without the bundle
+        src = re.search(rb'<script src="([^"]+)"></script>', body)
+        assert src is not None
+        scripts.add(page_url.join(yarl.URL(src[1].decode())))
+    assert len(scripts) == 1  # one URL for every card: compiled once
+    script = scripts.pop()
+    assert script.path.startswith("/card-js/") and script.query["cap"]
+    served = await client.get(script, headers={"Accept-Encoding": "gzip"})
+    assert served.status == 200
+    assert served.headers["Content-Type"].startswith("text/javascript")
+    assert "immutable" in served.headers["Cache-Control"]
+    apart = split(card_files(metaflow_cards)[0].read_bytes())
+    assert apart is not None and await served.read() == apart.script
+    assert (await client.get(script.path)).status == 401  # unsigned: nothing without the token
+    other = script.with_path("/card-js/" + "0" * 64 + ".js").with_query(script.query)
+    assert (await client.get(other)).status == 403  # the cap opens that script alone
+    unknown = yarl.URL("/" + guard.signed("card-js/" + "0" * 64 + ".js"))
+    assert (await client.get(unknown)).status == 404
+
+
+async def test_split_card_renders_sandboxed(metaflow_cards: Roots, start_app: Any, browser: Any) -> None:
+    client = await start_app(make_config(metaflow_cards))
+    page = await browser.new_page()
+    scripts: list[str] = []
+    page.on("request", lambda request: scripts.append(request.url) if "/card-js/" in request.url else None)
+    blank = next(f for f in card_files(metaflow_cards) if f.name.startswith("blank-"))
+    await page.goto(str(client.make_url(f"/run/{card_key(metaflow_cards, blank)}")))
+    frame = None
+    for _ in range(200):
+        frame = next((f for f in page.frames if "/card-html/" in f.url and blank.stem in f.url), None)
+        if frame is not None:
+            break
+        await page.wait_for_timeout(50)
+    assert frame is not None
+    await frame.wait_for_function("document.querySelector('.card_app') && "
+                                  "document.querySelector('.card_app').innerText.includes('branch')",
+                                  timeout=30_000)
+    assert await frame.evaluate("!!document.querySelector('.card_app table')")
+    assert await frame.evaluate("origin") == "null"  # still an opaque origin
+    assert scripts  # its bundle came from the shared URL
