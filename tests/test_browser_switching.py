@@ -177,7 +177,7 @@ async def test_loaded_card_is_shown_at_once(metaflow_cards: Any, start_app: Any,
     page = await browser.new_page()
     await page.goto(str(client.make_url(f"/run/{flow}/{run}/{step}/{task}/{first.stem}")))
     listed = "[...document.querySelectorAll('#card-list .row[data-card]')].map((n) => n.dataset.card)"
-    await page.wait_for_function(f"{listed}.length === 3", timeout=UI_WAIT)
+    await page.wait_for_function(f"() => {listed}.length === 3", timeout=UI_WAIT)
     rows = await page.evaluate(listed)
     following = rows[rows.index(first.stem) + 1]
     await kept_frame(page, following, "document.body.innerText.includes('branch')")

@@ -18,6 +18,7 @@ export class Deck {
     this.cards = new Map(); // topic -> Frames, least recently shown first
     this.ahead = new Set(); // topics loaded ahead and not shown yet, oldest first
     this.shown = null;
+    this.painting = 0; // the animation frame that waits for the shown card to be painted
   }
 
   show(topic, src, version) {
@@ -28,8 +29,21 @@ export class Deck {
     this.ahead.delete(topic);
     this.shown = frames;
     frames.reveal(() => { if (frames.current) this.visible(frames); });
-    this.trim();
-    if (kept && kept.current) this.on.onSettled();
+    if (kept && kept.current) this.settled();
+  }
+
+  // The shown card is on screen: once it is painted, drop what is over budget and let the
+  // viewer load ahead (not sooner: on 2 cores, tearing a card's page down or loading the next
+  // one would compete with painting the one just picked).
+  settled() {
+    cancelAnimationFrame(this.painting);
+    this.painting = requestAnimationFrame(() => {
+      this.painting = requestAnimationFrame(() => {
+        this.painting = 0;
+        this.trim();
+        this.on.onSettled();
+      });
+    });
   }
 
   // `frames` is on screen: hide the card it replaces (kept shown until then: never a blank).
@@ -70,7 +84,7 @@ export class Deck {
       onHeight: (height) => { if (frames === this.shown) this.on.onHeight(height); },
       onLoad: () => {
         if (frames === this.shown && !frames.hidden) this.visible(frames);
-        if (frames === this.shown || !this.loading) this.on.onSettled();
+        if (frames === this.shown || !this.loading) this.settled();
       },
     });
     if (hidden) frames.hide();

@@ -5,8 +5,10 @@
 // to the card's runtime). From the card we accept only `ready`, `height` and `applied`, only
 // from the frame we made, and nothing it says can make us show or follow another card.
 // The viewer keeps some cards loaded but hidden (`hide`): such a card only holds on to its
-// newest update, so it costs nothing meanwhile. Shown again (`reveal`), it gets that update
-// first and is made visible once it has applied it (or after REVEAL_WAIT_MS): never stale.
+// newest update, so it costs nothing meanwhile (a card loaded ahead is given the first one as
+// part of loading). Shown again (`reveal`), a card behind gets that update first and is made
+// visible once it has applied it (or after REVEAL_WAIT_MS): never stale. A card with nothing
+// newer to apply (an update of another render is not one) is made visible at once.
 
 const MAX_HEIGHT = 100000;
 const REVEAL_WAIT_MS = 150;
@@ -18,6 +20,7 @@ export class Frames {
     this.sandbox = container.dataset.sandbox;
     this.on = { onHeight, onReady, onApplied, onLoad };
     this.hidden = false;
+    this.seen = false; // shown at least once (else loaded ahead, not yet seen)
     this.waiting = null; // a reveal waiting for the card to apply the update it missed
     this.src = null;
     this.version = null;
@@ -48,6 +51,7 @@ export class Frames {
       if (this.hidden || this.waiting !== waiting) return;
       this.waiting = null;
       for (const frame of this.frames()) frame.classList.remove("kept");
+      this.seen = true;
       onShown();
       if (this.current && this.current.dataset.height) this.on.onHeight(Number(this.current.dataset.height));
     };
@@ -92,7 +96,10 @@ export class Frames {
     if (!this.src) return;
     if (this.latest && message.created_on < this.latest.created_on) return;
     this.latest = { token: message.token, created_on: message.created_on, data: message.data };
-    if (!this.hidden) for (const frame of this.frames()) this.post(frame);
+    // A card loaded ahead is given its first update (loading includes it), then holds.
+    for (const frame of this.frames()) {
+      if (!this.hidden || (!this.seen && !frame.dataset.posted)) this.post(frame);
+    }
   }
 
   post(frame) {
@@ -119,6 +126,7 @@ export class Frames {
       if (this.current) this.current.remove();
       this.current = frame;
       this.incoming = null;
+      if (!this.hidden) this.seen = true;
       if (frame.dataset.height && !this.hidden) this.on.onHeight(Number(frame.dataset.height));
       this.on.onLoad();
     });

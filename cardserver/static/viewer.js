@@ -47,7 +47,7 @@ const deck = new Deck($("frames"), {
   onHeight: cardHeight,
   onKeep: (topic) => socket.subscribe(topic),
   onDrop: (topic) => socket.unsubscribe(topic),
-  onSettled: () => settled(),
+  onSettled: () => loadAhead(),
 });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
@@ -214,15 +214,8 @@ function cardUrl(row) {
   return new URL(cardHtml(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
 }
 
-// Once nothing loads and the shown card is painted, load the card after it (then the one
-// before) hidden: the likely next pick with the keyboard is then shown at once. Not sooner:
-// on 2 cores the next card's page would compete with painting the one just picked.
-let ahead = 0;
-function settled() {
-  cancelAnimationFrame(ahead);
-  ahead = requestAnimationFrame(() => { ahead = requestAnimationFrame(() => { ahead = 0; loadAhead(); }); });
-}
-
+// Once nothing loads and the shown card is painted (deck.js), load the card after it (then
+// the one before) hidden: the likely next pick with the keyboard is then shown at once.
 function loadAhead() {
   if (!KEEP || deck.loading || !state.selected) return;
   const next = list.around(state.selected).find((row) => !deck.has(rowTopic(row)));
