@@ -145,5 +145,13 @@ def test_switching_smoke() -> None:
     table = rows(out, "Card switching (smoke)")
     assert float(table["first visit p50 (ms)"][0]) > 0
     assert float(table["visit again p50 (ms)"][0]) > 0
-    assert float(table["Chromium memory (MB)"][0]) > 50  # all of Chromium's processes counted
+    assert float(table["keyboard previous p50 (ms)"][0]) > 0
+    assert float(table["Chromium memory peak (MB)"][0]) > 50  # all of Chromium's processes counted
     assert "keep=0 p50/p90" in out and "keep=4 p50/p90" in out  # before and after, side by side
+
+
+def test_cardscript_smoke() -> None:
+    out = run_smoke("cardscript.py", 300)
+    table = rows(out, "Card script served once (smoke)")
+    assert float(table["split / inline p50"][0]) > 0
+    assert "requests for the script: 3 in 3 split loads" in out  # fetched by every load

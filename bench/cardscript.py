@@ -1,0 +1,139 @@
+"""What serving Metaflow's card script once (cardserver/web/cardscript.py) buys in Chromium.
+
+Real Metaflow card pages (bench/manycards.py's run) are loaded one after another into a new
+sandboxed frame (`sandbox="allow-scripts"`, the CSP sandbox header: an opaque origin, as the
+viewer does), alternating the page as Metaflow wrote it (the ~1 MB bundle inline) and the
+page split by `cardscript.split` (the bundle from one `card-js/<sha256>.js` URL). Each load is
+timed from inserting the frame to two animation frames after its `load` event, and each page
+is new to the frame (a new URL), as a first visit is. A small aiohttp server on 127.0.0.1
+serves both, so the two differ only in how the script arrives. It also counts the requests
+for the script: Chromium's HTTP cache is not used from an opaque origin, so every load fetches
+it again; what is shared is the compiled code, within the renderer process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiohttp import web
+
+from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, percentile, report, run_options, table, verdict
+from bench.manycards import many_cards
+from cardserver.web.cardscript import split
+
+CSP = "sandbox allow-scripts"
+KINDS = ("inline", "split")
+
+LOAD = """async (src) => {
+  const started = performance.now();
+  const frame = document.createElement("iframe");
+  frame.setAttribute("sandbox", "allow-scripts");
+  frame.style.cssText = "width: 1000px; height: 2000px; border: 0";
+  const loaded = new Promise((resolve) => frame.addEventListener("load", resolve, { once: true }));
+  frame.src = src;
+  document.body.append(frame);
+  await loaded;
+  await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+  const took = performance.now() - started;
+  for (const old of [...document.querySelectorAll("iframe")].slice(0, -1)) old.remove();
+  return took;
+}"""
+
+
+def pages(datastore: Path) -> dict[str, list[bytes]]:
+    """Each card page as written, and as split (its script from `/card-js/<name>`)."""
+    written = [p.read_bytes() for p in sorted(datastore.rglob("cards/*.html"))]
+    served: dict[str, list[bytes]] = {"inline": written, "split": []}
+    for html in written:
+        apart = split(html)
+        if apart is None:
+            raise SystemExit("a card page is not Metaflow's shape: nothing to compare")
+        served["split"].append(apart.page(f"/card-js/{apart.name}"))
+    return served
+
+
+def make_app(served: dict[str, list[bytes]], scripts: dict[str, bytes],
+             fetched: list[str]) -> web.Application:
+    async def card(request: web.Request) -> web.Response:
+        kind, number = request.match_info["kind"], int(request.match_info["n"])
+        body = served[kind][number % len(served[kind])]
+        return web.Response(body=body, content_type="text/html",
+                            headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+
+    async def script(request: web.Request) -> web.Response:
+        fetched.append(request.match_info["name"])
+        return web.Response(body=scripts[request.match_info["name"]], content_type="text/javascript",
+                            headers={"Cache-Control": "max-age=31536000, immutable"})
+
+    async def blank(request: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html><title>bench</title><body></body>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", blank)
+    app.router.add_get("/card/{kind}/{n}", card)
+    app.router.add_get("/card-js/{name}", script)
+    return app
+
+
+async def measure(datastore: Path, rounds: int) -> tuple[dict[str, list[float]], int]:
+    from playwright.async_api import async_playwright
+
+    served = pages(datastore)
+    scripts = {}
+    for html in served["inline"]:
+        apart = split(html)
+        assert apart is not None
+        scripts[apart.name] = apart.script
+    fetched: list[str] = []
+    runner = web.AppRunner(make_app(served, scripts, fetched))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page: Any = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{port}/")
+            count = len(served["inline"])
+            for number in range(rounds * count):  # every URL new: each load is a first visit
+                for kind in KINDS:
+                    times[kind].append(await page.evaluate(LOAD, f"/card/{kind}/{number}"))
+            await browser.close()
+    finally:
+        await runner.cleanup()
+    return times, len(fetched)
+
+
+def main() -> int:
+    parser = run_options(__doc__ or "", "3 cards, one round: that it runs, not its numbers")
+    parser.add_argument("--cards", type=int, default=8, help="blank cards in the run (plus the default one)")
+    parser.add_argument("--rounds", type=int, default=3, help="loads of each card, each kind")
+    args = parser.parse_args()
+    if args.smoke:
+        args.cards, args.rounds = 2, 1
+    started, load = time.monotonic(), os.getloadavg()[0]
+    with many_cards(args.cards, args.fixture) as datastore:
+        times, fetched = asyncio.run(measure(datastore, args.rounds))
+    header = ["card page", "load p50 (ms)", "p90", "n"]
+    rows = [[kind, f"{percentile(t, 50):.0f}", f"{percentile(t, 90):.0f}", len(t)]
+            for kind, t in times.items()]
+    print(table("A card's first load in a sandboxed frame, side by side", header, rows))
+    print(f"\nrequests for the script: {fetched} in {len(times['split'])} split loads (no HTTP cache "
+          f"from an opaque origin)")
+    print(f"wall {time.monotonic() - started:.0f} s, load average at start {load:.2f}")
+    inline, apart = percentile(times["inline"], 50), percentile(times["split"], 50)
+    rows_verdict: list[list[object]] = [["split / inline p50", round(apart / inline, 2), "< 1",
+                                         verdict(apart < inline)]]
+    title = "Card script served once" + (" (smoke)" if args.smoke else "")
+    return report(title, rows_verdict, [], args.smoke)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
