@@ -18,9 +18,10 @@ since (a hidden frame renders none, so this counts its renderer waking up). Then
   walk's second half over the lowest of its first half: garbage comes and goes in a sawtooth,
   what a leak raises is the floor), and the server's (RSS) after them.
 
-Between two switches we wait until no frame is loading (a person reads the card): what is
-loaded ahead is then ready, as it would be. Each setting of `?keep=` runs in a new browser;
-`keep=0` is the viewer as it was before issue 14 (one frame, nothing kept or loaded ahead)."""
+Between two switches we wait until no frame has been loading for 10 animation frames (a
+person reads the card): what is loaded ahead is then ready, as it would be. Each setting of
+`?keep=` runs in a new browser; `keep=0` is the viewer as it was before issue 14 (one frame,
+nothing kept or loaded ahead), but with the card script served once (bench/cardscript.py)."""
 
 from __future__ import annotations
 
@@ -110,9 +111,11 @@ FIRST_TICK = """(after) => new Promise((resolve) => {
   find();
 })"""
 
+# Until no card frame has loaded for 10 animation frames: the viewer starts loading ahead 2
+# frames after a card is painted, so a shorter quiet spell could end before it begins.
 IDLE = """async () => {
   const nextFrame = () => new Promise((r) => requestAnimationFrame(r));
-  for (let quiet = 0; quiet < 3;) {
+  for (let quiet = 0; quiet < 10;) {
     await nextFrame();
     quiet = document.querySelector('#frames iframe.incoming') ? 0 : quiet + 1;
   }
