@@ -185,3 +185,27 @@ async def test_loaded_card_is_shown_at_once(metaflow_cards: Any, start_app: Any,
         "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
         arg=following, timeout=UI_WAIT)
     assert "kept" not in await page.evaluate(PRESS_J, following)
+
+
+# Press a card row (no pointer moved over it first) and say, in the same task, whether that
+# card's frame has started loading.
+PRESS_ROW = """(id) => {
+  const row = document.querySelector(`#card-list .row[data-id="${id}"]`);
+  row.dispatchEvent(new PointerEvent("pointerdown", { bubbles: true }));
+  return [...document.querySelectorAll("#frames iframe")].map((f) => f.src);
+}"""
+
+
+async def test_pressed_card_loads_before_the_click(roots: Any, start_app: Any, browser: Any) -> None:
+    run, first = live_run(roots)
+    run.start_task("eval").add_card(components=[demo.markdown("title", "# next: loaded ahead")])
+    pressed = run.start_task("eval").add_card(components=[demo.markdown("title", "# pressed")])
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    t = first.key.task
+    await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}")))
+    await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
+    assert card_frames(page, pressed.key.name) == []  # not next to the shown card: not loaded ahead
+    row = f"eval/{pressed.key.task.task}/{pressed.key.name}"
+    sources = await page.evaluate(PRESS_ROW, row)
+    assert any(pressed.key.name in src for src in sources)  # loading while the button is down

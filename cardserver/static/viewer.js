@@ -222,18 +222,24 @@ function loadAhead() {
   if (next) deck.preload(rowTopic(next), cardUrl(next), next.card.version);
 }
 
-// A card row the pointer rests on is the likely next click: load its card ahead.
+// A card row the pointer rests on is the likely next click: load its card ahead. A press
+// on a row is a click once the button comes up (~100 ms by hand): load it from the press.
 const HOVER_MS = 50;
 let hovering = 0;
 $("card-list").addEventListener("pointerover", (event) => {
   clearTimeout(hovering);
   const node = event.target.closest(".row[data-card]");
-  if (!node || !KEEP) return;
-  hovering = setTimeout(() => {
-    const row = state.rows.find((r) => r.id === node.dataset.id);
-    if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version);
-  }, HOVER_MS);
+  if (node && KEEP) hovering = setTimeout(() => loadRow(node.dataset.id), HOVER_MS);
 });
+$("card-list").addEventListener("pointerdown", (event) => {
+  const node = event.target.closest(".row[data-card]");
+  if (node && KEEP) loadRow(node.dataset.id);
+});
+
+function loadRow(id) {
+  const row = state.rows.find((r) => r.id === id);
+  if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version);
+}
 
 // The card frame is as tall as its card (the stage scrolls); framed, we ask for that much,
 // and never less than room for the pickers and a few rows of the card list.
