@@ -9,6 +9,7 @@
 import { Frames } from "./frames.js";
 
 const AHEAD = 3; // the next card, the previous one, and a hovered one
+const SETTLE_MS = 250; // the longest wait for a paint: follow mode switches cards in a background tab
 
 export class Deck {
   constructor(container, { keep, onHeight, onKeep, onDrop, onSettled }) {
@@ -19,6 +20,7 @@ export class Deck {
     this.ahead = new Set(); // topics loaded ahead and not shown yet, oldest first
     this.shown = null;
     this.painting = 0; // the animation frame that waits for the shown card to be painted
+    this.paintTimer = 0; // or this timer, whichever comes first
   }
 
   show(topic, src, version) {
@@ -36,14 +38,16 @@ export class Deck {
   // viewer load ahead (not sooner: on 2 cores, tearing a card's page down or loading the next
   // one would compete with painting the one just picked).
   settled() {
+    const done = () => {
+      cancelAnimationFrame(this.painting);
+      clearTimeout(this.paintTimer);
+      this.trim();
+      this.on.onSettled();
+    };
     cancelAnimationFrame(this.painting);
-    this.painting = requestAnimationFrame(() => {
-      this.painting = requestAnimationFrame(() => {
-        this.painting = 0;
-        this.trim();
-        this.on.onSettled();
-      });
-    });
+    clearTimeout(this.paintTimer);
+    this.painting = requestAnimationFrame(() => { this.painting = requestAnimationFrame(done); });
+    this.paintTimer = setTimeout(done, SETTLE_MS); // a background tab paints no frames
   }
 
   // `frames` is on screen: hide the card it replaces (kept shown until then: never a blank).
