@@ -15,7 +15,9 @@ from conftest import make_config
 
 from cardserver.config import Roots
 from cardserver.demo import markdown, start_run
+from cardserver.index import Card
 from cardserver.layout import CardKey, parse_card_path
+from cardserver.web.cards import SCRIPT_ENTRIES, CardPages
 from cardserver.web.cardscript import split
 from cardserver.web.keys import GUARD
 from cardserver.web.security import CARD_HTML_ROUTE
@@ -120,3 +122,27 @@ async def test_split_card_renders_sandboxed(metaflow_cards: Roots, start_app: An
     assert await frame.evaluate("!!document.querySelector('.card_app table')")
     assert await frame.evaluate("origin") == "null"  # still an opaque origin
     assert scripts  # its bundle came from the shared URL
+
+
+async def test_page_whose_script_was_let_go_is_built_again(metaflow_cards: Roots) -> None:
+    """Nine Metaflow versions' scripts in view (one more than the server keeps): a cached page
+    is never served pointing at a script the server no longer has."""
+    html = card_files(metaflow_cards)[1].read_bytes()
+    apart = split(html)
+    assert apart is not None
+    versions = {n: html.replace(apart.script, apart.script + f";{n}".encode())
+                for n in range(SCRIPT_ENTRIES + 1)}
+
+    async def read(card: Card) -> bytes:
+        return versions[int(card.key.name.rsplit("-", 1)[1])]
+
+    pages = CardPages(read, lambda name: f"card-js/{name}")
+    key = card_key(metaflow_cards, card_files(metaflow_cards)[1])
+    cards = [Card(CardKey(key.task, f"{key.name}-{n}"), version="1") for n in versions]
+    first = await pages.page(cards[0])
+    assert first.script is not None and pages.script(first.script) is not None
+    for card in cards[1:]:
+        await pages.page(card)
+    assert pages.script(first.script) is None  # the oldest script was let go...
+    again = await pages.page(cards[0])
+    assert again.script == first.script and pages.script(first.script) is not None  # ... and is back

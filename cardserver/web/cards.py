@@ -21,7 +21,7 @@ from ..layout import CardKey
 from ..source import Unavailable
 from .cardscript import split
 
-CACHE_ENTRIES = 24  # ~300 KB each compressed: the cards people are looking at right now
+CACHE_ENTRIES = 24  # ~12 KB each compressed (~300 KB with the script inline): the cards in view
 SCRIPT_ENTRIES = 8  # one per Metaflow version whose cards are looked at
 
 
@@ -34,10 +34,11 @@ class CardPage:
     body: bytes
     gzipped: bytes
     etag: str
+    script: str | None = None  # the name of the card script it loads, if split
 
 
-def compressed(body: bytes, etag: str) -> CardPage:
-    return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), etag)
+def compressed(body: bytes, etag: str, script: str | None = None) -> CardPage:
+    return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), etag, script)
 
 
 def load_runtime() -> str:
@@ -70,9 +71,9 @@ class CardPages:
             raise Unavailable(404, "card not rendered yet")
         slot = (card.key, card.version)
         cached = self._cache.get(slot)
-        if cached is not None:
+        if cached is not None and (cached.script is None or self.script(cached.script)):
             self._cache.move_to_end(slot)
-            return cached
+            return cached  # (a page whose script was let go is built again, and keeps it again)
         html = await self.read(card)
         page, script = await asyncio.to_thread(self._build, card, html)
         if script is not None:
@@ -101,5 +102,6 @@ class CardPages:
         apart = split(html)
         if apart is not None:
             html = apart.page(self.script_url(apart.name))
-        page = compressed(inject(html, self.runtime.encode()), self.etag(card))
+        name = None if apart is None else apart.name
+        page = compressed(inject(html, self.runtime.encode()), self.etag(card), name)
         return page, None if apart is None else (apart.name, apart.script)
