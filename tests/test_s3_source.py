@@ -181,9 +181,10 @@ async def test_a_live_card_on_s3_updates_in_place_then_re_renders_then_ends(
                        and m["token"] != update["token"], timeout=FLOW_WAIT)
     await next_message(ws, lambda m: m.get("type") == "update" and m["token"] == "final", timeout=FLOW_WAIT)
     # The rest of the run, seen as it ends: a retry, a failing foreach item, the run failed
-    await asyncio.to_thread(live.finish)
+    finishing = asyncio.ensure_future(asyncio.to_thread(live.finish))  # the socket is read meanwhile
     await next_message(ws, lambda m: m.get("type") == "run" and m["run"]["status"] == "failed",
                        timeout=FLOW_WAIT)
+    await finishing
     detail = await get_json(client, f"/api/runs/{live.flow}/{run}")
     got = statuses(detail)
     assert {**got, "each": sorted(got["each"])} == EXPECTED, got
