@@ -189,6 +189,8 @@ class S3Source(SinkHolder):
         self.last_error = None
         if not self.health.ok:
             log.warning("S3: polling works again")
+            self._wake_cards.set()  # the other poll may be backing off: it tries again now
+            self._wake_runs.set()
             self._set_health(Health(True, self.health.restarts, None))
 
     def _set_health(self, health: Health) -> None:
@@ -326,6 +328,9 @@ class S3Source(SinkHolder):
                 delay = self._next_due() - time.monotonic()
             except S3Error as error:
                 delay = self._failed(error)
+            except Exception as error:  # a bug must not stop the polling: log it, try again
+                log.exception("S3: polling failed")
+                delay = self._failed(S3Error(f"polling failed: {error!r}"))
             self._wake_runs.clear()
             if delay > 0:
                 with suppress(TimeoutError):
@@ -358,10 +363,15 @@ class S3Source(SinkHolder):
             try:
                 await asyncio.gather(*(self.fetch_update(key) for key in wanted))
                 self._recovered()
-                delay = self.timing.card_seconds
-            except S3Error as error:
-                delay = self._failed(error)
-            await asyncio.sleep(delay)
+            except Exception as error:  # S3's, or a bug: polling must go on either way
+                if not isinstance(error, S3Error):
+                    log.exception("S3: reading a card's update failed")
+                delay = self._failed(error if isinstance(error, S3Error) else S3Error(repr(error)))
+                self._wake_cards.clear()
+                with suppress(TimeoutError):  # woken early when the other poll finds S3 back
+                    await asyncio.wait_for(self._wake_cards.wait(), delay)
+                continue
+            await asyncio.sleep(self.timing.card_seconds)
 
     def _may_update(self, key: CardKey) -> bool:
         """A shown card whose update is not read yet, or whose task and run may still write."""
