@@ -163,6 +163,7 @@ class S3Source(SinkHolder):
             "watch": self.health.as_dict(),
             "s3": {
                 "endpoint": self.settings.endpoint_url,
+                "requests": {kind.value: count for kind, count in counts.sent.items()},  # since start
                 "requests_per_minute": {kind: round(rate, 2) for kind, rate in minutes.items()},
                 "not_modified": counts.not_modified,
                 "retried": counts.retried,
