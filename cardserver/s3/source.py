@@ -102,7 +102,9 @@ class S3Source(SinkHolder):
         self._sink: Sink | None = None
         self._open = False
         self._closed = False
-        self._gate = asyncio.Semaphore(READS_AT_ONCE)
+        # Runs read at once, and objects read at once: apart, as a run's read waits on its objects
+        self._run_gate = asyncio.Semaphore(READS_AT_ONCE)
+        self._object_gate = asyncio.Semaphore(READS_AT_ONCE)
         self._wake_runs = asyncio.Event()
         self._wake_cards = asyncio.Event()
         self._failures = 0
@@ -219,7 +221,7 @@ class S3Source(SinkHolder):
 
     async def _gated(self, read: Callable[[RunKey], Awaitable[tuple[list[Event], list[TaskKey]]]],
                      key: RunKey) -> tuple[list[Event], list[TaskKey]]:
-        async with self._gate:
+        async with self._run_gate:
             return await read(key)
 
     async def discover(self) -> list[RunKey]:
@@ -282,7 +284,7 @@ class S3Source(SinkHolder):
         return list(disk.scan_run(key, str(folder), self.limits, problems, str(self.local)))
 
     async def _gated_object(self, item: S3Object) -> TaskObject:
-        async with self._gate:
+        async with self._object_gate:
             return await self.task_object(item)
 
     async def task_object(self, item: S3Object) -> TaskObject:
