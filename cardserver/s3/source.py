@@ -101,7 +101,6 @@ class S3Source(SinkHolder):
         self._listed_etags: dict[CardKey, str] = {}  # of each data update in the latest listing
         self._sink: Sink | None = None
         self._open = False
-        self._closed = False
         # Runs read at once, and objects read at once: apart, as a run's read waits on its objects
         self._run_gate = asyncio.Semaphore(READS_AT_ONCE)
         self._object_gate = asyncio.Semaphore(READS_AT_ONCE)
@@ -110,7 +109,7 @@ class S3Source(SinkHolder):
         self._failures = 0
         self.last_error: S3Error | None = None  # the latest failure, until a poll works again
         self._next_discovery = 0.0
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self._polls: list[asyncio.Task[None]] = []
 
     # --- the source's life -------------------------------------------------------------------
 
@@ -131,7 +130,9 @@ class S3Source(SinkHolder):
     async def follow(self, sink: Sink) -> None:
         self._sink = sink
         await self._ensure_open()
-        await asyncio.gather(self._poll_runs(), self._poll_cards())
+        self._polls = [asyncio.create_task(self._poll_runs(), name="cardserver-s3-runs"),
+                       asyncio.create_task(self._poll_cards(), name="cardserver-s3-cards")]
+        await asyncio.gather(*self._polls)
 
     async def _ensure_open(self) -> None:
         if not self._open:
@@ -139,11 +140,10 @@ class S3Source(SinkHolder):
             self._open = True
 
     async def close(self) -> None:
-        self._closed = True
-        for job in list(self._jobs):
-            job.cancel()
+        for poll in self._polls:  # before the reader closes under them
+            poll.cancel()
             with suppress(asyncio.CancelledError, Exception):
-                await job
+                await poll
         if self._open:
             self._open = False
             with suppress(Exception):
