@@ -9,12 +9,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from conftest import WAIT, all_of, next_message, subscribe
-from s3fixtures import S3Endpoint, get_json, s3_config, settings_for
+from s3fixtures import FAST, S3Endpoint, get_json, s3_config, settings_for
 from s3proxy import FaultProxy, start_proxy
 
 from cardserver.s3.taskfiles import TASK_OK_NAMES
@@ -142,3 +143,25 @@ async def test_a_viewed_card_keeps_its_updates_through_an_s3_outage(
     await read_again(faults, data_key)
     s3_server.put_many({data_key: data_update("t1", "# v3")})
     await next_message(ws, lambda m: m.get("type") == "update" and m["data"]["title"]["source"] == "# v3")
+
+
+async def test_a_new_reload_token_lists_the_run_at_once(
+    start_app: Any, s3_server: S3Endpoint, tmp_path: Any
+) -> None:
+    """The viewed card's update says it was rendered again (a new token): its run is listed then,
+    not at its next turn (here ten minutes away), so the new HTML is served at once."""
+    files = card_files("rerender/mf.cards", "ReFlow", "1", "start", "1", "blank-r1", "# v1")
+    s3_server.put_many({**files, **task_files("rerender", "ReFlow", "1", "start", "1", ended=False)})
+    slow = replace(FAST, viewed_run_seconds=600, unviewed_run_seconds=600)
+    settings = settings_for(s3_server.url, f"s3://{s3_server.bucket}/rerender")
+    client = await start_app(s3_config(tmp_path, settings, slow))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "card/ReFlow/1/start/1/blank-r1")
+    first = await next_message(ws, lambda m: m.get("type") == "card")
+    await next_message(ws, lambda m: m.get("type") == "update")
+    html, data = sorted(files)
+    s3_server.put_many({html: b"<html><body>rendered again</body></html>", data: data_update("t2", "# v2")})
+    rendered = await next_message(ws, lambda m: m.get("type") == "card"
+                                  and m["card"]["version"] != first["card"]["version"])
+    page = await client.get(f"/card-html/ReFlow/1/start/1/blank-r1?v={rendered['card']['version']}")
+    assert b"rendered again" in await page.read()

@@ -404,7 +404,16 @@ class S3Source(SinkHolder):
         if isinstance(update, str):
             log.warning("S3: s3://%s/%s: %s", self.cards.bucket, object_key, update)
             return
+        rendered = card.update is not None and card.update.token != update.token
         self.sink.apply([DataWritten(key, card.legacy, time.time(), update)])
+        if rendered:  # a new reload token: the card was rendered again, list its run now
+            self._poll_now(key.run_key)
+
+    def _poll_now(self, key: RunKey) -> None:
+        state = self.runs.get(key)
+        if state is not None and not state.done:
+            state.due = 0.0
+            self._wake_runs.set()
 
     # --- what is looked at ---------------------------------------------------------------------------
 
@@ -419,10 +428,8 @@ class S3Source(SinkHolder):
                 self._wake_cards.set()
             else:
                 self.shown.discard(key)
-        state = self.runs.get(run)
-        if shown and state is not None and not state.done and self.viewers[run] == 1:
-            state.due = 0.0  # a run someone starts looking at is read now, then every 5 s
-            self._wake_runs.set()
+        if shown and self.viewers[run] == 1:
+            self._poll_now(run)  # a run someone starts looking at is read now, then every 5 s
 
     async def load_update(self, key: CardKey) -> None:
         card = self.sink.index.card(key)
