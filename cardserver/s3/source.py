@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import disk, helper
+from .. import disk, helper, taskinfo
 from ..config import Config
 from ..disk import Problem, Scope
 from ..events import DataUpdate, DataWritten, Event, Reset, RunWritten, TaskMetaRead
@@ -476,6 +476,10 @@ class S3Source(SinkHolder):
             log.warning("S3: %s", error)
             return None
         found = task_folder(zip(docs, (item.size for item in objects), strict=True))
+        if (self.local / task_dir(key) / "_meta").is_dir():  # a local runtime's metadata of the task
+            local = await asyncio.to_thread(taskinfo.read_task, self.local, key, self.limits.max_meta_bytes)
+            if local is not None:
+                with_local_meta(found, local)
         failed = failed_log(found)
         if failed is not None and self.sysroot is not None:
             name = self.sysroot.key(*task_dir(key).parts, log_file_name(failed, "stderr"))
@@ -508,6 +512,16 @@ class S3Source(SinkHolder):
             log.warning("S3: %s", error)
             return None
         return got.body if got.outcome is Got.NEW else None
+
+
+def with_local_meta(found: TaskFolder, local: TaskFolder) -> None:
+    """What the local `_meta` adds to a task folder read from S3: metadata, each card's attempt,
+    and attempt_ok where S3 had no `_task_ok`."""
+    found.metadata = local.metadata
+    found.card_attempts = local.card_attempts
+    for number, files in local.attempts.items():
+        if number in found.attempts and found.attempts[number].attempt_ok is None:
+            found.attempts[number].attempt_ok = files.attempt_ok
 
 
 def parse_update(raw: bytes) -> DataUpdate | str:
