@@ -165,3 +165,29 @@ async def test_a_new_reload_token_lists_the_run_at_once(
                                   and m["card"]["version"] != first["card"]["version"])
     page = await client.get(f"/card-html/ReFlow/1/start/1/blank-r1?v={rendered['card']['version']}")
     assert b"rendered again" in await page.read()
+
+
+async def test_access_denied_on_one_run_loses_nothing_of_the_others(
+    start_app: Any, s3_server: S3Endpoint, proxy: tuple[FaultProxy, str], tmp_path: Any
+) -> None:
+    """One run's task folders denied at start: the other run is served whole, the fault is one
+    line in the health message, and the denied run is read in full once access is back."""
+    faults, url = proxy
+    s3_server.put_many({key: body for run in ("1", "2") for key, body in {
+        **card_files("part/mf.cards", "PartFlow", run, "end", "1", f"blank-p{run}", "# p"),
+        **task_files("part", "PartFlow", run, "end", "1", ended=True)}.items()})
+    faults.denied = "PartFlow%2F2%2F"  # the LIST of run 2's task folders
+    client = await start_app(s3_config(tmp_path, settings_for(url, f"s3://{s3_server.bucket}/part")))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "flows")
+    failing = await next_message(ws, lambda m: m.get("type") == "health" and not m["ok"])
+    where = f"s3://{s3_server.bucket}/part/PartFlow/2/"
+    assert failing["problem"] == (f"access denied (AccessDenied) to LIST {where}: "
+                                  "check the credentials' permissions; retrying")
+    assert (await get_json(client, "/api/runs/PartFlow/1"))["run"]["status"] == "succeeded"
+    await subscribe(ws, "runs/PartFlow")
+    faults.denied = ""
+    await all_of(ws, lambda m: m.get("type") == "health" and m["ok"],
+                 lambda m: m.get("type") == "run" and m["run"]["run"] == "2"
+                 and m["run"]["status"] == "succeeded",
+                 timeout=30)

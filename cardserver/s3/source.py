@@ -121,7 +121,8 @@ class S3Source(SinkHolder):
             for key in self.runs:
                 self._settle(key)
             self._next_discovery = time.monotonic() + self.discovery_seconds()
-            self._recovered()
+            if self.last_error is None:
+                self._recovered()
         except S3Error as error:  # said in the health message; the polls try again
             self._failed(error)
         finally:
@@ -213,7 +214,11 @@ class S3Source(SinkHolder):
         reads = [asyncio.ensure_future(self._gated(self.read_run, key)) for key in found]
         try:
             for done in asyncio.as_completed(reads):
-                events, _ = await done
+                try:
+                    events, _ = await done
+                except S3Error as error:  # this run only (access denied on part of the bucket)
+                    self._failed(error)  # it stays unread, so it is read again at the next poll
+                    continue
                 yield events
         finally:
             for read in reads:
@@ -315,8 +320,9 @@ class S3Source(SinkHolder):
         """After a read: is the run finished (never polled again), and when is it due next."""
         state = self.runs[key]
         run = self.sink.index.run(key)
-        state.done = run is not None and not followed(run.status, run.newest_write, time.time(),
-                                                     self.timing.recent_seconds)
+        finished = run is not None and not followed(run.status, run.newest_write, time.time(),
+                                                    self.timing.recent_seconds)
+        state.done = state.read and finished  # a run whose read failed is read again
         state.due = time.monotonic() + self.timing.run_seconds(self.viewers[key] > 0)
 
     # --- polling ---------------------------------------------------------------------------------
@@ -347,9 +353,16 @@ class S3Source(SinkHolder):
             if new:
                 self.sink.apply([RunWritten(key, None, None) for key in new])
         due = [key for key, state in self.runs.items() if not state.done and state.due <= now]
-        results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due))
-        for key, (events, touched) in zip(due, results, strict=True):
-            self._apply_run(key, events, touched)
+        results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due),
+                                       return_exceptions=True)
+        failure: BaseException | None = None
+        for key, result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):  # one run's fault: the others are applied
+                failure = failure or result
+            else:
+                self._apply_run(key, *result)
+        if failure is not None:
+            raise failure
 
     def _next_due(self) -> float:
         times = [state.due for state in self.runs.values() if not state.done]
