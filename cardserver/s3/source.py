@@ -63,6 +63,7 @@ READS_AT_ONCE = 8  # requests in flight while reading many runs or task folders
 INDEX_BYTES = 1 << 20  # an attempt's artifact index: names and hashes only
 LOG_BYTES = 32 << 20  # a log page is cut from at most this much of the log
 LIVE = (Status.RUNNING, Status.PENDING, Status.UNKNOWN)
+RUNS, CARDS = "runs", "cards"  # the two polls: listings (discovery and runs), shown cards' updates
 
 
 @dataclass(slots=True)
@@ -106,8 +107,10 @@ class S3Source(SinkHolder):
         self._object_gate = asyncio.Semaphore(READS_AT_ONCE)
         self._wake_runs = asyncio.Event()
         self._wake_cards = asyncio.Event()
-        self._failures = 0
-        self.last_error: S3Error | None = None  # the latest failure, until a poll works again
+        # Each poll ("runs", "cards") fails and recovers on its own; health is ok when both work
+        self._failures: Counter[str] = Counter()
+        self._problems: dict[str, str] = {}
+        self.last_error: S3Error | None = None  # the latest failure, until every poll works again
         self._next_discovery = 0.0
         self._polls: list[asyncio.Task[None]] = []
 
@@ -122,9 +125,9 @@ class S3Source(SinkHolder):
                 self._settle(key)
             self._next_discovery = time.monotonic() + self.discovery_seconds()
             if self.last_error is None:
-                self._recovered()
+                self._recovered(RUNS)
         except S3Error as error:  # said in the health message; the polls try again
-            self._failed(error)
+            self._failed(RUNS, error)
         finally:
             self.caught_up.set()
 
@@ -178,24 +181,32 @@ class S3Source(SinkHolder):
 
     # --- health --------------------------------------------------------------------------------
 
-    def _failed(self, error: S3Error) -> float:
-        """Say why polling fails (once per change of reason) and how long to wait before retrying."""
-        self._failures += 1
+    def _failed(self, poll: str, error: S3Error) -> float:
+        """Say why a poll fails (once per change of reason) and how long it waits to retry."""
+        self._failures[poll] += 1
         self.last_error = error
         problem = f"{error}; retrying"
-        if self.health.ok or self.health.problem != problem:
+        if self._problems.get(poll) != problem:
             log.warning("S3: %s", problem)
-            self._set_health(Health(False, self.health.restarts + (1 if self.health.ok else 0), problem))
-        return self.timing.retry_after(self._failures)
+            self._problems[poll] = problem
+            self._publish_health()
+        return self.timing.retry_after(self._failures[poll])
 
-    def _recovered(self) -> None:
-        self._failures = 0
-        self.last_error = None
-        if not self.health.ok:
+    def _recovered(self, poll: str) -> None:
+        self._failures[poll] = 0
+        if self._problems.pop(poll, None) is None:
+            return
+        if not self._problems:
             log.warning("S3: polling works again")
-            self._wake_cards.set()  # the other poll may be backing off: it tries again now
-            self._wake_runs.set()
-            self._set_health(Health(True, self.health.restarts, None))
+            self.last_error = None
+        self._wake_cards.set()  # the other poll may be backing off: it tries again now
+        self._wake_runs.set()
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        ok = not self._problems
+        problem = "; ".join(dict.fromkeys(self._problems.values())) or None
+        self._set_health(Health(ok, self.health.restarts + (1 if self.health.ok and not ok else 0), problem))
 
     def _set_health(self, health: Health) -> None:
         self.health = health
@@ -217,7 +228,7 @@ class S3Source(SinkHolder):
                 try:
                     events, _ = await done
                 except S3Error as error:  # this run only (access denied on part of the bucket)
-                    self._failed(error)  # it stays unread, so it is read again at the next poll
+                    self._failed(RUNS, error)  # it stays unread, so it is read again at the next poll
                     continue
                 yield events
         finally:
@@ -333,13 +344,13 @@ class S3Source(SinkHolder):
         while True:
             try:
                 await self._poll_runs_once()
-                self._recovered()
+                self._recovered(RUNS)
                 delay = self._next_due() - time.monotonic()
             except S3Error as error:
-                delay = self._failed(error)
+                delay = self._failed(RUNS, error)
             except Exception as error:  # a bug must not stop the polling: log it, try again
                 log.exception("S3: polling failed")
-                delay = self._failed(S3Error(f"polling failed: {error!r}"))
+                delay = self._failed(RUNS, S3Error(f"polling failed: {error!r}"))
             self._wake_runs.clear()
             if delay > 0:
                 with suppress(TimeoutError):
@@ -378,11 +389,11 @@ class S3Source(SinkHolder):
                 continue
             try:
                 await asyncio.gather(*(self.fetch_update(key) for key in wanted))
-                self._recovered()
+                self._recovered(CARDS)
             except Exception as error:  # S3's, or a bug: polling must go on either way
                 if not isinstance(error, S3Error):
                     log.exception("S3: reading a card's update failed")
-                delay = self._failed(error if isinstance(error, S3Error) else S3Error(repr(error)))
+                delay = self._failed(CARDS, error if isinstance(error, S3Error) else S3Error(repr(error)))
                 self._wake_cards.clear()
                 with suppress(TimeoutError):  # woken early when the other poll finds S3 back
                     await asyncio.wait_for(self._wake_cards.wait(), delay)
