@@ -306,6 +306,9 @@ class S3Source(SinkHolder):
         finished = run is not None and not followed(run.status, run.newest_write, time.time(),
                                                     self.timing.recent_seconds)
         state.done = state.read and finished  # a run whose read failed is read again
+        if state.done:  # never listed again: nothing to compare a listing with
+            state.cards.clear()
+            state.tasks.clear()
         state.due = time.monotonic() + self.timing.run_seconds(self.viewers[key] > 0)
 
     # --- polling ---------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class TaskDocs:
             async with self._gate:
                 got = await self._get(item.key, cap)
             doc = disk.parse_json_bytes(got.body) if got.outcome is Got.NEW else None
-            cached = self._docs[item.key] = (item.etag, doc if isinstance(doc, dict) else None)
+            kept = slim(parsed[1], doc) if isinstance(doc, dict) else None
+            cached = self._docs[item.key] = (item.etag, kept)
         return TaskObject(name, item.modified, cached[1])
 
     async def _get(self, key: str, cap: int) -> Fetched:
@@ -61,6 +62,16 @@ class TaskDocs:
             if "limit" not in str(error):
                 raise
             return Fetched(Got.GONE)  # too big to be ours: says nothing
+
+
+def slim(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """Only what status and the task view read: an artifact index names every artifact, and one
+    is kept per task of every run read."""
+    if kind != "data.json":
+        return doc  # attempt.json and a verdict: a few fields
+    objects = doc.get("objects")
+    ok = objects.get("_task_ok") if isinstance(objects, dict) else None
+    return {"objects": {"_task_ok": ok}} if isinstance(ok, str) else {}
 
 
 class TaskReads:
