@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from bench.common import metaflow_env, start_moto_server
+from cardserver.config import Config, Roots, WatchTiming
+from cardserver.s3.schedule import PollTiming
+from cardserver.s3.settings import S3Settings, parse_s3_url
 
 FLOWS = Path(__file__).resolve().parent / "flows"
 BUCKET = "cardserver-test"
@@ -48,6 +51,13 @@ class S3Endpoint:
 def _boto_keys() -> dict[str, str]:
     return {"aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard AWS chain, fed from the environment as a user would (for the server in process)."""
+    for name, value in {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +117,52 @@ def run_s3_flow(script: str, workdir: Path, endpoint: S3Endpoint, prefix: str, e
     return S3Run(flow, run_id, sysroot, workdir)
 
 
+@dataclass
+class LiveRun:
+    """tests/flows/s3_live_flow.py running in `workdir` against the moto server; its live card
+    waits for `go()` before its updates."""
+
+    process: subprocess.Popen[str]
+    workdir: Path
+    sysroot: str
+    flow: str = "S3LiveFlow"
+
+    def go(self) -> None:
+        (self.workdir / "go").touch()
+
+    def finish(self) -> S3Run:
+        """Waits for the run to end (it fails: a foreach item raises) and returns it."""
+        self.go()
+        self.process.wait(timeout=FLOW_WAIT)
+        out = (self.workdir / "flow.log").read_text()
+        assert self.process.returncode == 1, out[-3000:]
+        runs = (self.workdir / ".metaflow" / self.flow).iterdir()
+        [run_id] = [path.name for path in runs if path.name.isdigit()]
+        return S3Run(self.flow, run_id, self.sysroot, self.workdir)
+
+
+@pytest.fixture(scope="session")
+def s3_live_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
+    """One run of tests/flows/s3_live_flow.py, started when first asked for and shared: the live
+    test watches it, later tests read it finished."""
+    workdir = tmp_path_factory.mktemp("s3live")
+    sysroot = f"s3://{s3_server.bucket}/live"
+    with open(workdir / "flow.log", "w") as output:  # a file: a full pipe would stall the flow
+        process = subprocess.Popen(
+            [sys.executable, str(FLOWS / "s3_live_flow.py"), "--no-pylint", "run"],
+            cwd=workdir, env=s3_env(workdir, s3_server, sysroot), stdout=output, stderr=subprocess.STDOUT,
+            text=True,
+        )
+    live = LiveRun(process, workdir, sysroot)
+    try:
+        yield live
+    finally:
+        live.go()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="session")
 def s3_card_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
     """One finished run of tests/flows/s3_card_flow.py in the moto bucket, shared by the session."""
@@ -123,3 +179,30 @@ def s3_failed_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactor
                       METAFLOW_CARD_S3ROOT=f"s3://{s3_server.bucket}/elsewhere/cards")
     assert run.flow == "S3FailFlow"
     return run
+
+
+# --- the server on S3, in process ---------------------------------------------------------------
+
+# The tests' pace: what the server does every 5 s or 30 s, they see done in a second
+FAST = PollTiming(card_seconds=0.1, viewed_run_seconds=0.5, unviewed_run_seconds=1.0,
+                  min_discovery_seconds=0.5, idle_lists_per_minute=600)
+
+
+def settings_for(endpoint_url: str, sysroot: str | None, cards: str | None = None) -> S3Settings:
+    """A datastore at `sysroot` (None: cards only) with its cards in mf.cards or at `cards`."""
+    root = parse_s3_url(sysroot, "test") if sysroot else None
+    card_root = parse_s3_url(cards, "test") if cards else root.child("mf.cards") if root else None
+    return S3Settings("s3", root, card_root, endpoint_url)
+
+
+def s3_config(workdir: Path, settings: S3Settings, timing: PollTiming = FAST) -> Config:
+    """The server as started in `workdir` (its `.metaflow` is where a local runtime's _meta is)."""
+    datastore = workdir / ".metaflow"
+    return Config(Roots(datastore, datastore / "mf.cards"), port=0, s3=settings, s3_timing=timing,
+                  timing=WatchTiming(status_grace_seconds=0))
+
+
+async def get_json(client: Any, path: str) -> Any:
+    response = await client.get(path)
+    assert response.status == 200, (path, response.status, await response.text())
+    return await response.json()
