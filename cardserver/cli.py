@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -26,13 +27,15 @@ from cardserver import config as cfg
 from cardserver.config import Config, ConfigError
 from cardserver.layout import is_name
 from cardserver.prescan import Prescan
+from cardserver.s3.client import S3Error
+from cardserver.s3.settings import S3Settings, S3SettingsError, explicit_root, read_settings
 
 # asyncio and cardserver.web (aiohttp, jinja2) are imported only once serving: `card server`
 # forks its first scan before, so the scan and those imports overlap (see cardserver/prescan.py).
 
 
 def build_config(
-    root: Path | None,
+    root: Path | str | None,
     host: str | None,
     port: int | None,
     flow: str | None = None,
@@ -47,9 +50,15 @@ def build_config(
     poll: bool = False,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    home: Path | None = None,
 ) -> Config:
-    """Options -> Config, with every rule that ties options together. Raises ConfigError."""
-    roots = cfg.find_roots(root, cwd or Path.cwd(), os.environ if env is None else env)
+    """Options -> Config, with every rule that ties options together. Raises ConfigError (and
+    S3SettingsError for a Metaflow setting that cannot work)."""
+    env = dict(os.environ) if env is None else env
+    cwd = cwd or Path.cwd()
+    s3 = s3_settings(root, env, cwd, home or Path.home())
+    local_root = None if s3 is not None or root is None else Path(root)
+    roots = cfg.find_roots(local_root, cwd, env)
     host = host or cfg.DEFAULT_HOST
     if token is not None and no_token:
         raise ConfigError("--token and --no-token contradict each other")
@@ -75,7 +84,45 @@ def build_config(
         allow_any_host=allow_any_host,
         allow_origins=frozenset(allow_origins),
         force_polling=poll,
+        s3=s3,
     )
+
+
+def s3_settings(root: Path | str | None, env: dict[str, str], cwd: Path, home: Path) -> S3Settings | None:
+    """S3 where `--root s3://...` says so, or, with no `--root`, where Metaflow itself is set up
+    for S3 (its environment or config files, as it would read them here); else None."""
+    if isinstance(root, str) and root.startswith("s3://"):
+        return explicit_root(root, read_settings(env, cwd, home))
+    if root is not None:
+        return None
+    settings = read_settings(env, cwd, home)
+    return settings if settings.uses_s3 else None
+
+
+def s3_origin(settings: S3Settings) -> str:
+    """Where the S3 root served came from, and the endpoint (no credentials: only the host)."""
+    origins = settings.origins
+    if "--root" in origins:
+        where = "--root"
+    elif "METAFLOW_CARD_S3ROOT" in origins and settings.sysroot != settings.cards:
+        where = f"METAFLOW_CARD_S3ROOT in {origins['METAFLOW_CARD_S3ROOT']}"
+    else:
+        where = f"METAFLOW_DATASTORE_SYSROOT_S3 in {origins.get('METAFLOW_DATASTORE_SYSROOT_S3', '?')}"
+    endpoint = urlsplit(settings.endpoint_url) if settings.endpoint_url else None
+    host = f", endpoint {endpoint.scheme}://{endpoint.hostname}" + (
+        f":{endpoint.port}" if endpoint.port else "") if endpoint and endpoint.hostname else ""
+    return f"from {where}{host}"
+
+
+def check_s3(settings: S3Settings) -> None:
+    """Before serving: the extra is installed and the card root can be listed, or one line."""
+    import asyncio
+
+    from cardserver.s3.client import load_aiobotocore
+    from cardserver.s3.source import check_reachable
+
+    load_aiobotocore()
+    asyncio.run(check_reachable(settings))
 
 
 def startup_url(config: Config) -> str:
@@ -91,7 +138,7 @@ def announce(prefix: str, config: Config) -> None:
 
 def describe_roots(config: Config) -> None:
     store = config.roots.datastore
-    if not store.is_dir():
+    if config.s3 is None and not store.is_dir():
         click.echo(f"cardserver: no datastore yet; waiting for {store} (Metaflow creates it on "
                    "the first run)", err=True)
     if config.token and not config.loopback:
@@ -106,7 +153,7 @@ def run_command(job: Callable[[], Any]) -> None:
     """Domain errors become one line and exit code 2, never a traceback."""
     try:
         job()
-    except ConfigError as error:
+    except (ConfigError, S3SettingsError, S3Error) as error:
         click.echo(f"card: {error}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -147,13 +194,16 @@ def card() -> None:
     """Live viewer for Metaflow cards."""
 
 
+ROOT_HELP = ("The .metaflow datastore, or s3://bucket/prefix for one on S3 (default: Metaflow's "
+             "own settings and discovery).")
+
+
 @card.command()
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="The .metaflow datastore (default: Metaflow's own discovery).")
+@click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--flow", default=None, help="Show only this flow.")
 @click.option("--run-id", default=None, help="Show only this run of --flow (pins the view).")
 @common_options
-def server(root: Path | None, flow: str | None, run_id: str | None, verbose: bool,
+def server(root: str | None, flow: str | None, run_id: str | None, verbose: bool,
            **options: Any) -> None:
     """Serve every card of the datastore, live, at http://127.0.0.1:8423/."""
     setup_logging(verbose)
@@ -162,6 +212,11 @@ def server(root: Path | None, flow: str | None, run_id: str | None, verbose: boo
         if run_id is not None and flow is None:
             raise ConfigError("--run-id needs --flow")
         config = build_config(root, flow=flow, run_id=run_id, **options)
+        if config.s3 is not None and config.s3.cards is not None:
+            check_s3(config.s3)
+            describe_roots(config)
+            run_server(config, f"cardserver: serving {config.s3.cards.url} ({s3_origin(config.s3)}) at")
+            return
         describe_roots(config)
         first_scan = Prescan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
         run_server(config, f"cardserver: serving {config.roots.datastore} at", first_scan=first_scan)
@@ -170,17 +225,18 @@ def server(root: Path | None, flow: str | None, run_id: str | None, verbose: boo
 
 
 @card.command(name="list")
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="The .metaflow datastore (default: Metaflow's own discovery).")
+@click.option("--root", default=None, help=ROOT_HELP)
 @click.option("--flow", default=None, help="Only this flow.")
 @click.option("--run", "run_id", default=None, help="Only this run (default: every run).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per card, one per line.")
-def list_cards(root: Path | None, flow: str | None, run_id: str | None, as_json: bool) -> None:
+def list_cards(root: str | None, flow: str | None, run_id: str | None, as_json: bool) -> None:
     """Print every card with its task status."""
 
     def job() -> None:
         config = build_config(root, None, None, flow=flow, run_id=run_id)
-        if not config.roots.datastore.is_dir():
+        if config.s3 is not None:
+            check_s3(config.s3)
+        elif not config.roots.datastore.is_dir():
             raise ConfigError(f"no datastore at {config.roots.datastore}")
         rows = card_rows(config)
         if as_json:
@@ -207,9 +263,16 @@ def card_rows(config: Config) -> list[dict[str, Any]]:
     from cardserver.index import Index
     from cardserver.layout import CardKey
 
-    events, _ = disk.scan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
-    index = Index(grace=config.timing.status_grace_seconds)
-    index.apply(events)
+    if config.s3 is not None:
+        import asyncio
+
+        from cardserver.s3.source import read_index
+
+        index = asyncio.run(read_index(config, config.s3))
+    else:
+        events, _ = disk.scan(config.roots, config.limits, disk.Scope(config.flow, config.run_id))
+        index = Index(grace=config.timing.status_grace_seconds)
+        index.apply(events)
     rows = []
     for flow_name in sorted(index.flows):
         for found in index.runs(flow_name):

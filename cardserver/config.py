@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .s3.settings import S3Settings
 from .status import GRACE_SECONDS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -84,6 +85,9 @@ class Config:
     force_polling: bool = False
     limits: Limits = field(default_factory=Limits)
     timing: WatchTiming = field(default_factory=WatchTiming)
+    # Where the cards are when they are on S3 (then `roots` is only where a local runtime keeps
+    # its `_meta`); None for a local datastore.
+    s3: S3Settings | None = None
 
     @property
     def url(self) -> str:

@@ -185,6 +185,7 @@ class MetaKind(Enum):
     ATTEMPT_DONE = "attempt-done"
     CARD_INFO = "card-info"  # sysmeta_<card-uuid>_<ts>.json: which attempt wrote the card
     VERDICT = "runtime"  # <attempt>.runtime, beside _meta: the runtime's verdict on the attempt
+    ENDED = "ended"  # <attempt>.DONE.lock in an S3 task folder: the attempt ended, not how
 
 
 _META_KINDS = {kind.value: kind for kind in MetaKind}  # a dict lookup: MetaKind(...) is slow in a scan
@@ -310,6 +311,15 @@ def parse_sysmeta_name(name: str) -> tuple[str, int] | None:
     """(field, ts) of a `_meta/sysmeta_<field>_<ts>.json` file."""
     match = _SYSMETA_NAME.fullmatch(name)
     return (match["field"], int(match["ts"])) if match else None
+
+
+def task_folder_file(parts: tuple[str, ...]) -> tuple[TaskKey, str] | None:
+    """(task, file name) of a file in a task's own folder, from its parts below the datastore
+    root (`<Flow>/<run>/<step>/<task>/<name>`); None for the artifact store, parameters and the rest."""
+    if len(parts) != 5 or parts[1] == ARTIFACTS_DIR:
+        return None
+    key = task_key_from_parts(list(parts[:4]))
+    return (key, parts[4]) if key is not None else None
 
 
 def log_file_name(attempt: int, stream: str) -> str:

@@ -29,14 +29,14 @@ from .layout import CardFileKind, CardKey, TaskKey, card_path
 from .logs import Page
 from .pathevents import PathEvents
 from .prescan import Prescan
-from .source import Health, Sink, Unavailable
+from .source import Health, Sink, SinkHolder, Unavailable
 from .taskinfo import TaskFolder
 from .watcher import Batch, Item, Opened, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
 
 
-class LocalSource:
+class LocalSource(SinkHolder):
     def __init__(self, config: Config, first_scan: Prescan | None = None) -> None:
         self.config = config
         self.first_scan = first_scan  # read before the server started: see `prescan`
@@ -58,11 +58,6 @@ class LocalSource:
         self._busy_since: float | None = None  # when the item being handled began (monotonic)
         self._unreadable: dict[CardKey, tuple[int, int, int]] = {}  # data file versions that failed
         self._loading: dict[CardKey, asyncio.Future[None]] = {}  # data updates being read
-
-    @property
-    def sink(self) -> Sink:
-        assert self._sink is not None, "the source has not been started"
-        return self._sink
 
     # --- the source's life -------------------------------------------------------------------
 

@@ -79,9 +79,14 @@ def tail(path: Path, root: Path, lines: int, before: int | None = None,
     """The last `lines` whole lines ending at byte `before` (default: the end of the file),
     found by reading backwards in blocks: never more than `max_bytes` is read."""
     with open_log(path, root) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        end = size if before is None else max(0, min(before, size))
-        chunk, start = read_back(handle, end, lines, max_bytes)
+        return tail_of(handle, os.fstat(handle.fileno()).st_size, lines, before, max_bytes)
+
+
+def tail_of(handle: BinaryIO, size: int, lines: int, before: int | None = None,
+            max_bytes: int = MAX_PAGE_BYTES) -> Page:
+    """`tail` of an open log of `size` bytes (a file, or an S3 object's bytes)."""
+    end = size if before is None else max(0, min(before, size))
+    chunk, start = read_back(handle, end, lines, max_bytes)
     return Page(parse_lines(chunk), start, end, size)
 
 
@@ -114,10 +119,14 @@ def read_back(handle: Any, end: int, lines: int, max_bytes: int) -> tuple[bytes,
 def after(path: Path, root: Path, offset: int, lines: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
     """Up to `lines` whole lines from byte `offset` on (what was written since a page ended)."""
     with open_log(path, root) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        start = max(0, min(offset, size))
-        handle.seek(start)
-        chunk = handle.read(min(max_bytes, size - start))
+        return after_of(handle, os.fstat(handle.fileno()).st_size, offset, lines, max_bytes)
+
+
+def after_of(handle: BinaryIO, size: int, offset: int, lines: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+    """`after` on an open log of `size` bytes."""
+    start = max(0, min(offset, size))
+    handle.seek(start)
+    chunk = handle.read(min(max_bytes, size - start))
     cut = -1
     for _ in range(lines):
         cut = chunk.find(b"\n", cut + 1)
@@ -159,6 +168,10 @@ def exception_end(lines: list[str], start: int) -> int:
 
 def traceback_of(path: Path, root: Path) -> list[LogLine] | None:
     """The traceback at the end of a stderr log; None when it has none."""
-    page = tail(path, root, MAX_PAGE_LINES, max_bytes=TRACEBACK_TAIL_BYTES)
+    return traceback_in(tail(path, root, MAX_PAGE_LINES, max_bytes=TRACEBACK_TAIL_BYTES))
+
+
+def traceback_in(page: Page) -> list[LogLine] | None:
+    """The traceback at the end of a page of stderr (its last TRACEBACK_TAIL_BYTES); None if none."""
     span = traceback_span([line.text for line in page.lines])
     return None if span is None else page.lines[span[0] : span[1]]

@@ -72,6 +72,17 @@ class Sink(Protocol):
         ...
 
 
+class SinkHolder:
+    """A source's hold on its sink, which `first_read` (or `follow`) hands it."""
+
+    _sink: Sink | None = None
+
+    @property
+    def sink(self) -> Sink:
+        assert self._sink is not None, "the source has not been started"
+        return self._sink
+
+
 class Source(Protocol):
     caught_up: asyncio.Event  # everything that may still change is followed, and was read since
 

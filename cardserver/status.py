@@ -54,6 +54,9 @@ class Attempt:
     ok: bool | None = None
     done: float | None = None
     verdict: Verdict | None = None
+    # Its end was read from an S3 task folder, where an end with nothing saying how is not a
+    # crash (as a `_meta` without attempt_ok is) but unknown: see s3/taskfiles.py.
+    remote: bool = False
 
     @property
     def finished(self) -> bool:
@@ -95,7 +98,7 @@ _VERDICT, _CARD_INFO = MetaKind.VERDICT, MetaKind.CARD_INFO
 def attempt_number(doc: Mapping[str, Any], kind: MetaKind) -> int | None:
     """Which attempt a file speaks of: its `value` (a verdict's is its name's) or its
     `attempt_id:N` tag."""
-    if kind is _ATTEMPT or kind is MetaKind.ATTEMPT_DONE or kind is _VERDICT:
+    if kind is _ATTEMPT or kind is MetaKind.ATTEMPT_DONE or kind is _VERDICT or kind is MetaKind.ENDED:
         value = doc.get("value")
         if isinstance(value, str | int) and _is_attempt(str(value)):
             return int(value)
@@ -149,6 +152,8 @@ def record(facts: TaskFacts, kind: MetaKind, ts_ms: int, doc: Mapping[str, Any])
         attempt.verdict = Verdict(success, killed, ts)
     elif kind is _ATTEMPT_OK:
         attempt.ok = str(doc.get("value")) == "True"
+    elif kind is MetaKind.ENDED:
+        attempt.done, attempt.remote = ts, True
     else:
         attempt.done = ts
     return True
@@ -180,7 +185,7 @@ def task_status(facts: TaskFacts) -> Status:
     if latest.ok is False:
         return Status.FAILED
     if latest.done is not None:  # done without a verdict: Metaflow writes ok first, so a crash
-        return Status.FAILED
+        return Status.UNKNOWN if latest.remote else Status.FAILED
     return Status.RUNNING
 
 

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import disk, logs
 from .layout import LOG_STREAMS, TaskKey, log_file_name, parse_attempt_file, parse_sysmeta_name, task_dir
@@ -26,11 +26,21 @@ METADATA_FIELDS = ("user", "python_version", "metaflow_version", "runtime", "scr
 _CARD_UUID = re.compile(r"[0-9a-f]{32}")  # a card-info field is the card's uuid
 
 
+class FileStat(Protocol):
+    """What the task view needs of a file: an `os.stat_result`, or an S3 object's facts."""
+
+    @property
+    def st_size(self) -> int: ...
+
+    @property
+    def st_mtime(self) -> float: ...
+
+
 @dataclass(slots=True)
 class AttemptFiles:
     """What one attempt left in the task folder."""
 
-    stats: dict[str, os.stat_result] = field(default_factory=dict)  # by kind: "runtime", ...
+    stats: dict[str, FileStat] = field(default_factory=dict)  # by kind: "runtime", ...
     started: float | None = None
     verdict: dict[str, Any] | None = None  # the runtime's `<a>.runtime`
     attempt_ok: bool | None = None  # `_meta` attempt_ok, when the runtime wrote no verdict

@@ -407,7 +407,7 @@ def test_fixture_run_finished(datastore: Path) -> None:
         *[("work", n) for n in range(3, 8)],
     ]
     # Final cards are written at once, without card-info: one attempt wrote them all.
-    assert all(set(kinds) == set(MetaKind) - {MetaKind.CARD_INFO} for kinds in meta.values())
+    assert all(set(kinds) == set(MetaKind) - {MetaKind.CARD_INFO, MetaKind.ENDED} for kinds in meta.values())
     parsed = [parse_card_path(rel(run.cards, p)) for p in files(run.cards)]
     assert None not in parsed
     html = [c for c in parsed if c is not None and c.kind is CardFileKind.HTML]

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..events import MetaFile
 from ..layout import MetaKind, parse_attempt_file
-from ..status import Status, TaskFacts, record, task_status, verdict_doc
+from ..status import Status, TaskFacts, record_all, task_status, verdict_doc
 
 # Metaflow 2.x pickles artifacts with protocol 4; we pickle two constants, never unpickle
 TASK_OK_NAMES = {hashlib.sha1(pickle.dumps(value, protocol=4)).hexdigest(): value
@@ -49,34 +50,46 @@ def task_ok(doc: Mapping[str, Any] | None) -> bool | None:
     return TASK_OK_NAMES.get(name) if isinstance(name, str) else None
 
 
+def meta_files(objects: Iterable[TaskObject]) -> tuple[MetaFile, ...]:
+    """The task folder's objects as the status files the index records (`status.record`): an
+    attempt's start, its end (`ENDED`: not how), `_task_ok` as attempt_ok, the verdict."""
+    found: list[MetaFile] = []
+    begun: dict[int, float] = {}  # task_begin times, for attempts without attempt.json
+    started: set[int] = set()
+    for item in objects:
+        parsed = attempt_of(item.name)
+        if parsed is None:
+            continue
+        number, kind = parsed
+        value = {"value": str(number), "tags": [f"attempt_id:{number}"]}
+        ms = int(item.modified * 1000)
+        if kind == "attempt.json":
+            at = item.doc.get("time") if item.doc else None
+            found.append((MetaKind.ATTEMPT, int(at * 1000) if isinstance(at, int | float) else ms, value))
+            started.add(number)
+        elif kind == "task_begin":
+            begun[number] = item.modified
+        elif kind == "DONE.lock":
+            found.append((MetaKind.ENDED, ms, value))
+        elif kind == "data.json" and (ok := task_ok(item.doc)) is not None:
+            found.append((MetaKind.ATTEMPT_OK, ms, {**value, "value": str(ok)}))
+        elif kind == "runtime" and item.doc and (doc := verdict_doc(number, item.doc)):
+            found.append((MetaKind.VERDICT, ms, doc))
+    found += [(MetaKind.ATTEMPT, int(at * 1000), {"value": str(n)})
+              for n, at in begun.items() if n not in started]
+    # Starts first: a verdict recorded before its attempt's ok would be taken for news
+    order = {MetaKind.ATTEMPT: 0, MetaKind.ATTEMPT_OK: 1, MetaKind.ENDED: 2, MetaKind.VERDICT: 3}
+    return tuple(sorted(found, key=lambda file: order.get(file[0], 4)))
+
+
 def facts_from_objects(objects: Iterable[TaskObject]) -> TaskFacts:
     """The task's attempts as `status.TaskFacts`, from its S3 task folder alone."""
     facts = TaskFacts()
-    for item in objects:
-        found = attempt_of(item.name)
-        if found is None:
-            continue
-        number, kind = found
-        attempt = facts.attempt(number)
-        if kind == "attempt.json":
-            at = item.doc.get("time") if item.doc else None
-            attempt.started = at if isinstance(at, int | float) else item.modified
-        elif kind == "task_begin" and attempt.started is None:
-            attempt.started = item.modified
-        elif kind == "DONE.lock":
-            attempt.done = item.modified
-        elif kind == "data.json" and (ok := task_ok(item.doc)) is not None:
-            attempt.ok = ok
-        elif kind == "runtime" and item.doc and (doc := verdict_doc(number, item.doc)):
-            record(facts, MetaKind.VERDICT, int(item.modified * 1000), doc)
+    record_all(facts, meta_files(objects))
     return facts
 
 
 def s3_task_status(facts: TaskFacts) -> Status:
-    """`status.task_status`, except that an attempt which ended with nothing saying how is
-    UNKNOWN (locally its `_meta` would say; here a missing word is not a failure)."""
-    if facts.attempts:
-        latest = facts.attempts[max(facts.attempts)]
-        if latest.done is not None and latest.ok is None and latest.verdict is None:
-            return Status.UNKNOWN
+    """`status.task_status`: an attempt that ended with nothing saying how is UNKNOWN there
+    (locally its `_meta` would say; here a missing word is not a failure)."""
     return task_status(facts)

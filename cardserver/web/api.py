@@ -43,6 +43,7 @@ async def status(request: web.Request) -> web.Response:
     return reply(
         {
             "version": __version__,
+            "source": source.get("source", "local"),
             "datastore": source.get("datastore"),
             "cards": source.get("cards"),
             "watching": source.get("watching"),
@@ -51,6 +52,7 @@ async def status(request: web.Request) -> web.Response:
             "flows": len(app[INDEX].flows),
             "subscribers": app[HUB].subscriber_count(),
             "watch": source.get("watch"),
+            "s3": source.get("s3"),  # S3 only: endpoint, requests per minute by kind, USD per hour
         }
     )
 

@@ -13,6 +13,7 @@ from ..feed import shown_to
 from ..localsource import LocalSource
 from ..pipeline import Pipeline
 from ..prescan import Prescan
+from ..source import Source
 from . import api, pages, tasks
 from .cards import CardPages
 from .keys import (
@@ -35,7 +36,7 @@ from .socket import close_all, websocket
 def create_app(config: Config, first_scan: Prescan | None = None) -> web.Application:
     guard = Guard.from_config(config)
     seen: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
-    source = LocalSource(config, first_scan)
+    source = pick_source(config, first_scan)
     pipeline = Pipeline(source, config.timing.status_grace_seconds)
     pipeline.hub.watches.append(shown_to(source.show))  # the hub knows what is looked at
     app = web.Application(
@@ -67,6 +68,15 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     app.cleanup_ctx.append(running(pipeline))
     app.on_shutdown.append(close_all)
     return app
+
+
+def pick_source(config: Config, first_scan: Prescan | None) -> Source:
+    """The local disk, or S3 when the config says so (only then is the S3 reader imported)."""
+    if config.s3 is None:
+        return LocalSource(config, first_scan)
+    from ..s3.source import S3Source
+
+    return S3Source(config, config.s3)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,536 @@
+"""A Metaflow datastore on S3 as a source (see `source.py`): cards from the card root, status
+from the task folders (or from the local `_meta` where a local runtime ran the run).
+
+Change detection is polling, paced by `schedule.PollTiming`: the data update of each shown card
+by conditional GET, a live run's card tree and task folders by listing (faster while someone
+views it), new flows and runs by delimiter listings; a finished run is not polled again. A
+failing poll is said once (`Health`) and tried again, backing off; nothing is lost, as the next
+listing compares ETags with the last one seen. Nothing is unpickled; every key is built from a
+validated key (`layout`) below the configured roots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import disk, helper
+from ..config import Config
+from ..disk import Problem, Scope
+from ..events import DataUpdate, DataWritten, Event, Reset, RunWritten, TaskMetaRead
+from ..feed import Viewed
+from ..index import Card, Changes, Index
+from ..layout import (
+    CardFileKind,
+    CardKey,
+    RunKey,
+    TaskKey,
+    card_path,
+    cards_run_dir,
+    cards_runs_dir,
+    datastore_run_dir,
+    log_file_name,
+    task_dir,
+)
+from ..logs import Page
+from ..source import Health, Sink, SinkHolder, Unavailable
+from ..status import Status
+from ..taskinfo import TaskFolder
+from .client import Fetched, Got, S3Error, S3Object, S3Reader
+from .listing import (
+    card_events,
+    card_objects,
+    changed_card_events,
+    folder_names,
+    signature,
+    task_folders,
+)
+from .schedule import PollTiming, followed
+from .settings import S3Root, S3Settings
+from .taskfiles import READ_KINDS, TaskObject, attempt_of, meta_files
+from .taskview import failed_log, latest_log, page_of, task_folder, traceback_doc
+
+log = logging.getLogger("cardserver")
+
+READS_AT_ONCE = 8  # requests in flight while reading many runs or task folders
+INDEX_BYTES = 1 << 20  # an attempt's artifact index: names and hashes only
+LOG_BYTES = 32 << 20  # a log page is cut from at most this much of the log
+LIVE = (Status.RUNNING, Status.PENDING, Status.UNKNOWN)
+
+
+@dataclass(slots=True)
+class RunState:
+    """What the source last saw of a run, to tell what changed."""
+
+    cards: dict[str, str] = field(default_factory=dict)  # card object key -> ETag
+    tasks: dict[TaskKey, frozenset[tuple[str, str]]] = field(default_factory=dict)  # folder signature
+    read: bool = False
+    done: bool = False  # finished: not polled again
+    due: float = 0.0  # monotonic time of the next poll
+
+
+class S3Source(SinkHolder):
+    def __init__(self, config: Config, settings: S3Settings, timing: PollTiming | None = None,
+                 reader: S3Reader | None = None) -> None:
+        if settings.cards is None:
+            raise S3Error("no S3 card root: set METAFLOW_DATASTORE_SYSROOT_S3 or METAFLOW_CARD_S3ROOT")
+        self.config = config
+        self.settings = settings
+        self.cards: S3Root = settings.cards
+        self.sysroot: S3Root | None = settings.sysroot
+        self.local = config.roots.datastore  # the working folder's .metaflow: a local runtime's _meta
+        self.limits = config.limits
+        self.scope = Scope(config.flow, config.run_id)
+        self.timing = timing or PollTiming()
+        self.reader = reader or S3Reader(settings.endpoint_url)
+        self.caught_up = asyncio.Event()
+        self.health = Health()
+        self.runs: dict[RunKey, RunState] = {}
+        self.flows: set[str] = set()
+        self.shown: set[CardKey] = set()
+        self.viewers: Counter[RunKey] = Counter()  # shown runs, tasks and cards, by run
+        self._docs: dict[str, tuple[str, dict[str, Any] | None]] = {}  # task-folder JSON: ETag, doc
+        self._data_etags: dict[CardKey, str] = {}
+        self._bad_data: set[tuple[CardKey, str]] = set()  # data updates that did not parse, by ETag
+        self._sink: Sink | None = None
+        self._open = False
+        self._closed = False
+        self._gate = asyncio.Semaphore(READS_AT_ONCE)
+        self._wake_runs = asyncio.Event()
+        self._wake_cards = asyncio.Event()
+        self._failures = 0
+        self.last_error: S3Error | None = None  # the latest failure, until a poll works again
+        self._next_discovery = 0.0
+        self._jobs: set[asyncio.Task[Any]] = set()
+
+    # --- the source's life -------------------------------------------------------------------
+
+    async def first_read(self, sink: Sink) -> None:
+        self._sink = sink
+        try:
+            await self._ensure_open()
+            await sink.start_over(self._whole())
+            for key in self.runs:
+                self._settle(key)
+            self._next_discovery = time.monotonic() + self.discovery_seconds()
+            self._recovered()
+        except S3Error as error:  # said in the health message; the polls try again
+            self._failed(error)
+        finally:
+            self.caught_up.set()
+
+    async def follow(self, sink: Sink) -> None:
+        self._sink = sink
+        await self._ensure_open()
+        await asyncio.gather(self._poll_runs(), self._poll_cards())
+
+    async def _ensure_open(self) -> None:
+        if not self._open:
+            await self.reader.__aenter__()
+            self._open = True
+
+    async def close(self) -> None:
+        self._closed = True
+        for job in list(self._jobs):
+            job.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await job
+        if self._open:
+            self._open = False
+            with suppress(Exception):
+                await self.reader.__aexit__(None, None, None)
+
+    def changed(self, changes: Changes) -> None:
+        """Nothing to do: what to poll is decided after each poll, from the index."""
+
+    def status(self) -> dict[str, Any]:
+        counts = self.reader.counts
+        minutes = counts.per_minute()
+        hours = max(time.monotonic() - counts.started, 1e-9) / 3600
+        return {
+            "source": "s3",
+            "datastore": self.sysroot.url if self.sysroot else None,
+            "cards": self.cards.url,
+            "watching": "polling S3",
+            "followed_runs": sum(1 for state in self.runs.values() if not state.done),
+            "watch": self.health.as_dict(),
+            "s3": {
+                "endpoint": self.settings.endpoint_url,
+                "requests_per_minute": {kind: round(rate, 2) for kind, rate in minutes.items()},
+                "not_modified": counts.not_modified,
+                "retried": counts.retried,
+                "usd_per_hour": round(counts.cost_usd() / hours, 6),
+                "viewed_cards": len(self.shown),
+                "viewed_runs": sum(1 for count in self.viewers.values() if count > 0),
+            },
+        }
+
+    # --- health --------------------------------------------------------------------------------
+
+    def _failed(self, error: S3Error) -> float:
+        """Say why polling fails (once per change of reason) and how long to wait before retrying."""
+        self._failures += 1
+        self.last_error = error
+        problem = f"{error}; retrying"
+        if self.health.ok or self.health.problem != problem:
+            log.warning("S3: %s", problem)
+            self._set_health(Health(False, self.health.restarts + (1 if self.health.ok else 0), problem))
+        return self.timing.retry_after(self._failures)
+
+    def _recovered(self) -> None:
+        self._failures = 0
+        self.last_error = None
+        if not self.health.ok:
+            log.warning("S3: polling works again")
+            self._set_health(Health(True, self.health.restarts, None))
+
+    def _set_health(self, health: Health) -> None:
+        self.health = health
+        if self._sink is not None:
+            self._sink.health(health)
+
+    # --- whole reads and discovery -------------------------------------------------------------
+
+    def discovery_seconds(self) -> float:
+        return self.timing.discovery_seconds(len(self.flows))
+
+    async def _whole(self) -> AsyncIterator[list[Event]]:
+        """Every run's cards and status: first the runs, then each run's events as read."""
+        found = await self.discover()
+        yield [RunWritten(key, None, None) for key in found]
+        reads = [asyncio.ensure_future(self._gated(self.read_run, key)) for key in found]
+        try:
+            for done in asyncio.as_completed(reads):
+                events, _ = await done
+                yield events
+        finally:
+            for read in reads:
+                read.cancel()
+
+    async def _gated(self, read: Callable[[RunKey], Awaitable[tuple[list[Event], list[TaskKey]]]],
+                     key: RunKey) -> tuple[list[Event], list[TaskKey]]:
+        async with self._gate:
+            return await read(key)
+
+    async def discover(self) -> list[RunKey]:
+        """Flows and runs in the card root (delimiter listings); the runs not known before."""
+        top = await self.reader.list_folder(self.cards)
+        flows = [name for name in folder_names(self.cards.folder, top.folders) if self.scope.wants(name)]
+        self.flows = set(flows)
+        new: list[RunKey] = []
+        for flow in flows:
+            prefix = self.cards.key(*cards_runs_dir(flow).parts) + "/"
+            listing = await self.reader.list_folder(self.cards, prefix.removeprefix(self.cards.folder))
+            for run in folder_names(prefix, listing.folders):
+                key = RunKey(flow, run)
+                if self.scope.wants(flow, run) and key not in self.runs:
+                    self.runs[key] = RunState()
+                    new.append(key)
+        return new
+
+    # --- one run ---------------------------------------------------------------------------------
+
+    async def read_run(self, key: RunKey) -> tuple[list[Event], list[TaskKey]]:
+        """The run's card tree (all of it the first time, what changed since after) and its
+        status, with the tasks whose folder changed."""
+        state = self.runs.setdefault(key, RunState())
+        folder = "/".join(cards_run_dir(key).parts) + "/"
+        cards = card_objects(self.cards.folder, await self.reader.list_tree(self.cards, folder), self.scope)
+        events = changed_card_events(cards, state.cards) if state.read else card_events(cards)
+        status, touched = await self.status_events(key, state)
+        state.cards = {card.object.key: card.object.etag for card in cards}
+        state.read = True
+        return events + status, touched
+
+    async def status_events(self, key: RunKey, state: RunState) -> tuple[list[Event], list[TaskKey]]:
+        local = self.local / datastore_run_dir(key)
+        if (local / "_meta").is_dir():  # a local runtime with (maybe) remote steps: its _meta says
+            return await asyncio.to_thread(self._local_status, key, local), []
+        if self.sysroot is None:
+            return [], []  # no datastore root known: status stays unknown
+        folder = "/".join(datastore_run_dir(key).parts) + "/"
+        objects = await self.reader.list_tree(self.sysroot, folder)
+        events: list[Event] = []
+        touched: list[TaskKey] = []
+        for task, items in task_folders(self.sysroot.folder, objects, key).items():
+            seen = signature(items)
+            if state.tasks.get(task) == seen:
+                continue
+            docs = await asyncio.gather(*(self._gated_object(item) for item in items))
+            events.append(TaskMetaRead(task, meta_files(docs)))
+            state.tasks[task] = seen
+            touched.append(task)
+        return events, touched
+
+    def _local_status(self, key: RunKey, folder: Path) -> list[Event]:
+        problems: list[Problem] = []
+        return list(disk.scan_run(key, str(folder), self.limits, problems, str(self.local)))
+
+    async def _gated_object(self, item: S3Object) -> TaskObject:
+        async with self._gate:
+            return await self.task_object(item)
+
+    async def task_object(self, item: S3Object) -> TaskObject:
+        """A task-folder object, with its JSON when status needs it (read once per ETag)."""
+        name = item.key.rsplit("/", 1)[-1]
+        parsed = attempt_of(name)
+        if parsed is None or parsed[1] not in READ_KINDS:
+            return TaskObject(name, item.modified)
+        cached = self._docs.get(item.key)
+        if cached is None or cached[0] != item.etag:
+            assert self.sysroot is not None  # task folders are listed only below a sysroot
+            cap = INDEX_BYTES if parsed[1] == "data.json" else self.limits.max_meta_bytes
+            try:
+                got = await self.reader.get(self.sysroot.bucket, item.key, max_bytes=cap)
+            except S3Error as error:
+                if "limit" not in str(error):
+                    raise
+                got = Fetched(Got.GONE)  # too big to be ours: says nothing
+            doc = disk.parse_json_bytes(got.body) if got.outcome is Got.NEW else None
+            cached = self._docs[item.key] = (item.etag, doc if isinstance(doc, dict) else None)
+        return TaskObject(name, item.modified, cached[1])
+
+    def _apply_run(self, key: RunKey, events: list[Event], touched: list[TaskKey]) -> None:
+        self.sink.apply(events, touched)
+        self._settle(key)
+
+    def _settle(self, key: RunKey) -> None:
+        """After a read: is the run finished (never polled again), and when is it due next."""
+        state = self.runs[key]
+        run = self.sink.index.run(key)
+        state.done = run is not None and not followed(run.status, run.newest_write, time.time(),
+                                                     self.timing.recent_seconds)
+        state.due = time.monotonic() + self.timing.run_seconds(self.viewers[key] > 0)
+
+    # --- polling ---------------------------------------------------------------------------------
+
+    async def _poll_runs(self) -> None:
+        """Discovery and the live runs, each when due; sleeps until the next is due or a run
+        gains a viewer."""
+        while True:
+            try:
+                await self._poll_runs_once()
+                self._recovered()
+                delay = self._next_due() - time.monotonic()
+            except S3Error as error:
+                delay = self._failed(error)
+            self._wake_runs.clear()
+            if delay > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_runs.wait(), delay)
+
+    async def _poll_runs_once(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            new = await self.discover()
+            self._next_discovery = now + self.discovery_seconds()
+            if new:
+                self.sink.apply([RunWritten(key, None, None) for key in new])
+        due = [key for key, state in self.runs.items() if not state.done and state.due <= now]
+        results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due))
+        for key, (events, touched) in zip(due, results, strict=True):
+            self._apply_run(key, events, touched)
+
+    def _next_due(self) -> float:
+        times = [state.due for state in self.runs.values() if not state.done]
+        return min([self._next_discovery, *times])
+
+    async def _poll_cards(self) -> None:
+        """The data update of each shown card that may still change, every `card_seconds`."""
+        while True:
+            wanted = [key for key in self.shown if self._may_update(key)]
+            if not wanted:
+                self._wake_cards.clear()
+                await self._wake_cards.wait()
+                continue
+            try:
+                await asyncio.gather(*(self.fetch_update(key) for key in wanted))
+                self._recovered()
+                delay = self.timing.card_seconds
+            except S3Error as error:
+                delay = self._failed(error)
+            await asyncio.sleep(delay)
+
+    def _may_update(self, key: CardKey) -> bool:
+        """A shown card whose update is not read yet, or whose task and run may still write."""
+        card = self.sink.index.card(key) if self._sink is not None else None
+        if card is None:
+            return False
+        if card.update is None:
+            return True
+        task = self.sink.index.task(key.task)
+        state = self.runs.get(key.run_key)
+        return task is not None and task.status in LIVE and not (state is not None and state.done)
+
+    async def fetch_update(self, key: CardKey) -> None:
+        """GET the card's data update unless its ETag is the one last read; apply a new one."""
+        card = self.sink.index.card(key)
+        if card is None:
+            return
+        object_key = self.cards.key(*card_path(key, CardFileKind.DATA, card.legacy).parts)
+        got = await self.reader.get(self.cards.bucket, object_key, self._data_etags.get(key),
+                                    max_bytes=self.limits.max_data_bytes)
+        if got.outcome is not Got.NEW or (key, got.etag) in self._bad_data:
+            return
+        update = await asyncio.to_thread(parse_update, got.body)
+        if isinstance(update, str):
+            self._bad_data.add((key, got.etag))
+            log.warning("S3: s3://%s/%s: %s", self.cards.bucket, object_key, update)
+            return
+        self._data_etags[key] = got.etag
+        self.sink.apply([DataWritten(key, card.legacy, time.time(), update)])
+
+    # --- what is looked at ---------------------------------------------------------------------------
+
+    def show(self, key: Viewed, shown: bool) -> None:
+        run = key if isinstance(key, RunKey) else key.run_key
+        self.viewers[run] += 1 if shown else -1
+        if self.viewers[run] <= 0:
+            del self.viewers[run]
+        if isinstance(key, CardKey):
+            if shown:
+                self.shown.add(key)
+                self._wake_cards.set()
+            else:
+                self.shown.discard(key)
+        state = self.runs.get(run)
+        if shown and state is not None and not state.done and self.viewers[run] == 1:
+            state.due = 0.0  # a run someone starts looking at is read now, then every 5 s
+            self._wake_runs.set()
+
+    async def load_update(self, key: CardKey) -> None:
+        card = self.sink.index.card(key)
+        if card is None or card.update is not None:
+            return
+        try:
+            await self.fetch_update(key)
+        except S3Error as error:
+            log.warning("S3: %s", error)
+
+    # --- reads on demand ----------------------------------------------------------------------------
+
+    async def read_card(self, card: Card) -> bytes:
+        cap = self.limits.max_card_bytes
+        if card.size > cap:
+            raise Unavailable(413, f"card file too large to serve (over {cap // (1024 * 1024)} MB)")
+        object_key = self.cards.key(*card_path(card.key, CardFileKind.HTML, card.legacy).parts)
+        try:
+            got = await self.reader.get(self.cards.bucket, object_key, max_bytes=cap)
+        except S3Error as error:
+            raise Unavailable(502, str(error)) from None
+        if got.outcome is not Got.NEW:
+            raise Unavailable(404, "card not found")
+        return got.body
+
+    async def _task_objects(self, key: TaskKey) -> list[S3Object] | None:
+        if self.sysroot is None:
+            return None
+        folder = "/".join(task_dir(key).parts) + "/"
+        try:
+            objects = (await self.reader.list_folder(self.sysroot, folder)).objects
+        except S3Error as error:
+            log.warning("S3: %s", error)
+            return None
+        return objects or None
+
+    async def read_task(self, key: TaskKey) -> TaskFolder | None:
+        objects = await self._task_objects(key)
+        if objects is None:
+            return None
+        try:
+            docs = await asyncio.gather(*(self._gated_object(item) for item in objects))
+        except S3Error as error:
+            log.warning("S3: %s", error)
+            return None
+        found = task_folder(zip(docs, (item.size for item in objects), strict=True))
+        failed = failed_log(found)
+        if failed is not None and self.sysroot is not None:
+            name = self.sysroot.key(*task_dir(key).parts, log_file_name(failed, "stderr"))
+            body = await self._read_log_bytes(name)
+            if body is not None:
+                found.traceback = traceback_doc(failed, body)
+        return found
+
+    async def read_log(self, key: TaskKey, stream: str, attempt: int | None, lines: int,
+                       before: int | None, since: int | None) -> tuple[int, Page] | None:
+        objects = await self._task_objects(key)
+        if objects is None or self.sysroot is None:
+            return None
+        sizes = {item.key.rsplit("/", 1)[-1]: item.size for item in objects}
+        if attempt is None:
+            attempt = latest_log(sizes, stream)
+            if attempt is None:
+                return None
+        name = log_file_name(attempt, stream)
+        if name not in sizes:
+            return None
+        body = await self._read_log_bytes(self.sysroot.key(*task_dir(key).parts, name))
+        return None if body is None else (attempt, page_of(body, lines, before, since))
+
+    async def _read_log_bytes(self, object_key: str) -> bytes | None:
+        assert self.sysroot is not None
+        try:
+            got = await self.reader.get(self.sysroot.bucket, object_key, max_bytes=LOG_BYTES)
+        except S3Error as error:
+            log.warning("S3: %s", error)
+            return None
+        return got.body if got.outcome is Got.NEW else None
+
+
+def parse_update(raw: bytes) -> DataUpdate | str:
+    """A data update from an object's bytes (a big one in the helper process), or why not."""
+    found = helper.parse_elsewhere(raw) if len(raw) > helper.BIG_UPDATE else disk.parse_update_bytes(raw)
+    return found if isinstance(found, DataUpdate) else str(found)
+
+
+async def check_reachable(settings: S3Settings) -> None:
+    """One delimiter listing of the card root: raises S3Error with the one line to print (no
+    credentials, wrong endpoint, no bucket, access denied) before the server starts."""
+    assert settings.cards is not None
+    async with S3Reader(settings.endpoint_url) as reader:
+        await reader.list_folder(settings.cards)
+
+
+class IndexSink:
+    """A sink that only fills an index: `card list` reads the datastore once, follows nothing."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    @property
+    def index(self) -> Index:
+        return self._index
+
+    async def start_over(self, parts: AsyncIterator[list[Event]]) -> Changes:
+        changes = Changes()
+        first = True
+        async for events in parts:
+            changes = self._index.apply([Reset(tuple(events))] if first else events)
+            first = False
+        return changes
+
+    def apply(self, events: list[Event], tasks: Iterable[TaskKey] = ()) -> Changes:
+        return self._index.apply(events)
+
+    def health(self, health: Health) -> None:
+        """`read_index` raises the source's last error instead."""
+
+
+async def read_index(config: Config, settings: S3Settings) -> Index:
+    """The whole S3 datastore read once into an index (for `card list`); S3Error on a fault."""
+    source = S3Source(config, settings)
+    index = Index(grace=config.timing.status_grace_seconds)
+    try:
+        await source.first_read(IndexSink(index))
+    finally:
+        await source.close()
+    if source.last_error is not None:
+        raise source.last_error
+    return index

@@ -1,0 +1,77 @@
+"""The task view's facts from an S3 task folder: attempts, verdicts, log sizes, a traceback.
+Pure: the source lists the folder and GETs the few objects named here; a log page is cut from
+an object's bytes with the same code that pages a local log (`logs.tail_of`, `logs.after_of`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import logs
+from ..taskinfo import AttemptFiles, TaskFolder, verdict
+from .taskfiles import TaskObject, attempt_of, task_ok
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStat:
+    """An S3 object as the task view reads a file's stat."""
+
+    st_size: int
+    st_mtime: float
+
+
+def task_folder(objects: Iterable[tuple[TaskObject, int]]) -> TaskFolder:
+    """(object with its doc when read, size) of each object in the task folder -> the task view's
+    facts. `_task_ok` stands in for `_meta`'s attempt_ok; there is no `_meta` in S3."""
+    found = TaskFolder()
+    for item, size in objects:
+        parsed = attempt_of(item.name)
+        if parsed is None:
+            continue
+        number, kind = parsed
+        files = found.attempts.setdefault(number, AttemptFiles())
+        if kind == "data.json":
+            files.attempt_ok = task_ok(item.doc)
+            continue
+        files.stats[kind] = ObjectStat(size, item.modified)
+        if kind == "attempt.json" and item.doc and isinstance(item.doc.get("time"), int | float):
+            files.started = float(item.doc["time"])
+        elif kind == "runtime" and item.doc is not None:
+            files.verdict = dict(item.doc)
+    return found
+
+
+def failed_log(found: TaskFolder) -> int | None:
+    """The latest failed attempt with a stderr log: where a traceback is looked for."""
+    for number in sorted(found.attempts, reverse=True):
+        files = found.attempts[number]
+        if verdict(files, latest=False) == "failed" and "runtime_stderr.log" in files.stats:
+            return number
+    return None
+
+
+def traceback_doc(number: int, tail: bytes) -> dict[str, Any] | None:
+    """The traceback at the end of a stderr log's last bytes, as the task view shows it."""
+    page = logs.tail_of(io.BytesIO(tail), len(tail), logs.MAX_PAGE_LINES, max_bytes=logs.TRACEBACK_TAIL_BYTES)
+    lines = logs.traceback_in(page)
+    if not lines:
+        return None
+    return {"attempt": number, "exception": lines[-1].text, "lines": [line.as_dict() for line in lines]}
+
+
+def latest_log(names: Mapping[str, int], stream: str) -> int | None:
+    """The latest attempt with a log of `stream`, from the folder's object names (with sizes)."""
+    found = [number for name in names if (parsed := attempt_of(name)) and parsed[1] == f"runtime_{stream}.log"
+             for number in (parsed[0],)]
+    return max(found, default=None)
+
+
+def page_of(body: bytes, lines: int, before: int | None, since: int | None) -> logs.Page:
+    """A page of a log whose bytes are `body`: the lines after `since`, else the tail before `before`."""
+    handle = io.BytesIO(body)
+    if since is not None:
+        return logs.after_of(handle, len(body), since, lines)
+    return logs.tail_of(handle, len(body), lines, before)
