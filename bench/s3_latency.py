@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from bench.common import (
 )
 from bench.latency import Writer, find_card_frame, is_card_html, measure
 from bench.realcard import FLOW_NAME, LiveCard, live_card, make_writer
-from bench.s3card import S3Cards, S3Place
+from bench.s3card import Proxy, S3Cards, S3Place, WrittenRun
 
 P50, P90 = 300.0, 600.0  # ms, issue 12
 USD_PER_HOUR = 0.02  # per viewed live run
@@ -109,29 +109,14 @@ class Requests:
     def total_per_minute(self) -> float:
         return sum(self.kinds.values()) * 60 / self.seconds
 
+    @classmethod
+    def since_reset(cls, proxy: Proxy) -> Requests:
+        state = proxy.state()
+        return cls(state["kinds"], state["not_modified"], state["seconds"])
+
     def text(self) -> str:
         kinds = ", ".join(f"{kind} {rate:.1f}" for kind, rate in self.per_minute().items()) or "none"
         return f"{kinds} ({self.not_modified * 60 / self.seconds:.1f} of them 304)"
-
-
-class Proxy:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-
-    def state(self, **change: object) -> dict[str, Any]:
-        body = json.dumps(change).encode() if change else None
-        request = urllib.request.Request(self.server.url + "/__proxy__/state", data=body,
-                                         method="POST" if change else "GET")
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            state: dict[str, Any] = json.load(answer)
-            return state
-
-    def reset(self) -> None:
-        self.state(reset=True)
-
-    def read(self) -> Requests:
-        state = self.state()
-        return Requests(state["kinds"], state["not_modified"], state["seconds"])
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -181,7 +166,7 @@ async def viewed_card(name: str, browser: Any, url: str, card: LiveCard, writer:
     result = await measure(name, frame, writer, server, count, rate, settle, warmup=warmup)
     window = time.monotonic() - started
     results.latency(name, result.latencies, result.missing, target)
-    results.requests(name, proxy.read(), USD_PER_HOUR if target else None)
+    results.requests(name, Requests.since_reset(proxy), USD_PER_HOUR if target else None)
     results.cpu(name, cpu_seconds(server.pid) - cpu0, window, None)
     return page
 
@@ -217,7 +202,7 @@ async def idle_phase(server: Server, proxy: Proxy, seconds: float, results: Resu
     cpu0, started = cpu_seconds(server.pid), time.monotonic()
     await asyncio.sleep(seconds)
     window = time.monotonic() - started
-    used = proxy.read()
+    used = Requests.since_reset(proxy)
     rate = used.total_per_minute()
     results.rows.append(["idle, no live run, viewer open: S3 requests per minute",
                          f"{rate:.1f}: {used.text()}", f"<= {IDLE_REQUESTS_PER_MIN:.0f}",
@@ -248,73 +233,62 @@ async def wait_tasks(server: Server, path: str, tasks: int, status: str, timeout
 class Updaters(threading.Thread):
     """Every task but the viewed one PUTs a data update every `period` seconds, spread evenly."""
 
-    def __init__(self, place: S3Place, card: LiveCard, tasks: int, run_id: str, period: float) -> None:
+    def __init__(self, run: WrittenRun, tasks: int, period: float) -> None:
         super().__init__(daemon=True)
-        self.place, self.card, self.tasks, self.run_id, self.period = place, card, tasks, run_id, period
+        self.run_, self.tasks, self.period = run, tasks, period
         self.stop, self.written = threading.Event(), 0
 
     def run(self) -> None:
-        flow, _, step, _, stem = self.card.parts
         gap = self.period / max(self.tasks - 1, 1)
         while not self.stop.is_set():
             for task in range(1, self.tasks):
-                key = f"mf.cards/{flow}/runs/{self.run_id}/steps/{step}/tasks/{task}/runtime/{stem}.data.json"
-                self.place.put(key, json.dumps({"reload_token": self.card.token, "created_on": time.time(),
-                                                "data": {}}).encode())
+                self.run_.place.put(self.run_.update_key(task), self.run_.update({}))
                 self.written += 1
                 if self.stop.wait(gap):
                     return
 
 
-def big_run_keys(card: LiveCard, place: S3Place, run_id: str, tasks: int, ended: bool) -> dict[str, bytes]:
-    """A run of `tasks` running tasks of the card's step, each with the card: started, or ended."""
-    flow, _, step, _, stem = card.parts
-    html = place.read(f"mf.cards/{card.data_name.rsplit('/runtime/', 1)[0]}/cards/{stem}.html") or b""
-    update = place.read(f"mf.cards/{card.data_name}") or b""
-    keys: dict[str, bytes] = {}
-    for task in range(tasks):
-        folder = f"{flow}/{run_id}/{step}/{task}"
-        if ended:
-            keys[f"{folder}/0.task_end"] = b"{}"
-            keys[f"{folder}/0.DONE.lock"] = b""
-            keys[f"{folder}/0.runtime"] = b'{"return_code": 0, "killed": false, "success": true}'
-            continue
-        cards = f"mf.cards/{flow}/runs/{run_id}/steps/{step}/tasks/{task}"
-        keys[f"{folder}/0.attempt.json"] = json.dumps({"time": time.time()}).encode()
-        keys[f"{folder}/0.task_begin"] = b"{}"
-        keys[f"{cards}/cards/{stem}.html"] = html if task == 0 else b"<html><body>a card</body></html>"
-        keys[f"{cards}/runtime/{stem}.data.json"] = update
-    return keys
+def live_copy(card: LiveCard, place: S3Place) -> tuple[bytes, bytes]:
+    """The live card's HTML and data update as they are while its task runs (the final render
+    replaces both)."""
+    real = f"mf.cards/{card.data_name}"
+    html = place.read(f"{real.rsplit('/runtime/', 1)[0]}/cards/{card.parts[-1]}.html")
+    update = place.read(real)
+    assert html and update
+    return html, update
 
 
-async def big_run(browser: Any, card: LiveCard, place: S3Place, server: Server, proxy: Proxy,
-                  plan: Plan, results: Results) -> None:
+async def big_run(browser: Any, card: LiveCard, live: tuple[bytes, bytes], place: S3Place, server: Server,
+                  proxy: Proxy, plan: Plan, results: Results) -> None:
+    """`plan.tasks` running tasks in a new run of the card's flow and step; task 0 holds the real
+    live card (`live`: its HTML and an update), the others a stub."""
     flow, _, step, _, stem = card.parts
-    run_id = str(int(card.run_id) + 1)
-    path = f"api/runs/{flow}/{run_id}"
-    await asyncio.to_thread(place.put_many, big_run_keys(card, place, run_id, plan.tasks, ended=False))
+    run = WrittenRun(place, flow, str(int(card.run_id) + 1), step, stem, card.token)
+    html, update = live
+    stub = b"<html><body>a card</body></html>"
+    keys = run.started(range(plan.tasks), lambda task: html if task == 0 else stub, lambda task: update)
+    await asyncio.to_thread(place.put_many, keys)
+    path = f"api/runs/{flow}/{run.run_id}"
     listed = await wait_tasks(server, path, plan.tasks, "running", 120)
     results.rows.append([f"{plan.tasks} live tasks: all listed running after their keys (s)",
                          "never" if listed is None else f"{listed:.1f}", f"<= {FOLLOW_SECONDS:.0f}",
                          verdict(listed is not None and listed <= FOLLOW_SECONDS)])
     name = f"{plan.tasks} live tasks, one viewed, the others updating every {plan.period:.0f} s"
-    task_card = LiveCard(card.datastore, card.flow_file, run_id, (flow, run_id, step, "0", stem), card.token,
-                         card.components, card.write_update, card.data_name, card.env, card.store)
     assert card.store is not None
-    name0 = f"{flow}/runs/{run_id}/steps/{step}/tasks/0/runtime/{stem}.data.json"
-    first = json.loads(place.read(f"mf.cards/{name0}") or b"{}")
-    task_card.write_update = make_writer(card.store, name0, first)
-    updaters = Updaters(place, task_card, plan.tasks, run_id, plan.period)
+    data_name = run.update_key(0).removeprefix("mf.cards/")
+    viewed = replace(card, run_id=run.run_id, parts=(flow, run.run_id, step, "0", stem),
+                     data_name=data_name, write_update=make_writer(card.store, data_name, json.loads(update)))
+    updaters = Updaters(run, plan.tasks, plan.period)
     updaters.start()
     try:
-        page = await viewed_card(name, browser, f"{server.url}run/{task_card.path}", task_card,
-                                 Writer(task_card, 7), server, proxy, plan.updates, plan.rate, 10, results,
+        page = await viewed_card(name, browser, f"{server.url}run/{viewed.path}", viewed,
+                                 Writer(viewed, 7), server, proxy, plan.updates, plan.rate, 10, results,
                                  is_card_html, target=True, warmup=3)
     finally:
         updaters.stop.set()
         updaters.join()
     results.notes.append(f"{name}: {updaters.written} data updates PUT by the other tasks")
-    await asyncio.to_thread(place.put_many, big_run_keys(card, place, run_id, plan.tasks, ended=True))
+    await asyncio.to_thread(place.put_many, run.ended(range(plan.tasks)))
     done = await wait_tasks(server, path, plan.tasks, "succeeded", 120)
     results.rows.append([f"{plan.tasks} live tasks: all shown succeeded after their DONE.lock (s)",
                          "never" if done is None else f"{done:.1f}", f"<= {FOLLOW_SECONDS:.0f}",
@@ -341,8 +315,8 @@ async def ours_live(browser: Any, card: LiveCard, writer: Writer, place: S3Place
         server.stop()
 
 
-async def ours_after(browser: Any, card: LiveCard, place: S3Place, proxy: Proxy, plan: Plan, workdir: Path,
-                     results: Results) -> None:
+async def ours_after(browser: Any, card: LiveCard, live: tuple[bytes, bytes], place: S3Place, proxy: Proxy,
+                     plan: Plan, workdir: Path, results: Results) -> None:
     """The flow has ended: idle with the viewer open on its final card, then a big live run."""
     server = our_server(place, proxy, workdir)
     try:
@@ -350,43 +324,41 @@ async def ours_after(browser: Any, card: LiveCard, place: S3Place, proxy: Proxy,
         await page.goto(f"{server.url}run/{card.path}")
         await idle_phase(server, proxy, plan.idle, results)
         await page.close()
-        await big_run(browser, card, place, server, proxy, plan, results)
+        await big_run(browser, card, live, place, server, proxy, plan, results)
     finally:
         server.stop()
 
 
-async def run(plan: Plan, place: S3Place, proxy: Proxy, smoke: bool) -> Results:
+async def run(plan: Plan, place: S3Place, proxy: Proxy) -> Results:
     """One server at a time, so the proxy's counts are that server's alone."""
     from playwright.async_api import async_playwright
 
     results = Results()
     with live_card(store=lambda _: S3Cards(place), max_seconds=1800) as card, \
             tempfile.TemporaryDirectory(prefix="bench-s3-ours-") as folder:
-        writer = Writer(card, 4)
+        writer, live = Writer(card, 4), live_copy(card, place)
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             try:
-                live = ours_live(browser, card, writer, place, proxy, plan, Path(folder), results)
-                await attempt("ours, live card", live, results, smoke)
+                first = ours_live(browser, card, writer, place, proxy, plan, Path(folder), results)
+                await attempt("ours, live card", first, results)
                 for poll, count in plan.metaflow:
                     await attempt(f"Metaflow --poll-interval {poll}", metaflow_side(
-                        browser, card, writer, proxy, poll, count, results), results, smoke)
+                        browser, card, writer, proxy, poll, count, results), results)
                 await asyncio.to_thread(finish_flow, card, place)
-                await attempt("ours, idle and a big run", ours_after(browser, card, place, proxy, plan,
-                                                                     Path(folder), results), results, smoke)
+                await attempt("ours, idle and a big run", ours_after(browser, card, live, place, proxy, plan,
+                                                                     Path(folder), results), results)
             finally:
                 await browser.close()
     return results
 
 
-async def attempt(name: str, job: Any, results: Results, smoke: bool) -> None:
-    """A setup that fails is a row and an error; outside --smoke the others still run."""
+async def attempt(name: str, job: Any, results: Results) -> None:
+    """A setup that fails is an error (a smoke run then exits non-zero); the others still run."""
     try:
         await job
     except Exception as error:
-        if smoke:
-            raise
-        results.errors.append(f"{name}: {str(error)[:300]}")
+        results.errors.append(f"{name}: {type(error).__name__}: {str(error)[:300]}")
 
 
 def main() -> int:
@@ -409,7 +381,7 @@ def main() -> int:
         try:
             place = S3Place(moto.url)
             place.create_bucket()
-            results = asyncio.run(run(plan, place, proxy, args.smoke))
+            results = asyncio.run(run(plan, place, proxy))
         finally:
             proxy.server.stop()
             moto.stop()

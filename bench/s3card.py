@@ -7,13 +7,17 @@ writes to moto directly, the benchmark then PUTs the card's data update itself, 
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from bench.common import S3_DUMMY_CREDENTIALS, metaflow_s3_env
+from bench.common import S3_DUMMY_CREDENTIALS, Server, metaflow_s3_env
 
 BUCKET = "cardserver-bench"
 PREFIX = "bench"  # the datastore's sysroot below the bucket
@@ -80,3 +84,83 @@ class S3Cards:
 
     def write(self, name: str, body: bytes) -> None:
         self.place.put(f"mf.cards/{name}", body)
+
+
+class Proxy:
+    """tests/s3proxy.py running in its own process (bench.common.start_s3_proxy), asked over HTTP."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def state(self, **change: object) -> dict[str, Any]:
+        body = json.dumps(change).encode() if change else None
+        request = urllib.request.Request(self.server.url + "/__proxy__/state", data=body,
+                                         method="POST" if change else "GET")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            state: dict[str, Any] = json.load(answer)
+            return state
+
+    def reset(self) -> None:
+        self.state(reset=True)
+
+    def clear_faults(self) -> None:
+        self.state(slow_for=0, denied="", gone="", drops=0, slowdowns=0)
+
+
+# --- a run written key by key -------------------------------------------------------------------
+
+VERDICT_OK = b'{"return_code": 0, "killed": false, "success": true}'
+
+
+@dataclass(frozen=True)
+class WrittenRun:
+    """A run written key by key in Metaflow's S3 layout, as its tasks would: each task's folder
+    (attempt files, then the end and the runtime's verdict) and one live card per task."""
+
+    place: S3Place
+    flow: str
+    run_id: str
+    step: str = "work"
+    stem: str = "blank-0123456789abcdef0123456789abcdef"
+    token: str = "runtime-1"
+
+    def task_folder(self, task: int) -> str:
+        return f"{self.flow}/{self.run_id}/{self.step}/{task}"
+
+    def card_folder(self, task: int) -> str:
+        return f"mf.cards/{self.flow}/runs/{self.run_id}/steps/{self.step}/tasks/{task}"
+
+    def card_path(self, task: int) -> str:
+        """`Flow/run/step/task/card`, as in our URLs and API."""
+        return f"{self.flow}/{self.run_id}/{self.step}/{task}/{self.stem}"
+
+    def html_key(self, task: int) -> str:
+        return f"{self.card_folder(task)}/cards/{self.stem}.html"
+
+    def update_key(self, task: int) -> str:
+        return f"{self.card_folder(task)}/runtime/{self.stem}.data.json"
+
+    def update(self, data: dict[str, object], token: str | None = None) -> bytes:
+        return json.dumps({"reload_token": token or self.token, "created_on": time.time(),
+                           "data": data}).encode()
+
+    def started(self, tasks: range, html: Callable[[int], bytes],
+                first: Callable[[int], bytes]) -> dict[str, bytes]:
+        """The keys of `tasks` once each started and rendered its live card (`html`, `first` update)."""
+        began = json.dumps({"time": time.time()}).encode()
+        keys: dict[str, bytes] = {}
+        for task in tasks:
+            keys[f"{self.task_folder(task)}/0.attempt.json"] = began
+            keys[f"{self.task_folder(task)}/0.task_begin"] = b"{}"
+            keys[self.html_key(task)] = html(task)
+            keys[self.update_key(task)] = first(task)
+        return keys
+
+    def ended(self, tasks: range) -> dict[str, bytes]:
+        """The keys of `tasks` once each succeeded and the local runtime reaped it."""
+        keys: dict[str, bytes] = {}
+        for task in tasks:
+            keys[f"{self.task_folder(task)}/0.task_end"] = b"{}"
+            keys[f"{self.task_folder(task)}/0.DONE.lock"] = b""
+            keys[f"{self.task_folder(task)}/0.runtime"] = VERDICT_OK
+        return keys
