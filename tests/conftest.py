@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from s3fixtures import s3_card_run, s3_failed_run, s3_server  # noqa: F401  (session fixtures for the S3 tests)
+from s3fixtures import s3_card_run, s3_failed_run, s3_live_run, s3_server  # noqa: F401  (session fixtures for the S3 tests)
 
 from bench.common import (
     CHROMIUM,

@@ -99,6 +99,52 @@ def run_s3_flow(script: str, workdir: Path, endpoint: S3Endpoint, prefix: str, e
     return S3Run(flow, run_id, sysroot, workdir)
 
 
+@dataclass
+class LiveRun:
+    """tests/flows/s3_live_flow.py running in `workdir` against the moto server; its live card
+    waits for `go()` before its updates."""
+
+    process: subprocess.Popen[str]
+    workdir: Path
+    sysroot: str
+    flow: str = "S3LiveFlow"
+
+    def go(self) -> None:
+        (self.workdir / "go").touch()
+
+    def finish(self) -> S3Run:
+        """Waits for the run to end (it fails: a foreach item raises) and returns it."""
+        self.go()
+        self.process.wait(timeout=FLOW_WAIT)
+        out = (self.workdir / "flow.log").read_text()
+        assert self.process.returncode == 1, out[-3000:]
+        runs = (self.workdir / ".metaflow" / self.flow).iterdir()
+        [run_id] = [path.name for path in runs if path.name.isdigit()]
+        return S3Run(self.flow, run_id, self.sysroot, self.workdir)
+
+
+@pytest.fixture(scope="session")
+def s3_live_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
+    """One run of tests/flows/s3_live_flow.py, started when first asked for and shared: the live
+    test watches it, later tests read it finished."""
+    workdir = tmp_path_factory.mktemp("s3live")
+    sysroot = f"s3://{s3_server.bucket}/live"
+    with open(workdir / "flow.log", "w") as output:  # a file: a full pipe would stall the flow
+        process = subprocess.Popen(
+            [sys.executable, str(FLOWS / "s3_live_flow.py"), "--no-pylint", "run"],
+            cwd=workdir, env=s3_env(workdir, s3_server, sysroot), stdout=output, stderr=subprocess.STDOUT,
+            text=True,
+        )
+    live = LiveRun(process, workdir, sysroot)
+    try:
+        yield live
+    finally:
+        live.go()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="session")
 def s3_card_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> S3Run:
     """One finished run of tests/flows/s3_card_flow.py in the moto bucket, shared by the session."""

@@ -1,6 +1,6 @@
 """A real `--datastore s3` run seen in Chromium through `card server` started as a user with
 Metaflow set up for S3 starts it: in an empty folder, nothing but Metaflow's S3 settings in its
-environment, no flag but the port. One run of tests/flows/s3_live_flow.py and one server for the
+environment, no flag but the port. One run of tests/flows/s3_browser_flow.py and one server for the
 whole file: the live card moves in place, a re-render swaps the page, the final card, a retry, a
 failing foreach's statuses and a deep link."""
 
@@ -27,7 +27,7 @@ from test_browser_status import dots, rows_settle, shows
 from bench.common import metaflow_s3_env
 
 pytestmark = pytest.mark.timeout(600)
-FLOW = "S3LiveFlow"
+FLOW = "S3BrowserFlow"
 PREFIX = "live"  # the run's datastore: s3://<bucket>/live
 
 
@@ -92,8 +92,8 @@ def wait_run_id(workdir: Path, process: subprocess.Popen[str]) -> str:
 def s3_live(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveS3Run]:
     workdir, empty = tmp_path_factory.mktemp("s3live"), tmp_path_factory.mktemp("s3user")
     sysroot = f"s3://{s3_server.bucket}/{PREFIX}"
-    shutil.copy(FLOWS / "s3_live_flow.py", workdir)
-    process = subprocess.Popen([sys.executable, "s3_live_flow.py", "--no-pylint", "run",
+    shutil.copy(FLOWS / "s3_browser_flow.py", workdir)
+    process = subprocess.Popen([sys.executable, "s3_browser_flow.py", "--no-pylint", "run",
                                 "--max-workers", "4"], cwd=workdir, env=s3_env(workdir, s3_server, sysroot),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = None

@@ -4,13 +4,15 @@ cards, status, live updates in place, re-renders, the task view, logs, `/api/sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from s3fixtures import DUMMY_CREDENTIALS, REGION, S3Endpoint, S3Run
+from conftest import WAIT, next_message, subscribe
+from s3fixtures import DUMMY_CREDENTIALS, REGION, LiveRun, S3Endpoint, S3Run
 
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.s3.schedule import PollTiming
@@ -119,3 +121,83 @@ async def test_a_failed_run_with_cards_under_card_s3root(
     [start] = detail["tasks"]
     task = await get_json(client, f"/api/tasks/{run.flow}/{run.run_id}/start/{start['task']}")
     assert task["traceback"] is not None and "this step fails on purpose" in task["traceback"]["exception"]
+
+
+FLOW_WAIT = 180.0  # a Metaflow run on S3 takes a while to start on a loaded 2-core machine
+
+
+def title_step(message: dict[str, Any]) -> int | None:
+    """N of the "# step N" title in a card update message."""
+    for component in message["data"].values():
+        text = component.get("source", "") if isinstance(component, dict) else ""
+        if text.startswith("# step "):
+            return int(text.removeprefix("# step "))
+    return None
+
+
+def has_text(message: dict[str, Any], text: str) -> bool:
+    return text in json.dumps(message["data"])
+
+
+def statuses(detail: dict[str, Any]) -> dict[str, list[tuple[str, int | None]]]:
+    """step -> [(status, attempt)] of its tasks, in task order."""
+    found: dict[str, list[tuple[str, int | None]]] = {}
+    for task in detail["tasks"]:
+        found.setdefault(task["step"], []).append((task["status"], task["attempt"]))
+    return found
+
+
+EXPECTED = {"start": [("succeeded", 0)], "flaky": [("succeeded", 1)],
+            "each": sorted([("succeeded", 0), ("failed", 0), ("succeeded", 0)])}
+
+
+async def test_a_live_card_on_s3_updates_in_place_then_re_renders_then_ends(
+    start_app: Any, s3_server: S3Endpoint, s3_live_run: LiveRun, tmp_path: Path
+) -> None:
+    live = s3_live_run
+    client = await start_s3_app(start_app, s3_config(tmp_path, settings_for(s3_server, live.sysroot)))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, f"runs/{live.flow}")
+    found = await next_message(ws, lambda m: bool(m.get("runs") or m.get("run")), timeout=FLOW_WAIT)
+    run = (found.get("run") or found["runs"][0])["run"]
+    await subscribe(ws, f"run/{live.flow}/{run}")
+    task = await next_message(ws, lambda m: any(t["step"] == "start" and t["cards"] for t in
+                                                m.get("tasks", [m.get("task") or {"step": "", "cards": []}])),
+                              timeout=FLOW_WAIT)
+    start = next(t for t in task.get("tasks", [task.get("task")]) if t["step"] == "start")
+    card = f"{live.flow}/{run}/start/{start['task']}/{start['cards'][0]['name']}"
+    await subscribe(ws, f"card/{card}")
+    first = await next_message(ws, lambda m: m.get("type") == "card", timeout=WAIT)
+    live.go()
+    # A live update, while the task runs: its token is the render's, not "final"
+    update = await next_message(ws, lambda m: m.get("type") == "update" and (title_step(m) or 0) >= 1,
+                                timeout=FLOW_WAIT)
+    assert update["token"] != "final"
+    # The new component: the HTML rendered again (a new version) and a new reload token
+    rendered = await next_message(ws, lambda m: m.get("type") == "card"
+                                  and m["card"]["version"] != first["card"]["version"], timeout=FLOW_WAIT)
+    assert rendered["card"]["has_html"]
+    await next_message(ws, lambda m: m.get("type") == "update" and has_text(m, "a new section")
+                       and m["token"] != update["token"], timeout=FLOW_WAIT)
+    await next_message(ws, lambda m: m.get("type") == "update" and m["token"] == "final", timeout=FLOW_WAIT)
+    # The rest of the run, seen as it ends: a retry, a failing foreach item, the run failed
+    finishing = asyncio.ensure_future(asyncio.to_thread(live.finish))  # the socket is read meanwhile
+    await next_message(ws, lambda m: m.get("type") == "run" and m["run"]["status"] == "failed",
+                       timeout=FLOW_WAIT)
+    await finishing
+    detail = await get_json(client, f"/api/runs/{live.flow}/{run}")
+    got = statuses(detail)
+    assert {**got, "each": sorted(got["each"])} == EXPECTED, got
+    assert "join" not in got and "end" not in got
+
+
+async def test_a_finished_live_run_read_with_its_local_metadata(
+    start_app: Any, s3_server: S3Endpoint, s3_live_run: LiveRun
+) -> None:
+    """Started where the run's runtime ran: the local _meta says the status, cards from S3."""
+    run = await asyncio.to_thread(s3_live_run.finish)
+    client = await start_s3_app(start_app, s3_config(run.workdir, settings_for(s3_server, run.sysroot)))
+    detail = await get_json(client, f"/api/runs/{run.flow}/{run.run_id}")
+    got = statuses(detail)
+    assert {**got, "each": sorted(got["each"])} == EXPECTED, got
+    assert detail["run"]["status"] == "failed" and detail["run"]["user"] == "tester"  # from the local _meta

@@ -97,8 +97,8 @@ class S3Source(SinkHolder):
         self.shown: set[CardKey] = set()
         self.viewers: Counter[RunKey] = Counter()  # shown runs, tasks and cards, by run
         self._docs: dict[str, tuple[str, dict[str, Any] | None]] = {}  # task-folder JSON: ETag, doc
-        self._data_etags: dict[CardKey, str] = {}
-        self._bad_data: set[tuple[CardKey, str]] = set()  # data updates that did not parse, by ETag
+        self._data_etags: dict[CardKey, str] = {}  # of the data update last read, by card
+        self._listed_etags: dict[CardKey, str] = {}  # of each data update in the latest listing
         self._sink: Sink | None = None
         self._open = False
         self._closed = False
@@ -244,6 +244,11 @@ class S3Source(SinkHolder):
         folder = "/".join(cards_run_dir(key).parts) + "/"
         cards = card_objects(self.cards.folder, await self.reader.list_tree(self.cards, folder), self.scope)
         events = changed_card_events(cards, state.cards) if state.read else card_events(cards)
+        for card in cards:
+            if card.file.kind is CardFileKind.DATA:
+                self._listed_etags[card.file.key] = card.object.etag
+                if card.file.key in self.shown:
+                    self._wake_cards.set()  # the last update of a task that just ended is read too
         status, touched = await self.status_events(key, state)
         state.cards = {card.object.key: card.object.etag for card in cards}
         state.read = True
@@ -363,7 +368,9 @@ class S3Source(SinkHolder):
         card = self.sink.index.card(key) if self._sink is not None else None
         if card is None:
             return False
-        if card.update is None:
+        read = self._data_etags.get(key)
+        listed = self._listed_etags.get(key)
+        if (card.update is None and read is None) or (listed is not None and listed != read):
             return True
         task = self.sink.index.task(key.task)
         state = self.runs.get(key.run_key)
@@ -377,14 +384,13 @@ class S3Source(SinkHolder):
         object_key = self.cards.key(*card_path(key, CardFileKind.DATA, card.legacy).parts)
         got = await self.reader.get(self.cards.bucket, object_key, self._data_etags.get(key),
                                     max_bytes=self.limits.max_data_bytes)
-        if got.outcome is not Got.NEW or (key, got.etag) in self._bad_data:
+        if got.outcome is not Got.NEW:
             return
+        self._data_etags[key] = got.etag  # a bad one too: asked again only once it changes
         update = await asyncio.to_thread(parse_update, got.body)
         if isinstance(update, str):
-            self._bad_data.add((key, got.etag))
             log.warning("S3: s3://%s/%s: %s", self.cards.bucket, object_key, update)
             return
-        self._data_etags[key] = got.etag
         self.sink.apply([DataWritten(key, card.legacy, time.time(), update)])
 
     # --- what is looked at ---------------------------------------------------------------------------
