@@ -90,6 +90,7 @@ class S3Source(SinkHolder):
         self.scope = Scope(config.flow, config.run_id)
         self.timing = timing or PollTiming()
         self.reader = reader or S3Reader(settings.endpoint_url)
+        self.reader.on_throttled = self._throttled
         self.caught_up = asyncio.Event()
         self.health = Health()
         self.runs: dict[RunKey, RunState] = {}
@@ -105,8 +106,11 @@ class S3Source(SinkHolder):
         self._gate = asyncio.Semaphore(READS_AT_ONCE)
         self._wake_runs = asyncio.Event()
         self._wake_cards = asyncio.Event()
-        self._failures = 0
+        self._failures: Counter[str] = Counter()  # failed polls in a row, by part (runs, cards)
+        self._problems: dict[str, S3Error] = {}  # what fails now, by part; the first is said
+        self._failing: dict[RunKey | CardKey | str, float] = {}  # what failed -> when to try again
         self.last_error: S3Error | None = None  # the latest failure, until a poll works again
+        self._discovery_error: S3Error | None = None  # a flow whose runs could not be listed
         self._next_discovery = 0.0
         self._jobs: set[asyncio.Task[Any]] = set()
 
@@ -121,6 +125,8 @@ class S3Source(SinkHolder):
                 self._settle(key)
             self._next_discovery = time.monotonic() + self.discovery_seconds()
             self._recovered()
+            if self._discovery_error is not None:
+                self._retry_at("discovery", "runs", self._discovery_error)
         except S3Error as error:  # said in the health message; the polls try again
             self._failed(error)
         finally:
@@ -174,22 +180,53 @@ class S3Source(SinkHolder):
 
     # --- health --------------------------------------------------------------------------------
 
-    def _failed(self, error: S3Error) -> float:
-        """Say why polling fails (once per change of reason) and how long to wait before retrying."""
-        self._failures += 1
+    def _failed(self, error: S3Error, part: str = "runs") -> float:
+        """Say why polling fails (once per change of what is said) and how long to wait before
+        retrying that part."""
+        self._failures[part] += 1
+        self._problems[part] = error
         self.last_error = error
-        problem = f"{error}; retrying"
+        self._say()
+        return self.timing.retry_after(self._failures[part])
+
+    def _recovered(self, part: str = "runs") -> None:
+        self._failures.pop(part, None)
+        self._problems.pop(part, None)
+        if not self._problems:
+            self.last_error = None
+        self._say()
+
+    def _say(self) -> None:
+        """Health is the first problem that still stands (the loops and the reader each have
+        theirs, so one part working again does not hide another that still fails)."""
+        if not self._problems:
+            if not self.health.ok:
+                log.warning("S3: polling works again")
+                self._set_health(Health(True, self.health.restarts, None))
+            return
+        problem = f"{next(iter(self._problems.values()))}; retrying"
         if self.health.ok or self.health.problem != problem:
             log.warning("S3: %s", problem)
             self._set_health(Health(False, self.health.restarts + (1 if self.health.ok else 0), problem))
-        return self.timing.retry_after(self._failures)
 
-    def _recovered(self) -> None:
-        self._failures = 0
-        self.last_error = None
-        if not self.health.ok:
-            log.warning("S3: polling works again")
-            self._set_health(Health(True, self.health.restarts, None))
+    def _throttled(self, active: bool, code: str) -> None:
+        """The reader is backing off throttled requests (it retries them until they pass)."""
+        if active:
+            self._failed(S3Error(f"S3 is throttling requests ({code}): backing off"), "throttled")
+        else:
+            self._recovered("throttled")
+
+    def _retry_at(self, what: RunKey | CardKey | str, part: str, error: S3Error) -> None:
+        """One run, card or the discovery failed: only it waits (backing off); the rest goes on."""
+        self._failing[what] = time.monotonic() + self._failed(error, part)
+
+    def _worked(self, what: RunKey | CardKey | str, part: str) -> None:
+        self._failing.pop(what, None)
+        if not any(isinstance(key, CardKey) == (part == "cards") for key in self._failing):
+            self._recovered(part)
+
+    def _may_try(self, what: RunKey | CardKey | str, now: float) -> bool:
+        return self._failing.get(what, 0.0) <= now
 
     def _set_health(self, health: Health) -> None:
         self.health = health
@@ -220,14 +257,21 @@ class S3Source(SinkHolder):
             return await read(key)
 
     async def discover(self) -> list[RunKey]:
-        """Flows and runs in the card root (delimiter listings); the runs not known before."""
+        """Flows and runs in the card root (delimiter listings); the runs not known before. A
+        flow whose runs cannot be listed (access denied on part of the prefix) does not stop
+        the others: it is `_discovery_error`, and tried again at the next discovery."""
         top = await self.reader.list_folder(self.cards)
         flows = [name for name in folder_names(self.cards.folder, top.folders) if self.scope.wants(name)]
         self.flows = set(flows)
         new: list[RunKey] = []
+        self._discovery_error = None
         for flow in flows:
             prefix = self.cards.key(*cards_runs_dir(flow).parts) + "/"
-            listing = await self.reader.list_folder(self.cards, prefix.removeprefix(self.cards.folder))
+            try:
+                listing = await self.reader.list_folder(self.cards, prefix.removeprefix(self.cards.folder))
+            except S3Error as error:
+                self._discovery_error = self._discovery_error or error
+                continue
             for run in folder_names(prefix, listing.folders):
                 key = RunKey(flow, run)
                 if self.scope.wants(flow, run) and key not in self.runs:
@@ -322,9 +366,8 @@ class S3Source(SinkHolder):
         while True:
             try:
                 await self._poll_runs_once()
-                self._recovered()
                 delay = self._next_due() - time.monotonic()
-            except S3Error as error:
+            except S3Error as error:  # the card root itself cannot be listed
                 delay = self._failed(error)
             self._wake_runs.clear()
             if delay > 0:
@@ -338,30 +381,48 @@ class S3Source(SinkHolder):
             self._next_discovery = now + self.discovery_seconds()
             if new:
                 self.sink.apply([RunWritten(key, None, None) for key in new])
-        due = [key for key, state in self.runs.items() if not state.done and state.due <= now]
-        results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due))
-        for key, (events, touched) in zip(due, results, strict=True):
-            self._apply_run(key, events, touched)
+            if self._discovery_error is not None:
+                self._retry_at("discovery", "runs", self._discovery_error)
+            else:
+                self._worked("discovery", "runs")
+        due = [key for key, state in self.runs.items()
+               if not state.done and state.due <= now and self._may_try(key, now)]
+        results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due),
+                                       return_exceptions=True)
+        for key, result in zip(due, results, strict=True):
+            if isinstance(result, S3Error):
+                self._retry_at(key, "runs", result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._apply_run(key, *result)
+                self._worked(key, "runs")
 
     def _next_due(self) -> float:
-        times = [state.due for state in self.runs.values() if not state.done]
+        times = [max(state.due, self._failing.get(key, 0.0)) for key, state in self.runs.items()
+                 if not state.done]
         return min([self._next_discovery, *times])
 
     async def _poll_cards(self) -> None:
         """The data update of each shown card that may still change, every `card_seconds`."""
         while True:
-            wanted = [key for key in self.shown if self._may_update(key)]
-            if not wanted:
+            now = time.monotonic()
+            shown = [key for key in self.shown if self._may_update(key)]
+            wanted = [key for key in shown if self._may_try(key, now)]
+            if not shown:
                 self._wake_cards.clear()
                 await self._wake_cards.wait()
                 continue
-            try:
-                await asyncio.gather(*(self.fetch_update(key) for key in wanted))
-                self._recovered()
-                delay = self.timing.card_seconds
-            except S3Error as error:
-                delay = self._failed(error)
-            await asyncio.sleep(delay)
+            results = await asyncio.gather(*(self.fetch_update(key) for key in wanted),
+                                           return_exceptions=True)
+            for key, result in zip(wanted, results, strict=True):
+                if isinstance(result, S3Error):
+                    self._retry_at(key, "cards", result)  # only this card backs off
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    self._worked(key, "cards")
+            await asyncio.sleep(self.timing.card_seconds)
 
     def _may_update(self, key: CardKey) -> bool:
         """A shown card whose update is not read yet, or whose task and run may still write."""
@@ -406,6 +467,8 @@ class S3Source(SinkHolder):
                 self._wake_cards.set()
             else:
                 self.shown.discard(key)
+                if key in self._failing:
+                    self._worked(key, "cards")  # nobody waits for it any more
         state = self.runs.get(run)
         if shown and state is not None and not state.done and self.viewers[run] == 1:
             state.due = 0.0  # a run someone starts looking at is read now, then every 5 s
