@@ -256,3 +256,18 @@ async def test_a_half_written_or_garbage_update_is_said_once_and_the_next_one_sh
     assert not [line for line in faults.logged() if run.update_key(0) in line]
     with urllib.request.urlopen(f"{faults.server.url}api/cards/{run.card_path(0)}", timeout=10) as answer:
         assert "value 31" in json.dumps(json.load(answer)["update"])
+
+
+async def test_the_viewer_says_what_fails_until_it_works_again(faults: Faulty, browser: Any) -> None:
+    run = faults.open
+    page = await browser.new_page()
+    await page.goto(f"{faults.server.url}run/{run.card_path(0)}")
+    await page.wait_for_selector("#frames iframe", state="attached", timeout=WAIT * 1000)
+    assert await page.is_hidden("#watch-health")
+    faults.proxy.state(denied=run.flow)
+    await page.wait_for_selector("#watch-health", state="visible", timeout=WAIT * 1000)
+    said = await page.locator("#watch-health").inner_text()
+    assert said.startswith("live updates interrupted: access denied (AccessDenied)"), said
+    assert run.flow in said
+    faults.proxy.state(denied="")
+    await page.wait_for_selector("#watch-health", state="hidden", timeout=WAIT * 1000)

@@ -446,11 +446,11 @@ $("card-list").addEventListener("click", (event) => {
   if (row) pick(row.dataset.id, { byHand: true, tab: "task" });
 });
 
-// The server's file watch failed (it restarts it): updates may be missing meanwhile.
+// The server's watch or S3 polling fails (it tries again): updates may be late meanwhile.
 function showHealth(health) {
   const node = $("watch-health");
   node.hidden = health.ok;
-  node.textContent = health.ok ? "" : "live updates interrupted: restarting the file watch";
+  node.textContent = health.ok ? "" : `live updates interrupted: ${health.problem || "restarting the file watch"}`;
   node.title = health.problem || "";
 }
 
