@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import FLOWS, ServerProcess, launch
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 from s3fixtures import FLOW_WAIT, S3Endpoint, s3_env
 from test_browser import shown_eval, until_shown, wait_card_frame
 from test_browser_status import dots, rows_settle, shows
@@ -74,6 +75,27 @@ class LiveS3Run:
         return f"{FLOW}/{self.run_id}/{step}/{task['task']}/{task['cards'][-1]['name']}"
 
 
+async def within(wait: Any, seconds: float = FLOW_WAIT) -> Any:
+    """`wait()` (one of test_browser's 20 s waits) again until it succeeds within `seconds`: on
+    S3 a change takes a card subprocess, an upload and the next listing of the viewed run
+    (every 5 s) to show, on a loaded machine."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await wait()
+        except (AssertionError, PlaywrightTimeout):
+            if time.monotonic() > deadline:
+                raise
+
+
+async def shown_within(page: Any, script: str) -> None:
+    await within(lambda: until_shown(page, script))
+
+
+async def frame_within(page: Any, contains: str) -> Any:
+    return await within(lambda: wait_card_frame(page, contains))
+
+
 def wait_run_id(workdir: Path, process: subprocess.Popen[str]) -> str:
     """The run's id, from its local metadata, as soon as the run has started."""
     deadline = time.monotonic() + FLOW_WAIT
@@ -123,8 +145,8 @@ def test_the_start_line_names_the_s3_datastore(s3_live: LiveS3Run, s3_server: S3
 async def test_the_live_card_moves_in_place(s3_live: LiveS3Run, browser: Any) -> None:
     page = await browser.new_page()
     await page.goto(s3_live.server.url)  # follow mode: the newest run, its running card
-    frame = await wait_card_frame(page, f"/{s3_live.run_id}/start/")
-    await until_shown(page, "/tick \\d+/.test(document.body.innerText)")
+    frame = await frame_within(page, f"/{s3_live.run_id}/start/")
+    await shown_within(page, "/tick \\d+/.test(document.body.innerText)")
     first = await shown_eval(page, "Number(/tick (\\d+)/.exec(document.body.innerText)[1])")
     await frame.evaluate("window.__marker = 'same page'")
     # Two more ticks, each a data update PUT by a `card create` subprocess, shown in place.
@@ -140,10 +162,10 @@ async def test_the_live_card_moves_in_place(s3_live: LiveS3Run, browser: Any) ->
 async def test_a_rerender_replaces_the_page(s3_live: LiveS3Run, browser: Any) -> None:
     page = await browser.new_page()
     await page.goto(s3_live.server.url)
-    await wait_card_frame(page, f"/{s3_live.run_id}/start/")
+    await frame_within(page, f"/{s3_live.run_id}/start/")
     before = s3_live.api(f"api/cards/{s3_live.card('start')}")["version"]
     s3_live.touch("rerender")  # the step adds a component: Metaflow renders the HTML again
-    await until_shown(page, "document.body.innerText.includes('re-rendered')")
+    await shown_within(page, "document.body.innerText.includes('re-rendered')")
     assert s3_live.api(f"api/cards/{s3_live.card('start')}")["version"] != before
 
 
@@ -151,7 +173,7 @@ async def test_the_final_card(s3_live: LiveS3Run, browser: Any) -> None:
     s3_live.finished()
     page = await browser.new_page()
     await page.goto(f"{s3_live.server.url}card/{s3_live.card('start')}")
-    await until_shown(page, "document.body.innerText.includes('last tick')")
+    await shown_within(page, "document.body.innerText.includes('last tick')")
     assert await shown_eval(page, "window.METAFLOW_RELOAD_TOKEN") == "final"
     assert await page.is_hidden("#liveness")
 
@@ -191,8 +213,8 @@ async def test_a_deep_link_opens_its_card(s3_live: LiveS3Run, browser: Any) -> N
     flaky = s3_live.card("flaky")
     page = await browser.new_page()
     await page.goto(f"{s3_live.server.url}run/{flaky}")
-    await wait_card_frame(page, flaky.rsplit("/", 1)[1])
-    await until_shown(page, "document.body.innerText.includes('attempt 1')")
+    await frame_within(page, flaky.rsplit("/", 1)[1])
+    await shown_within(page, "document.body.innerText.includes('attempt 1')")
     assert await page.get_attribute("#follow", "aria-pressed") == "false"
     selected = page.locator("#card-list .row[aria-selected=true]")
     assert await selected.get_attribute("data-id") == "/".join(flaky.split("/")[2:])
