@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .s3.schedule import PollTiming
 from .s3.settings import S3Settings
 from .status import GRACE_SECONDS
 
@@ -88,6 +89,7 @@ class Config:
     # Where the cards are when they are on S3 (then `roots` is only where a local runtime keeps
     # its `_meta`); None for a local datastore.
     s3: S3Settings | None = None
+    s3_timing: PollTiming = field(default_factory=PollTiming)  # how often S3 is asked what
 
     @property
     def url(self) -> str:

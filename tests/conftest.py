@@ -19,7 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from s3fixtures import s3_card_run, s3_failed_run, s3_live_run, s3_server  # noqa: F401  (session fixtures for the S3 tests)
+from s3fixtures import (  # noqa: F401  (fixtures for the S3 tests)
+    s3_card_run,
+    s3_credentials,
+    s3_failed_run,
+    s3_live_run,
+    s3_server,
+)
 
 from bench.common import (
     CHROMIUM,
@@ -99,6 +105,18 @@ async def next_message(
                 return data
 
     return await asyncio.wait_for(read(), timeout)
+
+
+async def all_of(ws: aiohttp.ClientWebSocketResponse, *predicates: Callable[[dict[str, Any]], bool],
+                 timeout: float = WAIT) -> list[dict[str, Any]]:
+    """Until a message matching each predicate came, in any order: those messages, in order."""
+    left = list(predicates)
+    found = []
+    while left:
+        message = await next_message(ws, lambda m, waiting=tuple(left): any(p(m) for p in waiting), timeout)
+        found.append(message)
+        left = [p for p in left if not p(message)]
+    return found
 
 
 async def subscribe(ws: aiohttp.ClientWebSocketResponse, topic: str, **extra: Any) -> None:

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from bench.common import metaflow_env, metaflow_s3_env, start_moto_server
+from cardserver.config import Config, Roots, WatchTiming
+from cardserver.s3.schedule import PollTiming
+from cardserver.s3.settings import S3Settings, parse_s3_url
 
 FLOWS = Path(__file__).resolve().parent / "flows"
 BUCKET = "cardserver-test"
@@ -48,6 +51,13 @@ class S3Endpoint:
 def _boto_keys() -> dict[str, str]:
     return {"aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard AWS chain, fed from the environment as a user would (for the server in process)."""
+    for name, value in {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(scope="session")
@@ -161,3 +171,30 @@ def s3_failed_run(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactor
                       METAFLOW_CARD_S3ROOT=f"s3://{s3_server.bucket}/elsewhere/cards")
     assert run.flow == "S3FailFlow"
     return run
+
+
+# --- the server on S3, in process ---------------------------------------------------------------
+
+# The tests' pace: what the server does every 5 s or 30 s, they see done in a second
+FAST = PollTiming(card_seconds=0.1, viewed_run_seconds=0.5, unviewed_run_seconds=1.0,
+                  min_discovery_seconds=0.5, idle_lists_per_minute=600)
+
+
+def settings_for(endpoint_url: str, sysroot: str | None, cards: str | None = None) -> S3Settings:
+    """A datastore at `sysroot` (None: cards only) with its cards in mf.cards or at `cards`."""
+    root = parse_s3_url(sysroot, "test") if sysroot else None
+    card_root = parse_s3_url(cards, "test") if cards else root.child("mf.cards") if root else None
+    return S3Settings("s3", root, card_root, endpoint_url)
+
+
+def s3_config(workdir: Path, settings: S3Settings, timing: PollTiming = FAST) -> Config:
+    """The server as started in `workdir` (its `.metaflow` is where a local runtime's _meta is)."""
+    datastore = workdir / ".metaflow"
+    return Config(Roots(datastore, datastore / "mf.cards"), port=0, s3=settings, s3_timing=timing,
+                  timing=WatchTiming(status_grace_seconds=0))
+
+
+async def get_json(client: Any, path: str) -> Any:
+    response = await client.get(path)
+    assert response.status == 200, (path, response.status, await response.text())
+    return await response.json()

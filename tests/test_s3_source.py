@@ -10,61 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from conftest import WAIT, next_message, subscribe
-from s3fixtures import DUMMY_CREDENTIALS, REGION, LiveRun, S3Endpoint, S3Run
+from conftest import WAIT, all_of, next_message, subscribe
+from s3fixtures import (
+    LiveRun,
+    S3Endpoint,
+    S3Run,
+    get_json,
+    s3_config,
+    settings_for,
+)
 
-from cardserver.config import Config, Roots, WatchTiming
-from cardserver.s3.schedule import PollTiming
-from cardserver.s3.settings import S3Settings, parse_s3_url
 from cardserver.s3.source import S3Source
 from cardserver.web.keys import SOURCE
 
-FAST = PollTiming(card_seconds=0.1, viewed_run_seconds=0.5, unviewed_run_seconds=1.0,
-                  min_discovery_seconds=0.5, idle_lists_per_minute=600)
-
-
-@pytest.fixture(autouse=True)
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The standard AWS chain, fed from the environment as a user would."""
-    for name, value in {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(name, value)
-
-
-def settings_for(endpoint: S3Endpoint, sysroot: str, cards: str | None = None) -> S3Settings:
-    root = parse_s3_url(sysroot, "test")
-    card_root = parse_s3_url(cards, "test") if cards else root.child("mf.cards")
-    return S3Settings("s3", root, card_root, endpoint.url)
-
-
-def s3_config(workdir: Path, settings: S3Settings, **extra: Any) -> Config:
-    """The server as started in `workdir` (its `.metaflow` is where a local runtime's _meta is)."""
-    datastore = workdir / ".metaflow"
-    return Config(Roots(datastore, datastore / "mf.cards"), port=0, s3=settings,
-                  timing=WatchTiming(status_grace_seconds=0), **extra)
-
-
-async def start_s3_app(start_app: Any, config: Config, timing: PollTiming = FAST) -> TestClient:
-    """The app with its S3 source paced by `timing` (the tests' fast polling)."""
-    from cardserver.web import app as app_module
-
-    real = app_module.pick_source
-
-    def paced(config: Config, first_scan: Any) -> Any:
-        assert config.s3 is not None
-        return S3Source(config, config.s3, timing)
-
-    app_module.pick_source = paced  # type: ignore[assignment]
-    try:
-        return await start_app(config)  # type: ignore[no-any-return]
-    finally:
-        app_module.pick_source = real  # type: ignore[assignment]
-
-
-async def get_json(client: TestClient, path: str) -> Any:
-    response = await client.get(path)
-    assert response.status == 200, (path, response.status, await response.text())
-    return await response.json()
+pytestmark = pytest.mark.usefixtures("s3_credentials")
 
 
 def card_of(detail: dict[str, Any], step: str) -> str:
@@ -77,7 +36,7 @@ async def test_a_finished_run_is_served_with_status_from_its_s3_task_folders(
     start_app: Any, s3_server: S3Endpoint, s3_card_run: S3Run, tmp_path: Path
 ) -> None:
     run = s3_card_run
-    client = await start_s3_app(start_app, s3_config(tmp_path, settings_for(s3_server, run.sysroot)))
+    client = await start_app(s3_config(tmp_path, settings_for(s3_server.url, run.sysroot)))
     flows = await get_json(client, "/api/flows")
     assert [f["flow"] for f in flows["flows"]] == [run.flow]
     detail = await get_json(client, f"/api/runs/{run.flow}/{run.run_id}")
@@ -99,7 +58,7 @@ async def test_the_task_view_and_logs_come_from_s3(
     start_app: Any, s3_server: S3Endpoint, s3_card_run: S3Run, tmp_path: Path
 ) -> None:
     run = s3_card_run
-    client = await start_s3_app(start_app, s3_config(tmp_path, settings_for(s3_server, run.sysroot)))
+    client = await start_app(s3_config(tmp_path, settings_for(s3_server.url, run.sysroot)))
     detail = await get_json(client, f"/api/runs/{run.flow}/{run.run_id}")
     [end] = [t for t in detail["tasks"] if t["step"] == "end"]
     task = await get_json(client, f"/api/tasks/{run.flow}/{run.run_id}/end/{end['task']}")
@@ -113,8 +72,8 @@ async def test_a_failed_run_with_cards_under_card_s3root(
     start_app: Any, s3_server: S3Endpoint, s3_failed_run: S3Run, tmp_path: Path
 ) -> None:
     run = s3_failed_run
-    settings = settings_for(s3_server, run.sysroot, f"s3://{s3_server.bucket}/elsewhere/cards")
-    client = await start_s3_app(start_app, s3_config(tmp_path, settings))
+    settings = settings_for(s3_server.url, run.sysroot, f"s3://{s3_server.bucket}/elsewhere/cards")
+    client = await start_app(s3_config(tmp_path, settings))
     detail = await get_json(client, f"/api/runs/{run.flow}/{run.run_id}")
     assert {t["step"]: t["status"] for t in detail["tasks"]} == {"start": "failed"}
     assert detail["run"]["status"] == "failed"
@@ -155,7 +114,7 @@ async def test_a_live_card_on_s3_updates_in_place_then_re_renders_then_ends(
     start_app: Any, s3_server: S3Endpoint, s3_live_run: LiveRun, tmp_path: Path
 ) -> None:
     live = s3_live_run
-    client = await start_s3_app(start_app, s3_config(tmp_path, settings_for(s3_server, live.sysroot)))
+    client = await start_app(s3_config(tmp_path, settings_for(s3_server.url, live.sysroot)))
     ws = await client.ws_connect("/ws")
     await subscribe(ws, f"runs/{live.flow}")
     found = await next_message(ws, lambda m: bool(m.get("runs") or m.get("run")), timeout=FLOW_WAIT)
@@ -173,17 +132,16 @@ async def test_a_live_card_on_s3_updates_in_place_then_re_renders_then_ends(
     update = await next_message(ws, lambda m: m.get("type") == "update" and (title_step(m) or 0) >= 1,
                                 timeout=FLOW_WAIT)
     assert update["token"] != "final"
-    # The new component: the HTML rendered again (a new version) and a new reload token
-    rendered = await next_message(ws, lambda m: m.get("type") == "card"
-                                  and m["card"]["version"] != first["card"]["version"], timeout=FLOW_WAIT)
-    assert rendered["card"]["has_html"]
-    await next_message(ws, lambda m: m.get("type") == "update" and has_text(m, "a new section")
-                       and m["token"] != update["token"], timeout=FLOW_WAIT)
-    await next_message(ws, lambda m: m.get("type") == "update" and m["token"] == "final", timeout=FLOW_WAIT)
+    # The new component: the HTML rendered again (a new version), an update with a new reload
+    # token, then the final update (read in any order: each poll may see any of them first)
+    await all_of(ws, lambda m: m.get("type") == "card" and m["card"]["version"] != first["card"]["version"],
+                 lambda m: m.get("type") == "update" and has_text(m, "a new section")
+                 and m["token"] not in (update["token"], "final"),
+                 lambda m: m.get("type") == "update" and m["token"] == "final", timeout=FLOW_WAIT)
     # The rest of the run, seen as it ends: a retry, a failing foreach item, the run failed
     finishing = asyncio.ensure_future(asyncio.to_thread(live.finish))  # the socket is read meanwhile
-    await next_message(ws, lambda m: m.get("type") == "run" and m["run"]["status"] == "failed",
-                       timeout=FLOW_WAIT)
+    await next_message(ws, lambda m: m.get("type") == "run" and m["run"]["status"] == "failed"
+                       and m["run"]["counts"] == {"succeeded": 4, "failed": 1}, timeout=FLOW_WAIT)
     await finishing
     detail = await get_json(client, f"/api/runs/{live.flow}/{run}")
     got = statuses(detail)
@@ -196,7 +154,7 @@ async def test_a_finished_live_run_read_with_its_local_metadata(
 ) -> None:
     """Started where the run's runtime ran: the local _meta says the status, cards from S3."""
     run = await asyncio.to_thread(s3_live_run.finish)
-    client = await start_s3_app(start_app, s3_config(run.workdir, settings_for(s3_server, run.sysroot)))
+    client = await start_app(s3_config(run.workdir, settings_for(s3_server.url, run.sysroot)))
     detail = await get_json(client, f"/api/runs/{run.flow}/{run.run_id}")
     got = statuses(detail)
     assert {**got, "each": sorted(got["each"])} == EXPECTED, got

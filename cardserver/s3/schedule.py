@@ -38,8 +38,9 @@ class PollTiming:
 
 
 def followed(status: Status, newest_write: float, now: float, recent_seconds: float) -> bool:
-    """A run that may still change: running, pending, or unknown yet written to lately (a
-    remote step may take its time to start). Succeeded, failed or stopped runs are done."""
-    if status in (Status.RUNNING, Status.PENDING):
+    """A run that may still change: running, or anything but succeeded that wrote lately (a
+    failed attempt's retry, or a remote step, may take a while to show). A run whose `end`
+    succeeded is done; so is one quiet for `recent_seconds` (running ones go unknown when stale)."""
+    if status is Status.RUNNING:
         return True
-    return status is Status.UNKNOWN and now - newest_write < recent_seconds
+    return status is not Status.SUCCEEDED and now - newest_write < recent_seconds

@@ -202,6 +202,8 @@ class S3Source(SinkHolder):
         if not self._problems:
             if not self.health.ok:
                 log.warning("S3: polling works again")
+                self._wake_cards.set()  # the other poll may be backing off: it tries again now
+                self._wake_runs.set()
                 self._set_health(Health(True, self.health.restarts, None))
             return
         problem = f"{next(iter(self._problems.values()))}; retrying"
@@ -369,6 +371,9 @@ class S3Source(SinkHolder):
                 delay = self._next_due() - time.monotonic()
             except S3Error as error:  # the card root itself cannot be listed
                 delay = self._failed(error)
+            except Exception as error:  # a bug must not stop the polling: log it, try again
+                log.exception("S3: polling failed")
+                delay = self._failed(S3Error(f"polling failed: {error!r}"))
             self._wake_runs.clear()
             if delay > 0:
                 with suppress(TimeoutError):
@@ -418,6 +423,9 @@ class S3Source(SinkHolder):
             for key, result in zip(wanted, results, strict=True):
                 if isinstance(result, S3Error):
                     self._retry_at(key, "cards", result)  # only this card backs off
+                elif isinstance(result, Exception):  # a bug: polling must go on, this card backs off
+                    log.error("S3: reading a card's update failed", exc_info=result)
+                    self._retry_at(key, "cards", S3Error(repr(result)))
                 elif isinstance(result, BaseException):
                     raise result
                 else:

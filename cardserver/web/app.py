@@ -76,7 +76,7 @@ def pick_source(config: Config, first_scan: Prescan | None) -> Source:
         return LocalSource(config, first_scan)
     from ..s3.source import S3Source
 
-    return S3Source(config, config.s3)
+    return S3Source(config, config.s3, config.s3_timing)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
