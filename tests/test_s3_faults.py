@@ -133,6 +133,18 @@ def health(ok: bool) -> Any:
     return lambda m: m.get("type") == "health" and m.get("ok") is ok
 
 
+async def all_of(ws: aiohttp.ClientWebSocketResponse, timeout: float, *wanted: Any) -> list[dict[str, Any]]:
+    """A message for each of `wanted` (predicates), in whatever order they come."""
+    found: list[dict[str, Any] | None] = [None] * len(wanted)
+    deadline = time.monotonic() + timeout
+    while None in found:
+        missing = [i for i, f in enumerate(found) if f is None]
+        message = await next_message(ws, lambda m, missing=missing: any(wanted[i](m) for i in missing),
+                                     max(0.1, deadline - time.monotonic()))
+        found[next(i for i in missing if wanted[i](message))] = message
+    return [m for m in found if m is not None]
+
+
 # --- at start-up --------------------------------------------------------------------------------
 
 
@@ -193,9 +205,8 @@ async def test_throttling_for_a_while_loses_nothing(faults: Faulty) -> None:
         problem = await next_message(ws, health(False), THROTTLE_SECONDS + WAIT)
         assert "SlowDown" in problem["problem"], problem
         assert faults.status()["watch"]["ok"] is False
-        await next_message(ws, shows(2), THROTTLE_SECONDS + WAIT)
-        await next_message(ws, health(True), WAIT)
-        task = await next_message(ws, lambda m: m.get("type") == "task" and m["task"]["task"] == "1", WAIT)
+        ended = lambda m: m.get("type") == "task" and m["task"]["task"] == "1"  # noqa: E731
+        *_, task = await all_of(ws, THROTTLE_SECONDS + WAIT, shows(2), health(True), ended)
         assert task["task"]["status"] == "succeeded"
     said = [line for line in faults.logged() if "SlowDown" in line]
     assert len(said) == 1, said
@@ -216,8 +227,7 @@ async def test_access_denied_on_part_of_the_prefix_stops_only_that_part(faults: 
         # What the denied part writes meanwhile arrives once access is back.
         secret.place.put(secret.update_key(1), value(secret, 12))
         faults.proxy.state(denied="")
-        await next_message(ws, lambda m: m.get("topic") == topics[1] and shows(12)(m), WAIT)
-        await next_message(ws, health(True), WAIT)
+        await all_of(ws, WAIT, lambda m: m.get("topic") == topics[1] and shows(12)(m), health(True))
 
 
 async def test_an_object_gone_between_list_and_get_is_no_fault(faults: Faulty) -> None:
