@@ -4,9 +4,9 @@ own process; it injects the faults): each gives one clear line, and nothing is l
 - At start-up (no credentials, a wrong endpoint, a missing bucket, access denied): exit 2 with
   one line, no traceback, for `card server` and `card list`.
 - While serving (throttling for a while, access denied on part of the prefix, an object gone
-  between its listing and its GET, a half-written or garbage JSON object): the problem in
-  `/api/status` and on the viewer's sockets (and on screen), the rest still flowing; once the
-  fault ends, what was written meanwhile arrives.
+  between its listing and its GET, a half-written or garbage JSON object, as a data update or
+  a task's verdict): the problem in `/api/status` and on the viewer's sockets (and on screen),
+  the rest still flowing; once the fault ends, what was written meanwhile arrives.
 
 `S3_THROTTLE_SECONDS` (default 6) sets how long S3 throttles in the throttling test; the issue's
 minute is `S3_THROTTLE_SECONDS=60 pytest tests/test_s3_faults.py -k throttl` (about 1.5 min).
@@ -91,12 +91,12 @@ def fault_proxy(s3_server: S3Endpoint) -> Iterator[Proxy]:
 @pytest.fixture(scope="session")
 def faulty(s3_server: S3Endpoint, fault_proxy: Proxy,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
-    """Two flows with a live run each (two running tasks with a live card), served by one
+    """Two flows with a live run each (three running tasks with a live card), served by one
     `card server` that reaches S3 through the proxy."""
     place = S3Place(s3_server.url, s3_server.bucket, PREFIX)
     runs = [WrittenRun(place, flow, "1") for flow in ("OpenFlow", "SecretFlow")]
     for run in runs:
-        place.put_many(run.started(range(2), lambda _: LIVE_HTML, lambda _, run=run: value(run, 0)))
+        place.put_many(run.started(range(3), lambda _: LIVE_HTML, lambda _, run=run: value(run, 0)))
     env = {"USERNAME": "tester", **metaflow_s3_env(fault_proxy.server.url, place.sysroot)}
     server = launch(["server"], tmp_path_factory.mktemp("faults-user"), env=env)
     try:
@@ -281,3 +281,22 @@ async def test_the_viewer_says_what_fails_until_it_works_again(faults: Faulty, b
     assert run.flow in said
     faults.proxy.state(denied="")
     await page.wait_for_selector("#watch-health", state="hidden", timeout=WAIT * 1000)
+
+
+async def test_a_garbage_verdict_in_a_task_folder_says_nothing_until_a_good_one_lands(
+    faults: Faulty
+) -> None:
+    run = faults.secret
+    topic = f"run/{run.flow}/{run.run_id}"
+    task = lambda status: lambda m: (m.get("type") == "task" and m["task"]["task"] == "2"  # noqa: E731
+                                     and m["task"]["status"] == status)
+    folder = run.task_folder(2)  # a task no other test uses
+    async with viewer(faults.server, topic) as ws:
+        run.place.put_many({f"{folder}/0.task_end": b"{}", f"{folder}/0.DONE.lock": b"",
+                            f"{folder}/0.runtime": b'{"return_code": 0, "succ'})
+        # Ended, and nothing readable says how: said honestly, not guessed
+        await next_message(ws, task("unknown"), WAIT)
+        run.place.put(f"{folder}/0.runtime", b'{"return_code": 0, "killed": false, "success": true}')
+        await next_message(ws, task("succeeded"), WAIT)
+    assert faults.status()["watch"]["ok"] is True
+    assert not [line for line in faults.logged() if "Traceback" in line]
