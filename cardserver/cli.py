@@ -104,7 +104,7 @@ def s3_origin(settings: S3Settings) -> str:
     origins = settings.origins
     if "--root" in origins:
         where = "--root"
-    elif "METAFLOW_CARD_S3ROOT" in origins and settings.sysroot != settings.cards:
+    elif settings.sysroot is None or settings.cards != settings.sysroot.child(cfg.CARDS_DIR):
         where = f"METAFLOW_CARD_S3ROOT in {origins['METAFLOW_CARD_S3ROOT']}"
     else:
         where = f"METAFLOW_DATASTORE_SYSROOT_S3 in {origins.get('METAFLOW_DATASTORE_SYSROOT_S3', '?')}"

@@ -96,19 +96,22 @@ async def test_a_run_past_1000_keys_is_listed_whole(
     assert detail["run"]["tasks"] == 1001 and detail["run"]["cards"] == 1001
 
 
-async def test_a_finished_run_is_not_polled_again(
+async def test_finished_runs_are_not_polled_again(
     start_app: Any, s3_server: S3Endpoint, proxy: tuple[FaultProxy, str], tmp_path: Any
 ) -> None:
+    """Twelve finished runs (more than are read at once) are read, then never listed again."""
     faults, url = proxy
-    s3_server.put_many({**card_files("done/mf.cards", "DoneFlow", "5", "end", "9", "blank-d1", "# done"),
-                        **task_files("done", "DoneFlow", "5", "end", "9", ended=True)})
+    runs = [str(run) for run in range(1, 13)]
+    s3_server.put_many({key: body for run in runs for key, body in {
+        **card_files("done/mf.cards", "DoneFlow", run, "end", "9", f"blank-d{run}", "# done"),
+        **task_files("done", "DoneFlow", run, "end", "9", ended=True)}.items()})
     client = await start_app(s3_config(tmp_path, settings_for(url, f"s3://{s3_server.bucket}/done")))
-    detail = await get_json(client, "/api/runs/DoneFlow/5")
-    assert detail["run"]["status"] == "succeeded"
+    listed = await get_json(client, "/api/flows/DoneFlow/runs")
+    assert {run["run"]: run["status"] for run in listed["runs"]} == dict.fromkeys(runs, "succeeded")
     seen = len(faults.requests)
-    # Discovery goes on (a new run may come); the finished run's folders are never listed again
+    # Discovery goes on (a new run may come); the finished runs' folders are never listed again
     await until(lambda: sum("delimiter" in r for r in faults.requests[seen:]) >= 6, "three discoveries")
-    assert not [r for r in faults.requests[seen:] if "DoneFlow%2F5" in r or "runs%2F5" in r]
+    assert not [r for r in faults.requests[seen:] if "DoneFlow%2F" in r and "delimiter" not in r]
 
 
 async def test_a_viewed_card_keeps_its_updates_through_an_s3_outage(

@@ -102,8 +102,9 @@ class S3Source(SinkHolder):
         self._listed_etags: dict[CardKey, str] = {}  # of each data update in the latest listing
         self._sink: Sink | None = None
         self._open = False
-        self._closed = False
-        self._gate = asyncio.Semaphore(READS_AT_ONCE)
+        # Runs read at once, and objects read at once: apart, as a run's read waits on its objects
+        self._run_gate = asyncio.Semaphore(READS_AT_ONCE)
+        self._object_gate = asyncio.Semaphore(READS_AT_ONCE)
         self._wake_runs = asyncio.Event()
         self._wake_cards = asyncio.Event()
         self._failures: Counter[str] = Counter()  # failed polls in a row, by part (runs, cards)
@@ -112,7 +113,7 @@ class S3Source(SinkHolder):
         self.last_error: S3Error | None = None  # the latest failure, until a poll works again
         self._discovery_error: S3Error | None = None  # a flow whose runs could not be listed
         self._next_discovery = 0.0
-        self._jobs: set[asyncio.Task[Any]] = set()
+        self._polls: list[asyncio.Task[None]] = []
 
     # --- the source's life -------------------------------------------------------------------
 
@@ -135,7 +136,9 @@ class S3Source(SinkHolder):
     async def follow(self, sink: Sink) -> None:
         self._sink = sink
         await self._ensure_open()
-        await asyncio.gather(self._poll_runs(), self._poll_cards())
+        self._polls = [asyncio.create_task(self._poll_runs(), name="cardserver-s3-runs"),
+                       asyncio.create_task(self._poll_cards(), name="cardserver-s3-cards")]
+        await asyncio.gather(*self._polls)
 
     async def _ensure_open(self) -> None:
         if not self._open:
@@ -143,11 +146,10 @@ class S3Source(SinkHolder):
             self._open = True
 
     async def close(self) -> None:
-        self._closed = True
-        for job in list(self._jobs):
-            job.cancel()
+        for poll in self._polls:  # before the reader closes under them
+            poll.cancel()
             with suppress(asyncio.CancelledError, Exception):
-                await job
+                await poll
         if self._open:
             self._open = False
             with suppress(Exception):
@@ -169,6 +171,7 @@ class S3Source(SinkHolder):
             "watch": self.health.as_dict(),
             "s3": {
                 "endpoint": self.settings.endpoint_url,
+                "requests": {kind.value: count for kind, count in counts.sent.items()},  # since start
                 "requests_per_minute": {kind: round(rate, 2) for kind, rate in minutes.items()},
                 "not_modified": counts.not_modified,
                 "retried": counts.retried,
@@ -255,7 +258,7 @@ class S3Source(SinkHolder):
 
     async def _gated(self, read: Callable[[RunKey], Awaitable[tuple[list[Event], list[TaskKey]]]],
                      key: RunKey) -> tuple[list[Event], list[TaskKey]]:
-        async with self._gate:
+        async with self._run_gate:
             return await read(key)
 
     async def discover(self) -> list[RunKey]:
@@ -325,7 +328,7 @@ class S3Source(SinkHolder):
         return list(disk.scan_run(key, str(folder), self.limits, problems, str(self.local)))
 
     async def _gated_object(self, item: S3Object) -> TaskObject:
-        async with self._gate:
+        async with self._object_gate:
             return await self.task_object(item)
 
     async def task_object(self, item: S3Object) -> TaskObject:

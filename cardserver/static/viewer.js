@@ -446,7 +446,7 @@ $("card-list").addEventListener("click", (event) => {
   if (row) pick(row.dataset.id, { byHand: true, tab: "task" });
 });
 
-// The server's watch or S3 polling fails (it tries again): updates may be late meanwhile.
+// The server's file watch or S3 polling failed (it tries again): updates may be late meanwhile.
 function showHealth(health) {
   const node = $("watch-health");
   node.hidden = health.ok;

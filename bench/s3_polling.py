@@ -1,0 +1,181 @@
+"""What `card server` on an S3 datastore spends: requests per minute by kind, USD per hour at S3
+list prices, and its CPU, idle (finished runs only, nobody looking) and while a live run's card
+is viewed (its data update rewritten every second). A real `card server` process with its
+default polling, started with no flags where Metaflow's environment says S3, against moto's S3
+server on 127.0.0.1 (a floor for real S3: no network round trip).
+    python bench/s3_polling.py [--smoke] [--seconds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, Server, _launch, cpu_seconds, free_port, report, start_moto_server, verdict
+from cardserver.s3.client import PRICE_PER_1000
+from cardserver.s3.taskfiles import TASK_OK_NAMES
+
+BUCKET = "cardserver-bench"
+IDLE_LISTS_PER_MINUTE = 6.0  # issue 12: no live runs, per served datastore
+IDLE_CPU_PER_MINUTE = 0.5  # seconds
+HOURLY_BUDGET_USD = 0.02  # per live run being viewed
+OK = next(name for name, value in TASK_OK_NAMES.items() if value is True)
+
+
+def data_update(i: int) -> bytes:
+    return json.dumps({"reload_token": "t", "created_on": time.time(),
+                       "data": {"title": {"type": "markdown", "source": f"# update {i}"}}}).encode()
+
+
+def task_objects(flow: str, run: str, step: str, ended: bool) -> dict[str, bytes]:
+    cards = f"datastore/mf.cards/{flow}/runs/{run}/steps/{step}/tasks/1"
+    folder = f"datastore/{flow}/{run}/{step}/1"
+    files = {f"{cards}/cards/blank-{flow.lower()}{run}.html": b"<html><body>card</body></html>",
+             f"{cards}/runtime/blank-{flow.lower()}{run}.data.json": data_update(0),
+             f"{folder}/0.attempt.json": json.dumps({"time": time.time()}).encode()}
+    if ended:
+        files |= {f"{folder}/0.DONE.lock": b"", f"{folder}/0.data.json": json.dumps(
+            {"objects": {"_task_ok": OK}}).encode()}
+    return files
+
+
+def seed(client: Any) -> None:
+    """Three flows of finished runs: what an idle datastore looks like."""
+    client.create_bucket(Bucket=BUCKET)
+    for flow in ("AlphaFlow", "BetaFlow", "GammaFlow"):
+        for run in ("1", "2"):
+            for step in ("start", "end"):
+                for key, body in task_objects(flow, run, step, True).items():
+                    client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def start_server(workdir: Path, endpoint: str) -> Server:
+    env = {**os.environ, "METAFLOW_DEFAULT_DATASTORE": "s3",
+           "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{BUCKET}/datastore", "METAFLOW_S3_ENDPOINT_URL": endpoint}
+    args = [sys.executable, str(REPO / "cli.py"), "server", "--port", str(port := free_port())]
+    return _launch(args, port, " at http", 60, cwd=workdir, env=env)
+
+
+async def status(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}api/status") as answer:
+        return dict(await answer.json())
+
+
+async def sent(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    return dict((await status(session, url))["s3"]["requests"])
+
+
+async def window(session: aiohttp.ClientSession, server: Server, seconds: float) -> dict[str, float]:
+    """Requests per minute by kind, and CPU seconds per minute, over `seconds`."""
+    before, cpu = await sent(session, server.url), cpu_seconds(server.pid)
+    await asyncio.sleep(seconds)  # the measured window: nothing to await but time
+    after, used = await sent(session, server.url), cpu_seconds(server.pid) - cpu
+    minutes = seconds / 60
+    return {**{kind: (after[kind] - before[kind]) / minutes for kind in after}, "cpu": used / minutes}
+
+
+def usd_per_hour(rates: dict[str, float]) -> float:
+    return sum(rates[kind] * 60 * PRICE_PER_1000[kind] / 1000 for kind in PRICE_PER_1000)
+
+
+def writer(client: Any, key: str, stop: threading.Event) -> None:
+    """The live card's data update, rewritten every second (a refreshing Metaflow card)."""
+    i = 0
+    while not stop.wait(1.0):
+        i += 1
+        client.put_object(Bucket=BUCKET, Key=key, Body=data_update(i))
+
+
+async def next_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    message = await ws.receive()
+    return dict(json.loads(message.data))
+
+
+async def measure(server: Server, client: Any, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+    async with aiohttp.ClientSession() as session:
+        while not (await status(session, server.url))["ready"]:
+            await asyncio.sleep(0.2)  # the first read of the datastore is not idling
+        idle = await window(session, server, seconds)
+        live = task_objects("AlphaFlow", "3", "start", ended=False)
+        for key, body in live.items():
+            client.put_object(Bucket=BUCKET, Key=key, Body=body)
+        async with session.ws_connect(f"{server.url}ws") as ws:
+            await ws.send_json({"op": "subscribe", "topic": "runs/AlphaFlow"})
+            while not any(r["run"] == "3" for r in (await next_json(ws)).get("runs", [])):
+                await ws.send_json({"op": "subscribe", "topic": "runs/AlphaFlow"})  # the snapshot again
+                await asyncio.sleep(1.0)  # discovery is paced to the idle budget: wait for it
+            card = "card/AlphaFlow/3/start/1/blank-alphaflow3"
+            for topic in ("run/AlphaFlow/3", card):
+                await ws.send_json({"op": "subscribe", "topic": topic})
+            stop = threading.Event()
+            data_key = next(key for key in live if key.endswith(".data.json"))
+            thread = threading.Thread(target=writer, args=(client, data_key, stop), daemon=True)
+            thread.start()
+            reading = asyncio.ensure_future(drain(ws))
+            try:
+                viewing = await window(session, server, seconds)
+            finally:
+                stop.set()
+                reading.cancel()
+    return idle, viewing
+
+
+async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="20-second windows")
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of each window")
+    options = parser.parse_args()
+    seconds = 20.0 if options.smoke else options.seconds
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    import boto3
+
+    with tempfile.TemporaryDirectory() as workdir:
+        moto = start_moto_server(Path(workdir))
+        try:
+            client = boto3.client("s3", endpoint_url=moto.url)
+            seed(client)
+            server = start_server(Path(workdir), moto.url)
+            try:
+                idle, viewing = asyncio.run(measure(server, client, seconds))
+            finally:
+                server.stop()
+        finally:
+            moto.stop()
+    idle_lists = idle["LIST"] + idle["GET"]
+    rows: list[list[object]] = [
+        ["idle: LIST / GET per minute", f"{idle['LIST']:.1f} / {idle['GET']:.1f}",
+         f"<= {IDLE_LISTS_PER_MINUTE:.0f} in all", verdict(idle_lists <= IDLE_LISTS_PER_MINUTE)],
+        ["idle: USD per hour", f"{usd_per_hour(idle):.5f}", "", ""],
+        ["idle: server CPU s per minute", f"{idle['cpu']:.2f}", f"<= {IDLE_CPU_PER_MINUTE}",
+         verdict(idle["cpu"] <= IDLE_CPU_PER_MINUTE)],
+        ["viewing a live run: LIST / GET per minute", f"{viewing['LIST']:.1f} / {viewing['GET']:.1f}",
+         "", ""],
+        ["viewing a live run: USD per hour", f"{usd_per_hour(viewing):.5f}",
+         f"<= {HOURLY_BUDGET_USD}", verdict(usd_per_hour(viewing) <= HOURLY_BUDGET_USD)],
+        ["viewing a live run: server CPU s per minute", f"{viewing['cpu']:.2f}", "", ""],
+    ]
+    polled = viewing["GET"]
+    errors = [] if polled > 60 else [f"the viewed card was polled {polled:.0f} times a minute"]
+    return report("S3 polling" + (" (smoke)" if options.smoke else ""), rows, errors, options.smoke)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
