@@ -98,6 +98,12 @@ def writer(client: Any, key: str, stop: threading.Event) -> None:
         client.put_object(Bucket=BUCKET, Key=key, Body=data_update(i))
 
 
+def shows_run(message: dict[str, Any], run: str) -> bool:
+    """A `runs/<flow>` message (its snapshot, or one run's summary) that shows `run`."""
+    runs = message.get("runs") or [message.get("run") or {}]
+    return any(found.get("run") == run for found in runs)
+
+
 async def next_json(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     message = await ws.receive()
     return dict(json.loads(message.data))
@@ -113,9 +119,8 @@ async def measure(server: Server, client: Any, seconds: float) -> tuple[dict[str
             client.put_object(Bucket=BUCKET, Key=key, Body=body)
         async with session.ws_connect(f"{server.url}ws") as ws:
             await ws.send_json({"op": "subscribe", "topic": "runs/AlphaFlow"})
-            while not any(r["run"] == "3" for r in (await next_json(ws)).get("runs", [])):
-                await ws.send_json({"op": "subscribe", "topic": "runs/AlphaFlow"})  # the snapshot again
-                await asyncio.sleep(1.0)  # discovery is paced to the idle budget: wait for it
+            while not shows_run(await next_json(ws), "3"):  # discovery is paced to the idle budget
+                pass
             card = "card/AlphaFlow/3/start/1/blank-alphaflow3"
             for topic in ("run/AlphaFlow/3", card):
                 await ws.send_json({"op": "subscribe", "topic": topic})

@@ -9,12 +9,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from conftest import WAIT, all_of, next_message, subscribe
-from s3fixtures import S3Endpoint, get_json, s3_config, settings_for
+from s3fixtures import FAST, S3Endpoint, get_json, s3_config, settings_for
 from s3proxy import FaultProxy, start_proxy
 
 from cardserver.s3.taskfiles import TASK_OK_NAMES
@@ -142,3 +143,51 @@ async def test_a_viewed_card_keeps_its_updates_through_an_s3_outage(
     await read_again(faults, data_key)
     s3_server.put_many({data_key: data_update("t1", "# v3")})
     await next_message(ws, lambda m: m.get("type") == "update" and m["data"]["title"]["source"] == "# v3")
+
+
+async def test_a_new_reload_token_lists_the_run_at_once(
+    start_app: Any, s3_server: S3Endpoint, tmp_path: Any
+) -> None:
+    """The viewed card's update says it was rendered again (a new token): its run is listed then,
+    not at its next turn (here ten minutes away), so the new HTML is served at once."""
+    files = card_files("rerender/mf.cards", "ReFlow", "1", "start", "1", "blank-r1", "# v1")
+    s3_server.put_many({**files, **task_files("rerender", "ReFlow", "1", "start", "1", ended=False)})
+    slow = replace(FAST, viewed_run_seconds=600, unviewed_run_seconds=600)
+    settings = settings_for(s3_server.url, f"s3://{s3_server.bucket}/rerender")
+    client = await start_app(s3_config(tmp_path, settings, slow))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "card/ReFlow/1/start/1/blank-r1")
+    first = await next_message(ws, lambda m: m.get("type") == "card")
+    await next_message(ws, lambda m: m.get("type") == "update")
+    html, data = sorted(files)
+    s3_server.put_many({html: b"<html><body>rendered again</body></html>", data: data_update("t2", "# v2")})
+    rendered = await next_message(ws, lambda m: m.get("type") == "card"
+                                  and m["card"]["version"] != first["card"]["version"])
+    page = await client.get(f"/card-html/ReFlow/1/start/1/blank-r1?v={rendered['card']['version']}")
+    assert b"rendered again" in await page.read()
+
+
+async def test_access_denied_on_one_run_loses_nothing_of_the_others(
+    start_app: Any, s3_server: S3Endpoint, proxy: tuple[FaultProxy, str], tmp_path: Any
+) -> None:
+    """One run's task folders denied at start: the other run is served whole, the fault is one
+    line in the health message, and the denied run is read in full once access is back."""
+    faults, url = proxy
+    s3_server.put_many({key: body for run in ("1", "2") for key, body in {
+        **card_files("part/mf.cards", "PartFlow", run, "end", "1", f"blank-p{run}", "# p"),
+        **task_files("part", "PartFlow", run, "end", "1", ended=True)}.items()})
+    faults.denied = "PartFlow%2F2%2F"  # the LIST of run 2's task folders
+    client = await start_app(s3_config(tmp_path, settings_for(url, f"s3://{s3_server.bucket}/part")))
+    ws = await client.ws_connect("/ws")
+    await subscribe(ws, "flows")
+    failing = await next_message(ws, lambda m: m.get("type") == "health" and not m["ok"])
+    where = f"s3://{s3_server.bucket}/part/PartFlow/2/"
+    assert failing["problem"] == (f"access denied (AccessDenied) to LIST {where}: "
+                                  "check the credentials' permissions; retrying")
+    assert (await get_json(client, "/api/runs/PartFlow/1"))["run"]["status"] == "succeeded"
+    await subscribe(ws, "runs/PartFlow")
+    faults.denied = ""
+    await all_of(ws, lambda m: m.get("type") == "health" and m["ok"],
+                 lambda m: m.get("type") == "run" and m["run"]["run"] == "2"
+                 and m["run"]["status"] == "succeeded",
+                 timeout=30)

@@ -159,3 +159,8 @@ async def test_a_finished_live_run_read_with_its_local_metadata(
     got = statuses(detail)
     assert {**got, "each": sorted(got["each"])} == EXPECTED, got
     assert detail["run"]["status"] == "failed" and detail["run"]["user"] == "tester"  # from the local _meta
+    [flaky] = [t for t in detail["tasks"] if t["step"] == "flaky"]
+    task = await get_json(client, f"/api/tasks/{run.flow}/{run.run_id}/flaky/{flaky['task']}")
+    assert [a["verdict"] for a in task["attempts"]] == ["failed", "succeeded"]  # attempts from S3
+    assert task["metadata"]["user"] == "tester"  # metadata from the local _meta
+    assert "the first attempt fails" in task["traceback"]["exception"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import disk, helper
+from .. import disk, helper, taskinfo
 from ..config import Config
 from ..disk import Problem, Scope
 from ..events import DataUpdate, DataWritten, Event, Reset, RunWritten, TaskMetaRead
@@ -63,6 +63,8 @@ READS_AT_ONCE = 8  # requests in flight while reading many runs or task folders
 INDEX_BYTES = 1 << 20  # an attempt's artifact index: names and hashes only
 LOG_BYTES = 32 << 20  # a log page is cut from at most this much of the log
 LIVE = (Status.RUNNING, Status.PENDING, Status.UNKNOWN)
+RUNS, CARDS = "runs", "cards"  # the two polls: listings (discovery and runs), shown cards' updates
+THROTTLED = "throttled"  # the reader backing off throttled requests, whichever poll sent them
 
 
 @dataclass(slots=True)
@@ -107,10 +109,11 @@ class S3Source(SinkHolder):
         self._object_gate = asyncio.Semaphore(READS_AT_ONCE)
         self._wake_runs = asyncio.Event()
         self._wake_cards = asyncio.Event()
-        self._failures: Counter[str] = Counter()  # failed polls in a row, by part (runs, cards)
-        self._problems: dict[str, S3Error] = {}  # what fails now, by part; the first is said
-        self._failing: dict[RunKey | CardKey | str, float] = {}  # what failed -> when to try again
-        self.last_error: S3Error | None = None  # the latest failure, until a poll works again
+        # Each poll ("runs", "cards") fails and recovers on its own; health is ok when both work
+        self._failures: Counter[str] = Counter()
+        self._problems: dict[str, str] = {}
+        self.last_error: S3Error | None = None  # the latest failure, until every poll works again
+        self._retry_at: dict[RunKey | CardKey, float] = {}  # a run or card that failed -> next try
         self._discovery_error: S3Error | None = None  # a flow whose runs could not be listed
         self._next_discovery = 0.0
         self._polls: list[asyncio.Task[None]] = []
@@ -125,11 +128,12 @@ class S3Source(SinkHolder):
             for key in self.runs:
                 self._settle(key)
             self._next_discovery = time.monotonic() + self.discovery_seconds()
-            self._recovered()
-            if self._discovery_error is not None:
-                self._retry_at("discovery", "runs", self._discovery_error)
+            if self._discovery_error is not None:  # a flow's runs could not be listed
+                self._failed(RUNS, self._discovery_error)
+            elif self.last_error is None:
+                self._recovered(RUNS)
         except S3Error as error:  # said in the health message; the polls try again
-            self._failed(error)
+            self._failed(RUNS, error)
         finally:
             self.caught_up.set()
 
@@ -183,55 +187,51 @@ class S3Source(SinkHolder):
 
     # --- health --------------------------------------------------------------------------------
 
-    def _failed(self, error: S3Error, part: str = "runs") -> float:
-        """Say why polling fails (once per change of what is said) and how long to wait before
-        retrying that part."""
-        self._failures[part] += 1
-        self._problems[part] = error
+    def _failed(self, poll: str, error: S3Error) -> float:
+        """Say why a poll fails (once per change of reason) and how long it waits to retry."""
+        self._failures[poll] += 1
         self.last_error = error
-        self._say()
-        return self.timing.retry_after(self._failures[part])
-
-    def _recovered(self, part: str = "runs") -> None:
-        self._failures.pop(part, None)
-        self._problems.pop(part, None)
-        if not self._problems:
-            self.last_error = None
-        self._say()
-
-    def _say(self) -> None:
-        """Health is the first problem that still stands (the loops and the reader each have
-        theirs, so one part working again does not hide another that still fails)."""
-        if not self._problems:
-            if not self.health.ok:
-                log.warning("S3: polling works again")
-                self._wake_cards.set()  # the other poll may be backing off: it tries again now
-                self._wake_runs.set()
-                self._set_health(Health(True, self.health.restarts, None))
-            return
-        problem = f"{next(iter(self._problems.values()))}; retrying"
-        if self.health.ok or self.health.problem != problem:
+        problem = f"{error}; retrying"
+        if self._problems.get(poll) != problem:
             log.warning("S3: %s", problem)
-            self._set_health(Health(False, self.health.restarts + (1 if self.health.ok else 0), problem))
+            self._problems[poll] = problem
+            self._publish_health()
+        return self.timing.retry_after(self._failures[poll])
+
+    def _recovered(self, poll: str) -> None:
+        self._failures[poll] = 0
+        if self._problems.pop(poll, None) is None:
+            return
+        if not self._problems:
+            log.warning("S3: polling works again")
+            self.last_error = None
+        self._wake_cards.set()  # the other poll may be backing off: it tries again now
+        self._wake_runs.set()
+        self._publish_health()
 
     def _throttled(self, active: bool, code: str) -> None:
-        """The reader is backing off throttled requests (it retries them until they pass)."""
+        """The reader backs off throttled requests (retrying them until they pass): say so."""
         if active:
-            self._failed(S3Error(f"S3 is throttling requests ({code}): backing off"), "throttled")
+            self._failed(THROTTLED, S3Error(f"S3 is throttling requests ({code}), backing off"))
         else:
-            self._recovered("throttled")
+            self._recovered(THROTTLED)
 
-    def _retry_at(self, what: RunKey | CardKey | str, part: str, error: S3Error) -> None:
-        """One run, card or the discovery failed: only it waits (backing off); the rest goes on."""
-        self._failing[what] = time.monotonic() + self._failed(error, part)
+    def _back_off(self, poll: str, failed: dict[RunKey | CardKey, S3Error]) -> None:
+        """Only what failed waits before it is tried again (the rest of the poll goes on); the
+        poll recovers once nothing of it is waiting."""
+        if failed:
+            delay = self._failed(poll, next(iter(failed.values())))
+            self._retry_at.update(dict.fromkeys(failed, time.monotonic() + delay))
+        elif not any(isinstance(key, CardKey) == (poll == CARDS) for key in self._retry_at):
+            self._recovered(poll)
 
-    def _worked(self, what: RunKey | CardKey | str, part: str) -> None:
-        self._failing.pop(what, None)
-        if not any(isinstance(key, CardKey) == (part == "cards") for key in self._failing):
-            self._recovered(part)
+    def _may_try(self, key: RunKey | CardKey, now: float) -> bool:
+        return self._retry_at.get(key, 0.0) <= now
 
-    def _may_try(self, what: RunKey | CardKey | str, now: float) -> bool:
-        return self._failing.get(what, 0.0) <= now
+    def _publish_health(self) -> None:
+        ok = not self._problems
+        problem = "; ".join(dict.fromkeys(self._problems.values())) or None
+        self._set_health(Health(ok, self.health.restarts + (1 if self.health.ok and not ok else 0), problem))
 
     def _set_health(self, health: Health) -> None:
         self.health = health
@@ -250,7 +250,11 @@ class S3Source(SinkHolder):
         reads = [asyncio.ensure_future(self._gated(self.read_run, key)) for key in found]
         try:
             for done in asyncio.as_completed(reads):
-                events, _ = await done
+                try:
+                    events, _ = await done
+                except S3Error as error:  # this run only (access denied on part of the bucket)
+                    self._failed(RUNS, error)  # it stays unread, so it is read again at the next poll
+                    continue
                 yield events
         finally:
             for read in reads:
@@ -264,7 +268,7 @@ class S3Source(SinkHolder):
     async def discover(self) -> list[RunKey]:
         """Flows and runs in the card root (delimiter listings); the runs not known before. A
         flow whose runs cannot be listed (access denied on part of the prefix) does not stop
-        the others: it is `_discovery_error`, and tried again at the next discovery."""
+        the others: it is `_discovery_error`, tried again at the next discovery."""
         top = await self.reader.list_folder(self.cards)
         flows = [name for name in folder_names(self.cards.folder, top.folders) if self.scope.wants(name)]
         self.flows = set(flows)
@@ -359,8 +363,9 @@ class S3Source(SinkHolder):
         """After a read: is the run finished (never polled again), and when is it due next."""
         state = self.runs[key]
         run = self.sink.index.run(key)
-        state.done = run is not None and not followed(run.status, run.newest_write, time.time(),
-                                                     self.timing.recent_seconds)
+        finished = run is not None and not followed(run.status, run.newest_write, time.time(),
+                                                    self.timing.recent_seconds)
+        state.done = state.read and finished  # a run whose read failed is read again
         state.due = time.monotonic() + self.timing.run_seconds(self.viewers[key] > 0)
 
     # --- polling ---------------------------------------------------------------------------------
@@ -372,11 +377,11 @@ class S3Source(SinkHolder):
             try:
                 await self._poll_runs_once()
                 delay = self._next_due() - time.monotonic()
-            except S3Error as error:  # the card root itself cannot be listed
-                delay = self._failed(error)
+            except S3Error as error:
+                delay = self._failed(RUNS, error)
             except Exception as error:  # a bug must not stop the polling: log it, try again
                 log.exception("S3: polling failed")
-                delay = self._failed(S3Error(f"polling failed: {error!r}"))
+                delay = self._failed(RUNS, S3Error(f"polling failed: {error!r}"))
             self._wake_runs.clear()
             if delay > 0:
                 with suppress(TimeoutError):
@@ -390,24 +395,27 @@ class S3Source(SinkHolder):
             if new:
                 self.sink.apply([RunWritten(key, None, None) for key in new])
             if self._discovery_error is not None:
-                self._retry_at("discovery", "runs", self._discovery_error)
-            else:
-                self._worked("discovery", "runs")
+                self._next_discovery = now + self.timing.retry_after(self._failures[RUNS] + 1)
         due = [key for key, state in self.runs.items()
                if not state.done and state.due <= now and self._may_try(key, now)]
         results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due),
                                        return_exceptions=True)
+        failed: dict[RunKey | CardKey, S3Error] = {}
         for key, result in zip(due, results, strict=True):
-            if isinstance(result, S3Error):
-                self._retry_at(key, "runs", result)
+            if isinstance(result, S3Error):  # one run's fault: only it backs off
+                failed[key] = result
             elif isinstance(result, BaseException):
                 raise result
             else:
+                self._retry_at.pop(key, None)
                 self._apply_run(key, *result)
-                self._worked(key, "runs")
+        if self._discovery_error is not None and not failed:
+            self._failed(RUNS, self._discovery_error)
+        else:
+            self._back_off(RUNS, failed)
 
     def _next_due(self) -> float:
-        times = [max(state.due, self._failing.get(key, 0.0)) for key, state in self.runs.items()
+        times = [max(state.due, self._retry_at.get(key, 0.0)) for key, state in self.runs.items()
                  if not state.done]
         return min([self._next_discovery, *times])
 
@@ -416,23 +424,24 @@ class S3Source(SinkHolder):
         while True:
             now = time.monotonic()
             shown = [key for key in self.shown if self._may_update(key)]
-            wanted = [key for key in shown if self._may_try(key, now)]
             if not shown:
                 self._wake_cards.clear()
                 await self._wake_cards.wait()
                 continue
+            wanted = [key for key in shown if self._may_try(key, now)]
             results = await asyncio.gather(*(self.fetch_update(key) for key in wanted),
                                            return_exceptions=True)
+            failed: dict[RunKey | CardKey, S3Error] = {}
             for key, result in zip(wanted, results, strict=True):
-                if isinstance(result, S3Error):
-                    self._retry_at(key, "cards", result)  # only this card backs off
-                elif isinstance(result, Exception):  # a bug: polling must go on, this card backs off
-                    log.error("S3: reading a card's update failed", exc_info=result)
-                    self._retry_at(key, "cards", S3Error(repr(result)))
+                if isinstance(result, Exception):  # S3's, or a bug: only this card backs off
+                    if not isinstance(result, S3Error):
+                        log.error("S3: reading a card's update failed", exc_info=result)
+                    failed[key] = result if isinstance(result, S3Error) else S3Error(repr(result))
                 elif isinstance(result, BaseException):
                     raise result
                 else:
-                    self._worked(key, "cards")
+                    self._retry_at.pop(key, None)
+            self._back_off(CARDS, failed)
             await asyncio.sleep(self.timing.card_seconds)
 
     def _may_update(self, key: CardKey) -> bool:
@@ -463,7 +472,16 @@ class S3Source(SinkHolder):
         if isinstance(update, str):
             log.warning("S3: s3://%s/%s: %s", self.cards.bucket, object_key, update)
             return
+        rendered = card.update is not None and card.update.token != update.token
         self.sink.apply([DataWritten(key, card.legacy, time.time(), update)])
+        if rendered:  # a new reload token: the card was rendered again, list its run now
+            self._poll_now(key.run_key)
+
+    def _poll_now(self, key: RunKey) -> None:
+        state = self.runs.get(key)
+        if state is not None and not state.done:
+            state.due = 0.0
+            self._wake_runs.set()
 
     # --- what is looked at ---------------------------------------------------------------------------
 
@@ -478,12 +496,10 @@ class S3Source(SinkHolder):
                 self._wake_cards.set()
             else:
                 self.shown.discard(key)
-                if key in self._failing:
-                    self._worked(key, "cards")  # nobody waits for it any more
-        state = self.runs.get(run)
-        if shown and state is not None and not state.done and self.viewers[run] == 1:
-            state.due = 0.0  # a run someone starts looking at is read now, then every 5 s
-            self._wake_runs.set()
+                if self._retry_at.pop(key, None) is not None:
+                    self._back_off(CARDS, {})  # nobody waits for it any more
+        if shown and self.viewers[run] == 1:
+            self._poll_now(run)  # a run someone starts looking at is read now, then every 5 s
 
     async def load_update(self, key: CardKey) -> None:
         card = self.sink.index.card(key)
@@ -530,6 +546,10 @@ class S3Source(SinkHolder):
             log.warning("S3: %s", error)
             return None
         found = task_folder(zip(docs, (item.size for item in objects), strict=True))
+        if (self.local / task_dir(key) / "_meta").is_dir():  # a local runtime's metadata of the task
+            local = await asyncio.to_thread(taskinfo.read_task, self.local, key, self.limits.max_meta_bytes)
+            if local is not None:
+                with_local_meta(found, local)
         failed = failed_log(found)
         if failed is not None and self.sysroot is not None:
             name = self.sysroot.key(*task_dir(key).parts, log_file_name(failed, "stderr"))
@@ -562,6 +582,16 @@ class S3Source(SinkHolder):
             log.warning("S3: %s", error)
             return None
         return got.body if got.outcome is Got.NEW else None
+
+
+def with_local_meta(found: TaskFolder, local: TaskFolder) -> None:
+    """What the local `_meta` adds to a task folder read from S3: metadata, each card's attempt,
+    and attempt_ok where S3 had no `_task_ok`."""
+    found.metadata = local.metadata
+    found.card_attempts = local.card_attempts
+    for number, files in local.attempts.items():
+        if number in found.attempts and found.attempts[number].attempt_ok is None:
+            found.attempts[number].attempt_ok = files.attempt_ok
 
 
 def parse_update(raw: bytes) -> DataUpdate | str:
