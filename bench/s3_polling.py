@@ -23,7 +23,17 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, Server, _launch, cpu_seconds, free_port, report, start_moto_server, verdict
+from bench.common import (
+    REPO,
+    Server,
+    _launch,
+    cpu_seconds,
+    free_port,
+    report,
+    start_moto_server,
+    summary_ms,
+    verdict,
+)
 from cardserver.s3.client import PRICE_PER_1000
 from cardserver.s3.taskfiles import TASK_OK_NAMES
 
@@ -90,12 +100,14 @@ def usd_per_hour(rates: dict[str, float]) -> float:
     return sum(rates[kind] * 60 * PRICE_PER_1000[kind] / 1000 for kind in PRICE_PER_1000)
 
 
-def writer(client: Any, key: str, stop: threading.Event) -> None:
-    """The live card's data update, rewritten every second (a refreshing Metaflow card)."""
+def writer(client: Any, key: str, stop: threading.Event, written: dict[int, float]) -> None:
+    """The live card's data update, rewritten every second (a refreshing Metaflow card); when
+    each PUT returned, in `written`."""
     i = 0
     while not stop.wait(1.0):
         i += 1
         client.put_object(Bucket=BUCKET, Key=key, Body=data_update(i))
+        written[i] = time.monotonic()
 
 
 def shows_run(message: dict[str, Any], run: str) -> bool:
@@ -126,20 +138,28 @@ async def measure(server: Server, client: Any, seconds: float) -> tuple[dict[str
                 await ws.send_json({"op": "subscribe", "topic": topic})
             stop = threading.Event()
             data_key = next(key for key in live if key.endswith(".data.json"))
-            thread = threading.Thread(target=writer, args=(client, data_key, stop), daemon=True)
+            written: dict[int, float] = {}
+            received: dict[int, float] = {}
+            thread = threading.Thread(target=writer, args=(client, data_key, stop, written), daemon=True)
             thread.start()
-            reading = asyncio.ensure_future(drain(ws))
+            reading = asyncio.ensure_future(drain(ws, received))
             try:
                 viewing = await window(session, server, seconds)
             finally:
                 stop.set()
                 reading.cancel()
-    return idle, viewing
+    lags = [(received[i] - at) * 1000 for i, at in written.items() if i in received]
+    return idle, {**viewing, **{f"lag {k}": v for k, v in summary_ms(lags).items()},
+                  "updates": len(lags), "written": len(written)}
 
 
-async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
-    async for _ in ws:
-        pass
+async def drain(ws: aiohttp.ClientWebSocketResponse, received: dict[int, float]) -> None:
+    """When each update reached the socket, by its number."""
+    async for message in ws:
+        data = json.loads(message.data)
+        if data.get("type") == "update":
+            source = data["data"]["title"]["source"]
+            received.setdefault(int(source.removeprefix("# update ")), time.monotonic())
 
 
 def main() -> int:
@@ -176,6 +196,8 @@ def main() -> int:
         ["viewing a live run: USD per hour", f"{usd_per_hour(viewing):.5f}",
          f"<= {HOURLY_BUDGET_USD}", verdict(usd_per_hour(viewing) <= HOURLY_BUDGET_USD)],
         ["viewing a live run: server CPU s per minute", f"{viewing['cpu']:.2f}", "", ""],
+        ["write -> websocket, ms p50 / p90", f"{viewing['lag p50']:.0f} / {viewing['lag p90']:.0f}", "", ""],
+        ["updates seen / written", f"{viewing['updates']:.0f} / {viewing['written']:.0f}", "", ""],
     ]
     polled = viewing["GET"]
     errors = [] if polled > 60 else [f"the viewed card was polled {polled:.0f} times a minute"]

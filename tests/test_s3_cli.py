@@ -91,19 +91,24 @@ def test_card_list_with_root_s3_url(tmp_path: Path, s3_server: S3Endpoint, s3_fa
     assert {(r["flow"], r["step"], r["status"]) for r in rows} == {(s3_failed_run.flow, "start", "failed")}
 
 
-async def test_card_server_with_no_flags_says_what_it_serves(
-    tmp_path: Path, s3_server: S3Endpoint, s3_card_run: S3Run
+@pytest.mark.parametrize("how", ["metaflow env", "--root"])
+async def test_card_server_says_what_it_serves_and_serves_it(
+    tmp_path: Path, s3_server: S3Endpoint, s3_card_run: S3Run, how: str
 ) -> None:
     port = free_port()
-    env = {**s3_metaflow_env(tmp_path, s3_server, s3_card_run), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "card", "server", "--port", str(port)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    if how == "--root":
+        env, extra, origin = clean_env(tmp_path, METAFLOW_S3_ENDPOINT_URL=s3_server.url), [
+            "--root", s3_card_run.sysroot], "from --root"
+    else:
+        env, extra = s3_metaflow_env(tmp_path, s3_server, s3_card_run), []
+        origin = "from METAFLOW_DATASTORE_SYSROOT_S3 in environment"
+    command = [sys.executable, str(REPO / "cli.py"), "card", "server", "--port", str(port), *extra]
+    process = subprocess.Popen(command, cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        assert f"serving {s3_card_run.sysroot}/mf.cards" in line, line
-        assert "METAFLOW_DATASTORE_SYSROOT_S3 in environment" in line and s3_server.url in line
+        assert f"serving {s3_card_run.sysroot}/mf.cards ({origin}, endpoint {s3_server.url}) at" in line, line
         assert SECRET not in line and "testing" not in line
         url = f"http://127.0.0.1:{port}/api/runs/{s3_card_run.flow}/{s3_card_run.run_id}"
         async with aiohttp.ClientSession() as session, session.get(url) as got:

@@ -71,10 +71,10 @@ async def test_legacy_cards_with_no_status_anywhere_are_unknown(
 ) -> None:
     """Cards of the pre-2022 layout (no steps/ level); no task folder and no local _meta: the
     status is honestly unknown, never guessed."""
-    folder = "legacy/mf.cards/OldFlow/runs/7/tasks/3"
+    folder = "oldlayout/mf.cards/OldFlow/runs/7/tasks/3"  # a prefix of its own in the shared bucket
     s3_server.put_many({f"{folder}/cards/default-abc123.html": b"<html><body>old</body></html>",
                         f"{folder}/runtime/default-abc123.data.json": data_update("t", "# old")})
-    settings = settings_for(s3_server.url, f"s3://{s3_server.bucket}/legacy")
+    settings = settings_for(s3_server.url, f"s3://{s3_server.bucket}/oldlayout")
     client = await start_app(s3_config(tmp_path, settings))
     detail = await get_json(client, "/api/runs/OldFlow/7")
     [task] = detail["tasks"]

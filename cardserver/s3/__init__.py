@@ -1,2 +1,2 @@
-"""Reading Metaflow datastores on S3: where they are (settings) and an async reader (client).
-Not wired into the server yet; see docs/s3.md."""
+"""Metaflow datastores on S3 as a source of cards: where they are (settings), an async reader
+(client), the source itself (source) and its pure parts. See the README's "S3 datastores"."""

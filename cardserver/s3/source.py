@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import disk, helper, taskinfo
+from .. import disk, helper
 from ..config import Config
 from ..disk import Problem, Scope
 from ..events import DataUpdate, DataWritten, Event, Reset, RunWritten, TaskMetaRead
@@ -36,14 +36,12 @@ from ..layout import (
     cards_run_dir,
     cards_runs_dir,
     datastore_run_dir,
-    log_file_name,
-    task_dir,
 )
 from ..logs import Page
 from ..source import Health, Sink, SinkHolder, Unavailable
 from ..status import Status
 from ..taskinfo import TaskFolder
-from .client import Fetched, Got, S3Error, S3Object, S3Reader
+from .client import Got, S3Error, S3Reader
 from .listing import (
     card_events,
     card_objects,
@@ -54,14 +52,12 @@ from .listing import (
 )
 from .schedule import PollTiming, followed
 from .settings import S3Root, S3Settings
-from .taskfiles import READ_KINDS, TaskObject, attempt_of, meta_files
-from .taskview import failed_log, latest_log, page_of, task_folder, traceback_doc
+from .taskfiles import meta_files
+from .taskreads import TaskDocs, TaskReads
 
 log = logging.getLogger("cardserver")
 
-READS_AT_ONCE = 8  # requests in flight while reading many runs or task folders
-INDEX_BYTES = 1 << 20  # an attempt's artifact index: names and hashes only
-LOG_BYTES = 32 << 20  # a log page is cut from at most this much of the log
+READS_AT_ONCE = 8  # runs read at once, and task-folder objects read at once
 LIVE = (Status.RUNNING, Status.PENDING, Status.UNKNOWN)
 RUNS, CARDS = "runs", "cards"  # the two polls: listings (discovery and runs), shown cards' updates
 THROTTLED = "throttled"  # the reader backing off throttled requests, whichever poll sent them
@@ -99,14 +95,15 @@ class S3Source(SinkHolder):
         self.flows: set[str] = set()
         self.shown: set[CardKey] = set()
         self.viewers: Counter[RunKey] = Counter()  # shown runs, tasks and cards, by run
-        self._docs: dict[str, tuple[str, dict[str, Any] | None]] = {}  # task-folder JSON: ETag, doc
+        sysroot = settings.sysroot
+        self.docs = TaskDocs(self.reader, sysroot, self.limits, READS_AT_ONCE) if sysroot else None
+        self.tasks = TaskReads(self.docs, self.local, self.limits) if self.docs else None
         self._data_etags: dict[CardKey, str] = {}  # of the data update last read, by card
         self._listed_etags: dict[CardKey, str] = {}  # of each data update in the latest listing
         self._sink: Sink | None = None
         self._open = False
-        # Runs read at once, and objects read at once: apart, as a run's read waits on its objects
+        # Runs read at once (apart from the docs' gate: a run's read waits on its objects)
         self._run_gate = asyncio.Semaphore(READS_AT_ONCE)
-        self._object_gate = asyncio.Semaphore(READS_AT_ONCE)
         self._wake_runs = asyncio.Event()
         self._wake_cards = asyncio.Event()
         # Each poll ("runs", "cards") fails and recovers on its own; health is ok when both work
@@ -311,7 +308,7 @@ class S3Source(SinkHolder):
         local = self.local / datastore_run_dir(key)
         if (local / "_meta").is_dir():  # a local runtime with (maybe) remote steps: its _meta says
             return await asyncio.to_thread(self._local_status, key, local), []
-        if self.sysroot is None:
+        if self.sysroot is None or self.docs is None:
             return [], []  # no datastore root known: status stays unknown
         folder = "/".join(datastore_run_dir(key).parts) + "/"
         objects = await self.reader.list_tree(self.sysroot, folder)
@@ -321,8 +318,7 @@ class S3Source(SinkHolder):
             seen = signature(items)
             if state.tasks.get(task) == seen:
                 continue
-            docs = await asyncio.gather(*(self._gated_object(item) for item in items))
-            events.append(TaskMetaRead(task, meta_files(docs)))
+            events.append(TaskMetaRead(task, meta_files(await self.docs.objects(items))))
             state.tasks[task] = seen
             touched.append(task)
         return events, touched
@@ -330,30 +326,6 @@ class S3Source(SinkHolder):
     def _local_status(self, key: RunKey, folder: Path) -> list[Event]:
         problems: list[Problem] = []
         return list(disk.scan_run(key, str(folder), self.limits, problems, str(self.local)))
-
-    async def _gated_object(self, item: S3Object) -> TaskObject:
-        async with self._object_gate:
-            return await self.task_object(item)
-
-    async def task_object(self, item: S3Object) -> TaskObject:
-        """A task-folder object, with its JSON when status needs it (read once per ETag)."""
-        name = item.key.rsplit("/", 1)[-1]
-        parsed = attempt_of(name)
-        if parsed is None or parsed[1] not in READ_KINDS:
-            return TaskObject(name, item.modified)
-        cached = self._docs.get(item.key)
-        if cached is None or cached[0] != item.etag:
-            assert self.sysroot is not None  # task folders are listed only below a sysroot
-            cap = INDEX_BYTES if parsed[1] == "data.json" else self.limits.max_meta_bytes
-            try:
-                got = await self.reader.get(self.sysroot.bucket, item.key, max_bytes=cap)
-            except S3Error as error:
-                if "limit" not in str(error):
-                    raise
-                got = Fetched(Got.GONE)  # too big to be ours: says nothing
-            doc = disk.parse_json_bytes(got.body) if got.outcome is Got.NEW else None
-            cached = self._docs[item.key] = (item.etag, doc if isinstance(doc, dict) else None)
-        return TaskObject(name, item.modified, cached[1])
 
     def _apply_run(self, key: RunKey, events: list[Event], touched: list[TaskKey]) -> None:
         self.sink.apply(events, touched)
@@ -366,6 +338,9 @@ class S3Source(SinkHolder):
         finished = run is not None and not followed(run.status, run.newest_write, time.time(),
                                                     self.timing.recent_seconds)
         state.done = state.read and finished  # a run whose read failed is read again
+        if state.done:  # never listed again: nothing to compare a listing with
+            state.cards.clear()
+            state.tasks.clear()
         state.due = time.monotonic() + self.timing.run_seconds(self.viewers[key] > 0)
 
     # --- polling ---------------------------------------------------------------------------------
@@ -525,73 +500,14 @@ class S3Source(SinkHolder):
             raise Unavailable(404, "card not found")
         return got.body
 
-    async def _task_objects(self, key: TaskKey) -> list[S3Object] | None:
-        if self.sysroot is None:
-            return None
-        folder = "/".join(task_dir(key).parts) + "/"
-        try:
-            objects = (await self.reader.list_folder(self.sysroot, folder)).objects
-        except S3Error as error:
-            log.warning("S3: %s", error)
-            return None
-        return objects or None
-
     async def read_task(self, key: TaskKey) -> TaskFolder | None:
-        objects = await self._task_objects(key)
-        if objects is None:
-            return None
-        try:
-            docs = await asyncio.gather(*(self._gated_object(item) for item in objects))
-        except S3Error as error:
-            log.warning("S3: %s", error)
-            return None
-        found = task_folder(zip(docs, (item.size for item in objects), strict=True))
-        if (self.local / task_dir(key) / "_meta").is_dir():  # a local runtime's metadata of the task
-            local = await asyncio.to_thread(taskinfo.read_task, self.local, key, self.limits.max_meta_bytes)
-            if local is not None:
-                with_local_meta(found, local)
-        failed = failed_log(found)
-        if failed is not None and self.sysroot is not None:
-            name = self.sysroot.key(*task_dir(key).parts, log_file_name(failed, "stderr"))
-            body = await self._read_log_bytes(name)
-            if body is not None:
-                found.traceback = traceback_doc(failed, body)
-        return found
+        return await self.tasks.read_task(key) if self.tasks is not None else None
 
     async def read_log(self, key: TaskKey, stream: str, attempt: int | None, lines: int,
                        before: int | None, since: int | None) -> tuple[int, Page] | None:
-        objects = await self._task_objects(key)
-        if objects is None or self.sysroot is None:
+        if self.tasks is None:
             return None
-        sizes = {item.key.rsplit("/", 1)[-1]: item.size for item in objects}
-        if attempt is None:
-            attempt = latest_log(sizes, stream)
-            if attempt is None:
-                return None
-        name = log_file_name(attempt, stream)
-        if name not in sizes:
-            return None
-        body = await self._read_log_bytes(self.sysroot.key(*task_dir(key).parts, name))
-        return None if body is None else (attempt, page_of(body, lines, before, since))
-
-    async def _read_log_bytes(self, object_key: str) -> bytes | None:
-        assert self.sysroot is not None
-        try:
-            got = await self.reader.get(self.sysroot.bucket, object_key, max_bytes=LOG_BYTES)
-        except S3Error as error:
-            log.warning("S3: %s", error)
-            return None
-        return got.body if got.outcome is Got.NEW else None
-
-
-def with_local_meta(found: TaskFolder, local: TaskFolder) -> None:
-    """What the local `_meta` adds to a task folder read from S3: metadata, each card's attempt,
-    and attempt_ok where S3 had no `_task_ok`."""
-    found.metadata = local.metadata
-    found.card_attempts = local.card_attempts
-    for number, files in local.attempts.items():
-        if number in found.attempts and found.attempts[number].attempt_ok is None:
-            found.attempts[number].attempt_ok = files.attempt_ok
+        return await self.tasks.read_log(key, stream, attempt, lines, before, since)
 
 
 def parse_update(raw: bytes) -> DataUpdate | str:
