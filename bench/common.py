@@ -79,6 +79,20 @@ def metaflow_env(workdir: Path, user: str) -> dict[str, str]:
     }
 
 
+S3_DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def metaflow_s3_env(endpoint: str, sysroot: str) -> dict[str, str]:
+    """Metaflow's own S3 settings (what a user has set): its datastore at `sysroot` on `endpoint`."""
+    return {
+        **S3_DUMMY_CREDENTIALS,
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": sysroot,
+        "METAFLOW_S3_ENDPOINT_URL": endpoint,
+    }
+
+
 def start_cardserver(root: Path, *extra: str, timeout: float = 60) -> Server:
     """`card server --root <root>`; returns once it printed its URL (its port is open; the first
     scan may still be running, and the API waits for it)."""
@@ -149,6 +163,19 @@ def start_metaflow_server(flow_file: Path, run_id: str | None, *extra: str,
         args += ["--run-id", run_id]
     return _launch(args, port, f":{port}", timeout, cwd=flow_file.parent, env=env,
                    probe=f"http://127.0.0.1:{port}/")
+
+
+def start_s3_cardserver(cwd: Path, env: dict[str, str], *extra: str, timeout: float = 60) -> Server:
+    """`card server` with no --root, as a user with Metaflow set up for S3 runs it (`env`)."""
+    port = free_port()
+    args = [sys.executable, str(REPO / "cli.py"), "server", "--port", str(port), *extra]
+    return _launch(args, port, " at http", timeout, cwd=cwd, env=env)
+
+
+def start_s3_proxy(upstream: str, timeout: float = 30) -> Server:
+    """tests/s3proxy.py in its own process: counts every request by kind, injects faults."""
+    args = [sys.executable, str(REPO / "tests" / "s3proxy.py"), "--upstream", upstream]
+    return _launch(args, 0, "proxy at http", timeout, cwd=REPO)
 
 
 def start_moto_server(workdir: Path, timeout: float = 60) -> Server:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.common import metaflow_env, start_moto_server
+from bench.common import metaflow_env, metaflow_s3_env, start_moto_server
 from cardserver.config import Config, Roots, WatchTiming
 from cardserver.s3.schedule import PollTiming
 from cardserver.s3.settings import S3Settings, parse_s3_url
@@ -75,15 +75,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
 
 def s3_env(workdir: Path, endpoint: S3Endpoint, sysroot: str, **extra: str) -> dict[str, str]:
     """Metaflow writing its datastore to `sysroot` on the moto server; metadata stays local."""
-    return {
-        **metaflow_env(workdir, "tester"),
-        **DUMMY_CREDENTIALS,
-        "AWS_DEFAULT_REGION": REGION,
-        "METAFLOW_DEFAULT_DATASTORE": "s3",
-        "METAFLOW_DATASTORE_SYSROOT_S3": sysroot,
-        "METAFLOW_S3_ENDPOINT_URL": endpoint.url,
-        **extra,
-    }
+    return {**metaflow_env(workdir, "tester"), **metaflow_s3_env(endpoint.url, sysroot), **extra}
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,23 @@
 """A small HTTP proxy in front of moto's S3 server that injects the faults real S3 has:
-503 SlowDown for a while, 403 on part of a bucket, dropped connections."""
+503 SlowDown for a while, 403 on part of a bucket, dropped connections, a key gone between its
+listing and its GET; and counts every request by kind (what S3 would bill).
+
+In a test: `async for proxy, url in start_proxy(upstream)`. As its own process (a server under
+test or a benchmark talks to it while the caller sleeps or blocks):
+    python tests/s3proxy.py --upstream http://127.0.0.1:PORT [--port N]
+prints `proxy at http://127.0.0.1:N`; `GET /__proxy__/state` answers the counts and faults as
+JSON, `POST /__proxy__/state` with a JSON object sets faults (`slow_for` seconds of SlowDown,
+`denied`, `gone`, `drops`, `slowdowns`) and `"reset": true` zeroes the counts."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -17,49 +30,115 @@ def s3_error(status: int, code: str, message: str) -> web.Response:
     return web.Response(status=status, body=body.encode(), content_type="application/xml")
 
 
+def request_kind(method: str, path: str, query: str) -> str:
+    """What S3 bills a request as: LIST (a bucket listing), GET (GET or HEAD of an object), PUT."""
+    if method == "GET" and "/" not in path.strip("/"):
+        return "LIST"
+    return "GET" if method in ("GET", "HEAD") else "PUT"
+
+
 @dataclass
 class FaultProxy:
     upstream: str
     slowdowns: int = 0  # answer this many next requests with 503 SlowDown
+    slow_until: float = 0.0  # answer every request with 503 SlowDown until this time.monotonic()
     drops: int = 0  # drop the connection of this many next requests
     denied: str = ""  # answer 403 AccessDenied to any request whose path and query hold this
+    gone: str = ""  # answer 404 NoSuchKey to a GET of any key whose path holds this
     requests: list[str] = field(default_factory=list)  # "METHOD /path?query", each one seen
+    kinds: Counter[str] = field(default_factory=Counter)  # LIST / GET / PUT, each one seen
+    not_modified: int = 0  # answers 304 from upstream
+    started: float = field(default_factory=time.monotonic)
+    session: aiohttp.ClientSession | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/__proxy__/"):
+            return await self.control(request)
         self.requests.append(f"{request.method} {request.path_qs}")
+        self.kinds[request_kind(request.method, request.path, request.query_string)] += 1
         if self.drops:
             self.drops -= 1
             assert request.transport is not None
             request.transport.close()
             return web.Response()  # never sent: the connection is gone
-        if self.slowdowns:
-            self.slowdowns -= 1
+        if self.slowdowns or time.monotonic() < self.slow_until:
+            self.slowdowns = max(0, self.slowdowns - 1)
             return s3_error(503, "SlowDown", "Please reduce your request rate.")
         if self.denied and self.denied in request.path_qs:
             return s3_error(403, "AccessDenied", "Access Denied")
-        return await self.forward(request)
+        if self.gone and request.method in ("GET", "HEAD") and self.gone in request.path:
+            return s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        answer = await self.forward(request)
+        self.not_modified += answer.status == 304
+        return answer
 
     async def forward(self, request: web.Request) -> web.Response:
+        if self.session is None:  # one pool of connections upstream, as a real client keeps
+            self.session = aiohttp.ClientSession(auto_decompress=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        async with aiohttp.ClientSession(auto_decompress=False) as session, session.request(
+        async with self.session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=await request.read(),
         ) as answer:
             body = await answer.read()
             kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
             return web.Response(status=answer.status, body=body, headers=kept)
 
+    def state(self) -> dict[str, Any]:
+        return {"kinds": dict(self.kinds), "not_modified": self.not_modified,
+                "seconds": time.monotonic() - self.started, "requests": len(self.requests),
+                "slow_for": max(0.0, self.slow_until - time.monotonic()), "denied": self.denied,
+                "gone": self.gone, "drops": self.drops, "slowdowns": self.slowdowns}
 
-async def start_proxy(upstream: str) -> AsyncIterator[tuple[FaultProxy, str]]:
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        if faults.get("reset"):
+            self.requests.clear()
+            self.kinds.clear()
+            self.not_modified, self.started = 0, time.monotonic()
+        if "slow_for" in faults:
+            self.slow_until = time.monotonic() + float(faults["slow_for"])
+        for name in ("denied", "gone"):
+            if name in faults:
+                setattr(self, name, str(faults[name]))
+        for name in ("drops", "slowdowns"):
+            if name in faults:
+                setattr(self, name, int(faults[name]))
+
+    async def control(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            self.set_faults(await request.json())
+        return web.json_response(self.state())
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+async def start_proxy(upstream: str, port: int = 0) -> AsyncIterator[tuple[FaultProxy, str]]:
     """(proxy, its URL) on 127.0.0.1, for the life of one test."""
     proxy = FaultProxy(upstream)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = runner.addresses[0][1]
     try:
         yield proxy, f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+        await proxy.close()
+
+
+async def serve(upstream: str, port: int) -> None:
+    async for _, url in start_proxy(upstream, port):
+        print(f"proxy at {url}", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="A fault-injecting, counting proxy in front of S3")
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    options = parser.parse_args()
+    asyncio.run(serve(options.upstream, options.port))

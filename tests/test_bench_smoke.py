@@ -140,6 +140,17 @@ def test_s3_requests_smoke() -> None:
     assert float(table["conditional GET, 304 (ms)"][0].split()[1]) > 0
 
 
+def test_s3_latency_smoke() -> None:
+    table = rows(run_smoke("s3_latency.py", 420), "S3: write -> DOM, requests, cost and CPU (smoke)")
+    ours = table["ours: write -> DOM p50 / p90 (ms)"][0]
+    assert "missed 0" in ours and float(ours.split()[0]) > 0, table
+    assert "missed 0" in table["Metaflow card server, --poll-interval 1: write -> DOM p50 / p90 (ms)"][0]
+    assert "GET" in table["ours: S3 requests per minute"][0]  # the proxy counted our requests
+    assert table["a new run: found after its first task's keys (s)"][0] != "never"
+    assert table["19 more tasks in the viewed run: all listed running after their keys (s)"][0] != "never"
+    assert table["20 live tasks: all shown succeeded after their DONE.lock (s)"][0] != "never"
+
+
 def test_switching_smoke() -> None:
     out = run_smoke("switching.py", 300)
     table = rows(out, "Card switching (smoke)")

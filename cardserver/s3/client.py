@@ -110,6 +110,9 @@ class S3Reader:
         self.backoff = backoff
         self.connect_timeout = connect_timeout
         self.counts = RequestCounts()
+        self.throttled = 0  # requests backing off after throttling now
+        # Told (True, code) when a first request is throttled, (False, code) when none is any more
+        self.on_throttled: Callable[[bool, str], None] | None = None
         self._stack = AsyncExitStack()
         self._client: Any = None
 
@@ -175,9 +178,24 @@ class S3Reader:
 
     async def _send(self, kind: Kind, root: S3Root, key: str, call: Callable[[], Awaitable[T]]) -> T:
         """Send one request, again after throttling or a dropped connection, until `give_up_after`."""
+        deadline = time.monotonic() + self.backoff.give_up_after
+        throttled: list[str] = []  # the code S3 throttled this request with, once it has
+        try:
+            return await self._send_until(kind, root, key, call, deadline, throttled)
+        finally:
+            if throttled:
+                self._throttle(-1, throttled[0])
+
+    def _throttle(self, change: int, code: str) -> None:
+        """Count requests backing off; say when the first starts and when the last is through."""
+        self.throttled += change
+        if self.on_throttled is not None and (self.throttled == 0 or (change > 0 and self.throttled == 1)):
+            self.on_throttled(self.throttled > 0, code)
+
+    async def _send_until(self, kind: Kind, root: S3Root, key: str, call: Callable[[], Awaitable[T]],
+                          deadline: float, throttled: list[str]) -> T:
         from botocore import exceptions
 
-        deadline = time.monotonic() + self.backoff.give_up_after
         attempt = 0
         while True:
             self.counts.sent[kind] += 1
@@ -187,6 +205,9 @@ class S3Reader:
                 code = str(error.response.get("Error", {}).get("Code", ""))
                 if code not in THROTTLED or time.monotonic() > deadline:
                     raise _explain(code, error, kind, root, key, self.counts) from None
+                if not throttled:
+                    throttled.append(code)
+                    self._throttle(1, code)
             except (exceptions.EndpointConnectionError, exceptions.ConnectTimeoutError) as error:
                 raise S3Error(f"cannot reach the S3 endpoint {self.endpoint_url or 'of AWS'}: "
                               f"{type(error).__name__}") from None

@@ -60,6 +60,7 @@ log = logging.getLogger("cardserver")
 READS_AT_ONCE = 8  # runs read at once, and task-folder objects read at once
 LIVE = (Status.RUNNING, Status.PENDING, Status.UNKNOWN)
 RUNS, CARDS = "runs", "cards"  # the two polls: listings (discovery and runs), shown cards' updates
+THROTTLED = "throttled"  # the reader backing off throttled requests, whichever poll sent them
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class S3Source(SinkHolder):
         self.scope = Scope(config.flow, config.run_id)
         self.timing = timing or PollTiming()
         self.reader = reader or S3Reader(settings.endpoint_url)
+        self.reader.on_throttled = self._throttled
         self.caught_up = asyncio.Event()
         self.health = Health()
         self.runs: dict[RunKey, RunState] = {}
@@ -108,6 +110,8 @@ class S3Source(SinkHolder):
         self._failures: Counter[str] = Counter()
         self._problems: dict[str, str] = {}
         self.last_error: S3Error | None = None  # the latest failure, until every poll works again
+        self._retry_at: dict[RunKey | CardKey, float] = {}  # a run or card that failed -> next try
+        self._discovery_error: S3Error | None = None  # a flow whose runs could not be listed
         self._next_discovery = 0.0
         self._polls: list[asyncio.Task[None]] = []
 
@@ -121,7 +125,9 @@ class S3Source(SinkHolder):
             for key in self.runs:
                 self._settle(key)
             self._next_discovery = time.monotonic() + self.discovery_seconds()
-            if self.last_error is None:
+            if self._discovery_error is not None:  # a flow's runs could not be listed
+                self._failed(RUNS, self._discovery_error)
+            elif self.last_error is None:
                 self._recovered(RUNS)
         except S3Error as error:  # said in the health message; the polls try again
             self._failed(RUNS, error)
@@ -200,6 +206,25 @@ class S3Source(SinkHolder):
         self._wake_runs.set()
         self._publish_health()
 
+    def _throttled(self, active: bool, code: str) -> None:
+        """The reader backs off throttled requests (retrying them until they pass): say so."""
+        if active:
+            self._failed(THROTTLED, S3Error(f"S3 is throttling requests ({code}), backing off"))
+        else:
+            self._recovered(THROTTLED)
+
+    def _back_off(self, poll: str, failed: dict[RunKey | CardKey, S3Error]) -> None:
+        """Only what failed waits before it is tried again (the rest of the poll goes on); the
+        poll recovers once nothing of it is waiting."""
+        if failed:
+            delay = self._failed(poll, next(iter(failed.values())))
+            self._retry_at.update(dict.fromkeys(failed, time.monotonic() + delay))
+        elif not any(isinstance(key, CardKey) == (poll == CARDS) for key in self._retry_at):
+            self._recovered(poll)
+
+    def _may_try(self, key: RunKey | CardKey, now: float) -> bool:
+        return self._retry_at.get(key, 0.0) <= now
+
     def _publish_health(self) -> None:
         ok = not self._problems
         problem = "; ".join(dict.fromkeys(self._problems.values())) or None
@@ -238,14 +263,21 @@ class S3Source(SinkHolder):
             return await read(key)
 
     async def discover(self) -> list[RunKey]:
-        """Flows and runs in the card root (delimiter listings); the runs not known before."""
+        """Flows and runs in the card root (delimiter listings); the runs not known before. A
+        flow whose runs cannot be listed (access denied on part of the prefix) does not stop
+        the others: it is `_discovery_error`, tried again at the next discovery."""
         top = await self.reader.list_folder(self.cards)
         flows = [name for name in folder_names(self.cards.folder, top.folders) if self.scope.wants(name)]
         self.flows = set(flows)
         new: list[RunKey] = []
+        self._discovery_error = None
         for flow in flows:
             prefix = self.cards.key(*cards_runs_dir(flow).parts) + "/"
-            listing = await self.reader.list_folder(self.cards, prefix.removeprefix(self.cards.folder))
+            try:
+                listing = await self.reader.list_folder(self.cards, prefix.removeprefix(self.cards.folder))
+            except S3Error as error:
+                self._discovery_error = self._discovery_error or error
+                continue
             for run in folder_names(prefix, listing.folders):
                 key = RunKey(flow, run)
                 if self.scope.wants(flow, run) and key not in self.runs:
@@ -319,7 +351,6 @@ class S3Source(SinkHolder):
         while True:
             try:
                 await self._poll_runs_once()
-                self._recovered(RUNS)
                 delay = self._next_due() - time.monotonic()
             except S3Error as error:
                 delay = self._failed(RUNS, error)
@@ -338,41 +369,54 @@ class S3Source(SinkHolder):
             self._next_discovery = now + self.discovery_seconds()
             if new:
                 self.sink.apply([RunWritten(key, None, None) for key in new])
-        due = [key for key, state in self.runs.items() if not state.done and state.due <= now]
+            if self._discovery_error is not None:
+                self._next_discovery = now + self.timing.retry_after(self._failures[RUNS] + 1)
+        due = [key for key, state in self.runs.items()
+               if not state.done and state.due <= now and self._may_try(key, now)]
         results = await asyncio.gather(*(self._gated(self.read_run, key) for key in due),
                                        return_exceptions=True)
-        failure: BaseException | None = None
+        failed: dict[RunKey | CardKey, S3Error] = {}
         for key, result in zip(due, results, strict=True):
-            if isinstance(result, BaseException):  # one run's fault: the others are applied
-                failure = failure or result
+            if isinstance(result, S3Error):  # one run's fault: only it backs off
+                failed[key] = result
+            elif isinstance(result, BaseException):
+                raise result
             else:
+                self._retry_at.pop(key, None)
                 self._apply_run(key, *result)
-        if failure is not None:
-            raise failure
+        if self._discovery_error is not None and not failed:
+            self._failed(RUNS, self._discovery_error)
+        else:
+            self._back_off(RUNS, failed)
 
     def _next_due(self) -> float:
-        times = [state.due for state in self.runs.values() if not state.done]
+        times = [max(state.due, self._retry_at.get(key, 0.0)) for key, state in self.runs.items()
+                 if not state.done]
         return min([self._next_discovery, *times])
 
     async def _poll_cards(self) -> None:
         """The data update of each shown card that may still change, every `card_seconds`."""
         while True:
-            wanted = [key for key in self.shown if self._may_update(key)]
-            if not wanted:
+            now = time.monotonic()
+            shown = [key for key in self.shown if self._may_update(key)]
+            if not shown:
                 self._wake_cards.clear()
                 await self._wake_cards.wait()
                 continue
-            try:
-                await asyncio.gather(*(self.fetch_update(key) for key in wanted))
-                self._recovered(CARDS)
-            except Exception as error:  # S3's, or a bug: polling must go on either way
-                if not isinstance(error, S3Error):
-                    log.exception("S3: reading a card's update failed")
-                delay = self._failed(CARDS, error if isinstance(error, S3Error) else S3Error(repr(error)))
-                self._wake_cards.clear()
-                with suppress(TimeoutError):  # woken early when the other poll finds S3 back
-                    await asyncio.wait_for(self._wake_cards.wait(), delay)
-                continue
+            wanted = [key for key in shown if self._may_try(key, now)]
+            results = await asyncio.gather(*(self.fetch_update(key) for key in wanted),
+                                           return_exceptions=True)
+            failed: dict[RunKey | CardKey, S3Error] = {}
+            for key, result in zip(wanted, results, strict=True):
+                if isinstance(result, Exception):  # S3's, or a bug: only this card backs off
+                    if not isinstance(result, S3Error):
+                        log.error("S3: reading a card's update failed", exc_info=result)
+                    failed[key] = result if isinstance(result, S3Error) else S3Error(repr(result))
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    self._retry_at.pop(key, None)
+            self._back_off(CARDS, failed)
             await asyncio.sleep(self.timing.card_seconds)
 
     def _may_update(self, key: CardKey) -> bool:
@@ -427,6 +471,8 @@ class S3Source(SinkHolder):
                 self._wake_cards.set()
             else:
                 self.shown.discard(key)
+                if self._retry_at.pop(key, None) is not None:
+                    self._back_off(CARDS, {})  # nobody waits for it any more
         if shown and self.viewers[run] == 1:
             self._poll_now(run)  # a run someone starts looking at is read now, then every 5 s
 
