@@ -201,8 +201,14 @@ def finished_at(facts: TaskFacts) -> float | None:
 
 
 def card_attempt(facts: TaskFacts, card_uuid: str) -> int | None:
-    """The attempt that wrote a card: its card-info's, else the first (None: no attempt yet)."""
-    return facts.card_attempts.get(card_uuid, 0 if facts.attempts else None)
+    """The attempt that wrote a card: its card-info's, else the first. None: no attempt yet, or
+    a retried task read from S3 alone, whose folder does not say which attempt wrote a card."""
+    if card_uuid in facts.card_attempts:
+        return facts.card_attempts[card_uuid]
+    if not facts.attempts:
+        return None
+    remote = any(attempt.remote for attempt in facts.attempts.values())
+    return None if remote and len(facts.attempts) > 1 else 0
 
 
 @dataclass(frozen=True, slots=True)

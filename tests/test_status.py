@@ -317,6 +317,16 @@ def test_each_card_names_its_attempt() -> None:
     assert card_attempt(TaskFacts(), "a" * 32) is None  # no attempt yet
 
 
+
+def test_a_retried_tasks_card_read_from_s3_alone_has_no_attempt() -> None:
+    facts = started(0)
+    record(facts, MetaKind.ENDED, T0 + 1, attempt_doc(0))  # DONE.lock in an S3 task folder
+    assert card_attempt(facts, "a" * 32) == 0  # one attempt: it wrote every card
+    record(facts, MetaKind.ATTEMPT, T0 + 2, attempt_doc(1))
+    assert card_attempt(facts, "a" * 32) is None  # which of the two? S3 does not say
+    record(facts, MetaKind.CARD_INFO, T0 + 3, card_info_doc("b" * 32, 1))
+    assert card_attempt(facts, "b" * 32) == 1  # a local _meta does
+
 # --- run status ------------------------------------------------------------------------------
 
 NOW = 10_000.0

@@ -129,7 +129,12 @@ export class CardList {
     if (row.attempts > 1) {  // a retried task: say which attempt each row is
       const attempt = document.createElement("span");
       attempt.className = "attempt";
-      attempt.textContent = `attempt ${row.attempt + 1}`;
+      if (row.attempt == null) {  // S3 alone does not say which attempt wrote a card
+        attempt.textContent = "attempt unknown";
+        attempt.title = "The datastore does not say which attempt wrote this card";
+      } else {
+        attempt.textContent = `attempt ${row.attempt + 1}`;
+      }
       node.append(attempt);
     }
     return node;
@@ -154,7 +159,7 @@ export function toRows(tasks) {
 }
 
 function taskRow(task, id, card, search) {
-  const attempt = card && card.attempt != null ? card.attempt : task.attempt;
+  const attempt = card ? card.attempt : task.attempt;
   return { step: task.step, task: task.task, status: task.status, attempt,
     attempts: (task.attempt ?? 0) + 1, started: task.started, id, card, search };
 }
