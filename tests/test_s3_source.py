@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,12 @@ async def test_a_finished_run_is_served_with_status_from_its_s3_task_folders(
     card = await get_json(client, f"/api/cards/{card_of(detail, 'start')}")
     assert card["update"]["token"] == "final" and "# update 2" in json.dumps(card["update"]["data"])
     html = await client.get(f"/card-html/{card_of(detail, 'start')}")
-    assert html.status == 200 and len(await html.read()) > 500_000
+    page = await html.read()
+    assert html.status == 200 and b'METAFLOW_RELOAD_TOKEN = "final"' in page
+    script = re.search(rb'<script src="[./]*(card-js/[0-9a-f]{64}\.js)"', page)  # its bundle, apart
+    assert script is not None, page[-2000:]
+    bundle = await client.get("/" + script[1].decode())
+    assert bundle.status == 200 and len(await bundle.read()) > 500_000
     status = await get_json(client, "/api/status")
     assert status["source"] == "s3" and status["cards"] == f"{run.sysroot}/mf.cards"
     assert status["s3"]["requests_per_minute"]["LIST"] > 0 and status["s3"]["usd_per_hour"] > 0
