@@ -119,7 +119,7 @@ def check_s3(settings: S3Settings) -> None:
     import asyncio
 
     from cardserver.s3.client import load_aiobotocore
-    from cardserver.s3.source import check_reachable
+    from cardserver.s3.readonce import check_reachable
 
     load_aiobotocore()
     asyncio.run(check_reachable(settings))
@@ -266,7 +266,7 @@ def card_rows(config: Config) -> list[dict[str, Any]]:
     if config.s3 is not None:
         import asyncio
 
-        from cardserver.s3.source import read_index
+        from cardserver.s3.readonce import read_index
 
         index = asyncio.run(read_index(config, config.s3))
     else:

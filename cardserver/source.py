@@ -82,6 +82,10 @@ class SinkHolder:
         assert self._sink is not None, "the source has not been started"
         return self._sink
 
+    @property
+    def started(self) -> bool:
+        return self._sink is not None
+
 
 class Source(Protocol):
     caught_up: asyncio.Event  # everything that may still change is followed, and was read since
