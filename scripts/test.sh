@@ -31,4 +31,5 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 python -m ruff check cardserver cli.py tests bench
 python -m mypy
-python -m pytest "$@"
+# the slowest tests are listed, so a suite creeping towards its 15-minute budget shows where
+python -m pytest --durations=15 "$@"
