@@ -77,7 +77,8 @@ ARM = """([part, timeout]) => {
   const probe = window.__switch;
   probe.result = null;
   probe.input = 0;
-  const mine = () => [...document.querySelectorAll('#frames iframe')].find((f) => f.src.includes(part));
+  const mine = () => [...document.querySelectorAll('#frames iframe[data-card]')]
+    .find((f) => f.dataset.card.includes(part));
   const before = mine();
   const deadline = performance.now() + timeout;
   const check = () => {

@@ -28,6 +28,11 @@ WATCH_SHOWN = """() => {
 }"""
 
 
+# Whether card `n` has a frame loaded and hidden (kept, or loaded ahead).
+KEPT = ("(n) => [...document.querySelectorAll('#frames iframe[data-card].kept')]"
+        ".some((f) => f.dataset.card.includes(n))")
+
+
 def card_frames(page: Any, name: str) -> list[Any]:
     return [f for f in page.frames if "/card-html/" in f.url and name in f.url]
 
@@ -71,7 +76,8 @@ async def until_updated(page: Any, received: list[str], card: Any, value: int) -
 
 async def shown_names(page: Any) -> list[str]:
     return await page.evaluate(
-        "[...document.querySelectorAll('#frames iframe:not(.kept):not(.incoming)')].map((f) => f.src)")
+        "[...document.querySelectorAll('#frames iframe[data-card]:not(.kept):not(.incoming)')]"
+        ".map((f) => f.dataset.card)")
 
 
 async def test_kept_card_is_never_stale(roots: Any, start_app: Any, browser: Any) -> None:
@@ -88,7 +94,7 @@ async def test_kept_card_is_never_stale(roots: Any, start_app: Any, browser: Any
     # Away to the other card: the first stays loaded, hidden, still subscribed.
     await page.locator(f"#card-list .row[data-id='train/{other.key.task.task}/{other.key.name}']").click()
     await page.wait_for_function(
-        "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
+        KEPT,
         arg=first.key.name, timeout=UI_WAIT)
     assert any(other.key.name in src for src in await shown_names(page))
 
@@ -109,7 +115,7 @@ async def test_kept_card_is_never_stale(roots: Any, start_app: Any, browser: Any
     # loads behind while hidden, and shown again it is the newest layout with the newest data.
     await page.locator(f"#card-list .row[data-id='train/{other.key.task.task}/{other.key.name}']").click()
     await page.wait_for_function(
-        "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
+        KEPT,
         arg=first.key.name, timeout=UI_WAIT)
     first.rerender([demo.markdown("title", "# a new layout"), demo.progress("bar", 50, 100, "epochs")])
     rendered = await kept_frame(page, first.key.name, "document.body.innerText.includes('a new layout')")
@@ -160,7 +166,8 @@ async def test_next_card_is_loaded_ahead(roots: Any, start_app: Any, browser: An
 # Press `j` and say, in the same task, whether the frame of card `name` is on screen yet.
 PRESS_J = """(name) => {
   document.body.dispatchEvent(new KeyboardEvent("keydown", { key: "j", bubbles: true }));
-  const frame = [...document.querySelectorAll("#frames iframe")].find((f) => f.src.includes(name));
+  const frame = [...document.querySelectorAll("#frames iframe[data-card]")]
+    .find((f) => f.dataset.card.includes(name));
   return frame ? frame.className : "no frame";
 }"""
 
@@ -177,22 +184,20 @@ async def test_loaded_card_is_shown_at_once(metaflow_cards: Any, start_app: Any,
     page = await browser.new_page()
     await page.goto(str(client.make_url(f"/run/{flow}/{run}/{step}/{task}/{first.stem}")))
     listed = "[...document.querySelectorAll('#card-list .row[data-card]')].map((n) => n.dataset.card)"
-    await page.wait_for_function(f"() => {listed}.length === 3", timeout=UI_WAIT)
+    await page.wait_for_function(f"() => {listed}.length === 5", timeout=UI_WAIT)
     rows = await page.evaluate(listed)
     following = rows[rows.index(first.stem) + 1]
     await kept_frame(page, following, "document.body.innerText.includes('branch')")
     await page.wait_for_function(  # loaded: not still swapping in
-        "(n) => [...document.querySelectorAll('#frames iframe.kept')].some((f) => f.src.includes(n))",
+        KEPT,
         arg=following, timeout=UI_WAIT)
     assert "kept" not in await page.evaluate(PRESS_J, following)
 
 
-# Press a card row (no pointer moved over it first) and say, in the same task, whether that
-# card's frame has started loading.
+# Press a card row (no pointer moved over it first), and never release it.
 PRESS_ROW = """(id) => {
   const row = document.querySelector(`#card-list .row[data-id="${id}"]`);
   row.dispatchEvent(new PointerEvent("pointerdown", { bubbles: true }));
-  return [...document.querySelectorAll("#frames iframe")].map((f) => f.src);
 }"""
 
 
@@ -206,6 +211,70 @@ async def test_pressed_card_loads_before_the_click(roots: Any, start_app: Any, b
     await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}")))
     await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
     assert card_frames(page, pressed.key.name) == []  # not next to the shown card: not loaded ahead
-    row = f"eval/{pressed.key.task.task}/{pressed.key.name}"
-    sources = await page.evaluate(PRESS_ROW, row)
-    assert any(pressed.key.name in src for src in sources)  # loading while the button is down
+    await page.evaluate(PRESS_ROW, f"eval/{pressed.key.task.task}/{pressed.key.name}")
+    # Loading while the button is still down, and only loading: no click came, nothing switched.
+    await kept_frame(page, pressed.key.name, "document.body.innerText.includes('pressed')")
+    shown = await shown_names(page)
+    assert len(shown) == 1 and first.key.name in shown[0]
+
+
+SHOWN_FRAME = """(name) => {
+  const frame = [...document.querySelectorAll("#frames iframe[data-card]:not(.incoming):not(.kept)")]
+    .find((f) => f.dataset.card.includes(name));
+  if (!frame) return null;
+  return { src: frame.src, token: frame.dataset.token || "", sandbox: frame.getAttribute("sandbox") };
+}"""
+# The card's text but its chart's (whose axis ticks depend on the frame's width).
+CARD_TEXT = """(() => {
+  const card = document.querySelector('.card_app').cloneNode(true);
+  for (const chart of card.querySelectorAll('svg, canvas')) chart.remove();
+  return card.textContent;
+})()"""
+CHARTED = "!!document.querySelector('.card_app svg, .card_app canvas')"
+
+
+async def test_first_visit_opens_in_a_warm_frame(metaflow_cards: Any, start_app: Any, browser: Any) -> None:
+    """A card never loaded is written into the warm frame (Metaflow's bundle compiled ahead,
+    not run) and shows what its own URL shows, live-ready and sandboxed; the warm frame is
+    used for that one card, and a new one is warmed for the next."""
+    client = await start_app(make_config(metaflow_cards))
+    files = sorted(metaflow_cards.cards.rglob("cards/*.html"))
+    first = next(f for f in files if f.name.startswith("default-"))
+    parts = str(first.relative_to(metaflow_cards.cards)).split("/")
+    flow, run = parts[0], parts[2]
+    page = await browser.new_page()
+    await page.goto(str(client.make_url(f"/run/{flow}/{run}/{parts[4]}/{parts[6]}/{first.stem}")))
+    listed = "[...document.querySelectorAll('#card-list .row[data-card]')]"
+    await page.wait_for_function(f"() => {listed}.length === 5", timeout=UI_WAIT)
+    warm = "#frames iframe.shell:not(.incoming)"
+    shell = await page.wait_for_selector(warm, state="attached", timeout=UI_WAIT)
+    assert "/card-shell/" in (await shell.get_attribute("src") or "")
+    # Far from the shown card (only its neighbours are loaded ahead) and never pointed at.
+    target = await page.evaluate(f"() => {listed}[3].dataset.id")
+    name = target.split("/")[-1]
+    assert await page.evaluate(SHOWN_FRAME, name) is None
+    await page.evaluate("(id) => document.querySelector(`#card-list .row[data-id='${id}']`).click()", target)
+    await page.wait_for_function(f"(n) => ({SHOWN_FRAME})(n) !== null", arg=name, timeout=UI_WAIT)
+    shown = await page.evaluate(SHOWN_FRAME, name)
+    assert "/card-shell/" in shown["src"]  # the warm frame it was written into
+    assert shown["token"] == "final"  # the card's runtime runs in it, and told us its render
+    assert "allow-same-origin" not in shown["sandbox"].split()
+    handle = await page.query_selector(f"#frames iframe[data-card*='{name}']")
+    assert handle is not None
+    written = await handle.content_frame()
+    assert await written.evaluate("window.origin") == "null"
+    await written.wait_for_function(CHARTED, timeout=UI_WAIT)
+    # Its own URL, in its own host page, shows the very same card.
+    alone = await browser.new_page()
+    step, task = target.split("/")[:2]
+    await alone.goto(str(client.make_url(f"/card/{flow}/{run}/{step}/{task}/{name}")))
+    framed = await alone.wait_for_selector("#frames iframe:not(.incoming)", timeout=UI_WAIT)
+    own = await framed.content_frame()
+    await own.wait_for_function(CHARTED, timeout=UI_WAIT)
+    assert await written.evaluate(CARD_TEXT) == await own.evaluate(CARD_TEXT)
+    assert "branch" in await own.evaluate(CARD_TEXT)
+    # One card per warm frame: the next is a new frame.
+    fresh = await page.wait_for_selector(warm, state="attached", timeout=UI_WAIT)
+    assert not await page.evaluate("([a, b]) => a === b", [fresh, handle])
+    await alone.close()
+    await page.close()

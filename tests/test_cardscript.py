@@ -1,6 +1,7 @@
 """Metaflow's card bundle served once (cardscript.py), on cards a real Metaflow run wrote: the
 split is exact, anything else is served whole, the bundle's URL is signed like its page, and
-the split card renders in Chromium, sandboxed."""
+the split card renders in Chromium, sandboxed. The viewer's warm frames (cards.py): a card's
+page apart from its bundle, and the warm frame's page, served only to the viewer."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from cardserver.config import Roots
 from cardserver.demo import markdown, start_run
 from cardserver.index import Card
 from cardserver.layout import CardKey, parse_card_path
-from cardserver.web.cards import SCRIPT_ENTRIES, CardPages
+from cardserver.web.cards import SCRIPT_ENTRIES, SHELL_CLOSE, SHELL_OPEN, CardPages
 from cardserver.web.cardscript import split
 from cardserver.web.keys import GUARD
 from cardserver.web.security import CARD_HTML_ROUTE
@@ -28,7 +29,7 @@ TOKEN = "s3cret-token-for-tests"
 
 def card_files(roots: Roots) -> list[Path]:
     files = sorted(roots.cards.rglob("cards/*.html"))
-    assert len(files) == 3, files
+    assert len(files) == 5, files
     return files
 
 
@@ -146,3 +147,49 @@ async def test_page_whose_script_was_let_go_is_built_again(metaflow_cards: Roots
     assert pages.script(first.script) is None  # the oldest script was let go...
     again = await pages.page(cards[0])
     assert again.script == first.script and pages.script(first.script) is not None  # ... and is back
+
+
+async def test_page_apart_from_its_bundle_for_a_warm_frame(metaflow_cards: Roots, start_app: Any) -> None:
+    """`api/cards/.../page` holds the very page `card-html/...` serves, apart from its bundle;
+    `card-shell/<bundle>` holds that bundle, compiled into a function, sandboxed like a card."""
+    client = await start_app(make_config(metaflow_cards, token=TOKEN))
+    key = card_key(metaflow_cards, card_files(metaflow_cards)[1])
+    login = await client.get("/", params={"token": TOKEN}, allow_redirects=False)
+    cookie = {"Cookie": "; ".join(f"{m.key}={m.value}" for m in login.cookies.values())}
+    apart = await client.get(f"/api/cards/{key}/page", headers={"Accept-Encoding": "gzip", **cookie})
+    assert apart.status == 200 and apart.headers["Content-Type"].startswith("application/json")
+    parts = await apart.json()
+    whole = await (await client.get(f"/card-html/{key}", headers=cookie)).read()
+    tag = re.search(rb'<script src="[^"]+"></script>', whole)
+    assert tag is not None
+    assert whole == parts["before"].encode() + tag[0] + parts["after"].encode()
+    script = split(card_files(metaflow_cards)[1].read_bytes())
+    assert script is not None and parts["script"] == script.name
+    revalidate = {"If-None-Match": apart.headers["ETag"], **cookie}
+    again = await client.get(f"/api/cards/{key}/page", headers=revalidate)
+    assert again.status == 304
+
+    shell = await client.get(f"/card-shell/{parts['script']}", headers=cookie)
+    assert shell.status == 200 and shell.headers["Content-Type"].startswith("text/html")
+    assert shell.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+    body = await shell.read()
+    assert SHELL_OPEN + script.script + SHELL_CLOSE in body
+    assert b'cardserver: "warm"' in body  # the loader, inline
+    assert (await client.get("/card-shell/" + "0" * 64 + ".js", headers=cookie)).status == 404
+    # Only the viewer: nothing without the token, and no card page (Origin null) reads a page.
+    client.session.cookie_jar.clear()
+    assert (await client.get(f"/card-shell/{parts['script']}")).status == 401
+    assert (await client.get(f"/api/cards/{key}/page")).status == 401
+    opaque = await client.get(f"/api/cards/{key}/page", headers={"Origin": "null", **cookie})
+    assert opaque.status == 403
+
+
+async def test_a_page_not_split_has_no_parts(metaflow_cards: Roots, start_app: Any) -> None:
+    datastore = Path(metaflow_cards.datastore.parent / "parts-demo")
+    card = start_run(datastore, flow="PartsFlow").start_task("start").add_card(
+        components=[markdown("t", "# hello")])
+    client = await start_app(make_config(Roots(datastore, datastore / "mf.cards")))
+    response = await client.get(f"/api/cards/{card.key}/page")
+    assert response.status == 200
+    assert (await response.json())["script"] is None  # the viewer loads its URL
+    assert (await client.get(f"/api/cards/{card.key.task}/nope-1/page")).status in (400, 404)

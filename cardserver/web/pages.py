@@ -28,7 +28,9 @@ from .security import (
     CARD_IFRAME_SANDBOX,
     CARD_ROUTE,
     CARD_SCRIPT_ROUTE,
+    CARD_SHELL_ROUTE,
     VIEWER_CSP,
+    json_error,
     plain_error,
 )
 
@@ -150,6 +152,35 @@ async def card_html(request: web.Request) -> web.StreamResponse:
     return encoded(request, page, headers, "text/html")
 
 
+async def card_page_parts(request: web.Request) -> web.StreamResponse:
+    """A card's page apart from Metaflow's bundle, for the viewer's warm frames (cards.py):
+    JSON, under `api/` so that no card page can read it; `script` is null for a page that was
+    not split (the viewer then loads its URL)."""
+    found = card_of_request(request)
+    if found is None or found.version is None:
+        return json_error(404, "card not found")
+    pages = request.app[CARD_PAGES]
+    headers = {"ETag": pages.etag(found), "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if pages.etag(found) in if_none_match(request):
+        return web.Response(status=304, headers=headers)
+    try:
+        page = await pages.page(found)
+    except Unavailable as problem:
+        return json_error(problem.status, str(problem))
+    if page.parts is None:
+        return web.json_response({"script": None, "version": found.version}, headers=headers)
+    return encoded(request, page.parts, headers, "application/json")
+
+
+async def card_shell(request: web.Request) -> web.StreamResponse:
+    """A warm frame: Metaflow's card bundle compiled, waiting for a card's page (cards.py)."""
+    shell_page = await request.app[CARD_PAGES].shell(request.match_info["name"])
+    if shell_page is None:
+        return plain_error(404, "card script not found")
+    headers = {**card_headers(shell_page.etag), "Cache-Control": "max-age=31536000, immutable"}
+    return encoded(request, shell_page, headers, "text/html")
+
+
 async def card_script(request: web.Request) -> web.StreamResponse:
     """Metaflow's card JavaScript, split out of card pages: named by its content, so it never
     changes (and reveals nothing to whoever cannot name it)."""
@@ -197,5 +228,7 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}card/{card_path}", card_host, name=CARD_ROUTE)  # links open it
     app.router.add_get(f"{base}card-html/{card_path}", card_html, name=CARD_HTML_ROUTE)
     app.router.add_get(f"{base}{CARD_SCRIPT_ROUTE}/{{name}}", card_script, name=CARD_SCRIPT_ROUTE)
+    app.router.add_get(f"{base}{CARD_SHELL_ROUTE}/{{name}}", card_shell)
+    app.router.add_get(f"{base}api/cards/{card_path}/page", card_page_parts)  # before the API's catch-all
     static = resources.files("cardserver").joinpath("static")
     app.router.add_static(f"{base}static/", str(static), append_version=False)

@@ -40,6 +40,7 @@ CARD_ROUTE = "card"  # the card's host page: a link opens it
 CARD_HTML_ROUTE = "card-html"  # the card's own HTML, framed sandboxed by its host
 CARD_ROUTES = (CARD_ROUTE, CARD_HTML_ROUTE)  # the only routes a link opens
 CARD_SCRIPT_ROUTE = "card-js"  # Metaflow's card JavaScript, named by its SHA-256 (cardscript.py)
+CARD_SHELL_ROUTE = "card-shell"  # a warm frame holding that script, named the same (cards.py)
 CARD_PARTS = ("flow", "run", "step", "task", "card")
 SERVER_HEADER = "X-Cardserver"
 
