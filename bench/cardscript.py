@@ -54,7 +54,8 @@ def pages(datastore: Path) -> dict[str, list[bytes]]:
         apart = split(html)
         if apart is None:
             raise SystemExit("a card page is not Metaflow's shape: nothing to compare")
-        served["split"].append(apart.page(f"/card-js/{apart.name}"))
+        tag = f'<script src="/card-js/{apart.name}"></script>'.encode()
+        served["split"].append(apart.before + tag + apart.after)
     return served
 
 

@@ -21,7 +21,7 @@ since (a hidden frame renders none, so this counts its renderer waking up). Then
 Between two switches we wait until no frame has been loading for 10 animation frames (a
 person reads the card): what is loaded ahead is then ready, as it would be. Each setting of
 `?keep=` runs in a new browser; `keep=0` is the viewer as it was before issue 14 (one frame,
-nothing kept or loaded ahead), but with the card script served once (bench/cardscript.py)."""
+nothing kept or loaded ahead, no warm frames: each card loads its whole page by its URL)."""
 
 from __future__ import annotations
 

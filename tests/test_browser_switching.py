@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config
+from conftest import live_flow_moves_in_place, make_config, start_flow
 from test_browser import UI_WAIT, live_run
 
 from cardserver import demo
+from cardserver.config import Roots
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -33,8 +36,11 @@ KEPT = ("(n) => [...document.querySelectorAll('#frames iframe[data-card].kept')]
         ".some((f) => f.dataset.card.includes(n))")
 
 
-def card_frames(page: Any, name: str) -> list[Any]:
-    return [f for f in page.frames if "/card-html/" in f.url and name in f.url]
+async def card_frames(page: Any, name: str) -> list[Any]:
+    """The frames of card `name` (loaded from its URL, or written into a warm frame)."""
+    handles = await page.query_selector_all(f"#frames iframe[data-card*='{name}']")
+    frames = [await handle.content_frame() for handle in handles]
+    return [frame for frame in frames if frame is not None]
 
 
 async def kept_frame(page: Any, name: str, script: str) -> Any:
@@ -42,7 +48,7 @@ async def kept_frame(page: Any, name: str, script: str) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + UI_WAIT / 1000
     while loop.time() < deadline:
-        frames = card_frames(page, name)
+        frames = await card_frames(page, name)
         if len(frames) == 1:
             try:
                 if await frames[0].evaluate(script):
@@ -102,7 +108,7 @@ async def test_kept_card_is_never_stale(roots: Any, start_app: Any, browser: Any
     first.update({"bar": demo.progress("bar", 41, 100, "epochs")})
     first.update({"bar": demo.progress("bar", 42, 100, "epochs")})
     await until_updated(page, received, first, 42)
-    hidden = card_frames(page, first.key.name)[0]
+    hidden = (await card_frames(page, first.key.name))[0]
     assert "42" not in await hidden.evaluate("document.querySelector('[data-component-id=bar]').textContent")
     # ... and shown again, the very first frame on screen has it, in the same document.
     await hidden.evaluate(WATCH_SHOWN)
@@ -160,7 +166,7 @@ async def test_next_card_is_loaded_ahead(roots: Any, start_app: Any, browser: An
     # With ?keep=0 nothing is kept or loaded ahead: one card frame at a time.
     await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}?keep=0")))
     await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
-    assert card_frames(page, second.key.name) == []
+    assert await card_frames(page, second.key.name) == []
 
 
 # Press `j` and say, in the same task, whether the frame of card `name` is on screen yet.
@@ -210,7 +216,7 @@ async def test_pressed_card_loads_before_the_click(roots: Any, start_app: Any, b
     t = first.key.task
     await page.goto(str(client.make_url(f"/run/{t.flow}/{t.run}/{t.step}/{t.task}/{first.key.name}")))
     await kept_frame(page, first.key.name, "!!document.querySelector('[data-component-id=bar]')")
-    assert card_frames(page, pressed.key.name) == []  # not next to the shown card: not loaded ahead
+    assert await card_frames(page, pressed.key.name) == []  # not next to the shown card: not loaded ahead
     await page.evaluate(PRESS_ROW, f"eval/{pressed.key.task.task}/{pressed.key.name}")
     # Loading while the button is still down, and only loading: no click came, nothing switched.
     await kept_frame(page, pressed.key.name, "document.body.innerText.includes('pressed')")
@@ -278,3 +284,35 @@ async def test_first_visit_opens_in_a_warm_frame(metaflow_cards: Any, start_app:
     assert not await page.evaluate("([a, b]) => a === b", [fresh, handle])
     await alone.close()
     await page.close()
+
+
+async def test_live_card_in_a_warm_frame_moves_in_place(
+    tmp_path: Path, metaflow_cards: Roots, start_app: Any, browser: Any
+) -> None:
+    """A running Metaflow card opened in a warm frame: its updates arrive in the same document,
+    as in a card loaded from its URL."""
+    shutil.copytree(metaflow_cards.datastore, tmp_path / ".metaflow")  # a finished card to see first
+    flow = start_flow("live_card_flow.py", tmp_path)
+    try:
+        roots = Roots(tmp_path / ".metaflow", tmp_path / ".metaflow" / "mf.cards")
+        client = await start_app(make_config(roots))
+        first = next(metaflow_cards.cards.rglob("cards/default-*.html"))
+        parts = str(first.relative_to(metaflow_cards.cards)).split("/")
+        page = await browser.new_page()
+        deep_link = f"/run/{parts[0]}/{parts[2]}/{parts[4]}/{parts[6]}/{first.stem}"
+        await page.goto(str(client.make_url(deep_link)))
+        await page.wait_for_selector("#frames iframe.shell:not(.incoming)", state="attached", timeout=UI_WAIT)
+        await page.wait_for_selector("#flow-picker option[value='LiveCardFlow']", state="attached",
+                                     timeout=UI_WAIT * 3)
+        await page.select_option("#flow-picker", "LiveCardFlow")
+        row = page.locator("#card-list .row[data-card]").first
+        await row.wait_for(timeout=UI_WAIT * 3)
+        await row.click()
+        name = await row.get_attribute("data-card")
+        await page.wait_for_function(f"(n) => ({SHOWN_FRAME})(n) !== null", arg=name, timeout=UI_WAIT)
+        assert "/card-shell/" in (await page.evaluate(SHOWN_FRAME, name))["src"]
+        handle = await page.query_selector(f"#frames iframe[data-card*='{name}']")
+        assert handle is not None
+        await live_flow_moves_in_place(await handle.content_frame(), tmp_path, UI_WAIT * 3)
+    finally:
+        flow.kill()

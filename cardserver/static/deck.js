@@ -27,7 +27,7 @@ export class Deck {
   // `card`: the card's URLs, `html` (its own page) and `page` (that page apart from its bundle).
   show(topic, card, version) {
     const kept = this.cards.get(topic);
-    const frames = kept || this.add(topic, card, version, { warm: true });
+    const frames = kept || this.add(topic, card, version, { now: true });
     this.cards.delete(topic);
     this.cards.set(topic, frames);
     this.ahead.delete(topic);
@@ -58,11 +58,11 @@ export class Deck {
     for (const other of this.cards.values()) if (other !== frames && !other.hidden) other.hide();
   }
 
-  // Load a card hidden, ahead of being shown (`warm`: likely to be shown in a moment, so it
-  // may take the warm frame).
-  preload(topic, card, version, { warm = false } = {}) {
+  // Load a card hidden, ahead of being shown (`now`: likely shown in a moment, so it may take
+  // the warm frame kept ready).
+  preload(topic, card, version, { now = false } = {}) {
     if (!this.keep || this.cards.has(topic)) return;
-    this.add(topic, card, version, { hidden: true, warm });
+    this.add(topic, card, version, { hidden: true, now });
     this.ahead.add(topic);
     this.trim();
   }
@@ -86,7 +86,7 @@ export class Deck {
     if (frames) frames.update(message);
   }
 
-  add(topic, card, version, { hidden = false, warm = false } = {}) {
+  add(topic, card, version, { hidden = false, now = false } = {}) {
     const frames = new Frames(this.container, {
       shells: this.shells,
       onHeight: (height) => { if (frames === this.shown) this.on.onHeight(height); },
@@ -96,7 +96,7 @@ export class Deck {
       },
     });
     if (hidden) frames.hide();
-    frames.show(card.html, version, { page: card.page, warm });
+    frames.show(card.html, version, { page: card.page, now });
     this.cards.set(topic, frames);
     this.on.onKeep(topic);
     return frames;

@@ -9,7 +9,8 @@
 // part of loading). Shown again (`reveal`), a card behind gets that update first and is made
 // visible once it has applied it (or after REVEAL_WAIT_MS): never stale. A card with nothing
 // newer to apply (an update of another render is not one) is made visible at once.
-// In the viewer, a card wanted now opens in a warm frame when one is ready (shells.js).
+// In the viewer, Metaflow's cards open in warm frames (shells.js); a card wanted now takes
+// the one kept ready.
 
 const MAX_HEIGHT = 100000;
 const REVEAL_WAIT_MS = 150;
@@ -22,9 +23,9 @@ export class Frames {
     this.on = { onHeight, onReady, onApplied, onLoad };
     this.shells = shells; // warm frames (shells.js), in the viewer
     this.page = null; // the card's page apart from its bundle, which a warm frame takes
-    this.warm = false; // whether this card may take a warm frame (it is wanted now)
+    this.now = false; // wanted now: may take the warm frame kept ready
     this.loads = 0; // the newest load; an older one that finishes late is dropped
-    this.pending = false; // asking for a warm frame: no frame yet
+    this.pending = false; // getting a warm frame: no frame yet
     this.hidden = false;
     this.seen = false; // shown at least once (else loaded ahead, not yet seen)
     this.waiting = null; // a reveal waiting for the card to apply the update it missed
@@ -79,6 +80,7 @@ export class Frames {
     for (const frame of this.frames()) frame.remove();
     this.current = this.incoming = null;
     this.loads += 1;
+    this.pending = false;
   }
 
   frames() {
@@ -86,13 +88,13 @@ export class Frames {
   }
 
   // `page`, in the viewer: the URL of the card's page apart from its bundle, for a warm frame
-  // (`warm`: the card is wanted now, not merely loaded ahead).
-  show(src, version, { page = null, warm = false } = {}) {
+  // (`now`: the card is wanted now, not merely loaded ahead).
+  show(src, version, { page = null, now = false } = {}) {
     if (src === this.src) return;
     this.src = src;
     this.version = version;
     this.page = page;
-    this.warm = warm;
+    this.now = now;
     this.latest = null;
     this.load();
   }
@@ -122,17 +124,18 @@ export class Frames {
 
   load() {
     const load = ++this.loads;
-    const warm = this.warm || !this.hidden;
-    this.warm = false; // a card loaded ahead takes a warm frame only if wanted when shown
+    const now = this.now || !this.hidden;
+    this.now = false; // a card loaded ahead takes the ready frame only if wanted when shown
     if (this.incoming) this.incoming.remove();
     this.incoming = null;
+    this.pending = false;
     const url = this.versioned(this.src);
-    if (!this.shells || !this.page || !warm) return this.attach(this.frame(url), url);
+    if (!this.shells || !this.page) return this.attach(this.frame(url), url);
     this.pending = true;
-    this.shells.open(this.versioned(this.page)).then((warm) => {
-      if (load !== this.loads) return warm && warm.remove();
+    this.shells.open(this.versioned(this.page), { now }).then((shell) => {
+      if (load !== this.loads) return shell && shell.remove(); // given a card we let go of
       this.pending = false;
-      this.attach(warm || this.frame(url), url);
+      this.attach(shell || this.frame(url), url);
     });
   }
 

@@ -43,7 +43,7 @@ const list = new CardList($("card-list"), {
 // Cards kept loaded and hidden besides the shown one (`?keep=N` at load; 0 keeps none and
 // loads nothing ahead); up to 3 more are loaded ahead (deck.js). Memory: bench/switching.py.
 const KEEP = Math.max(0, Math.min(32, Number(new URLSearchParams(location.search).get("keep") ?? 4) || 0));
-// One warm frame (shells.js) makes a card's first visit fast; none when nothing is kept.
+// Metaflow's cards open in warm frames (shells.js), one kept ready; none with `?keep=0`.
 const shells = KEEP ? new Shells($("frames"), { root: ROOT, sandbox: $("frames").dataset.sandbox }) : null;
 const deck = new Deck($("frames"), {
   keep: KEEP,
@@ -51,7 +51,7 @@ const deck = new Deck($("frames"), {
   onHeight: cardHeight,
   onKeep: (topic) => socket.subscribe(topic),
   onDrop: (topic) => socket.unsubscribe(topic),
-  onSettled: () => { if (shells) shells.warm(); loadAhead(); },
+  onSettled: () => { if (shells) shells.keepReady(); loadAhead(); },
 });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
@@ -247,7 +247,7 @@ $("card-list").addEventListener("pointerdown", (event) => {
 
 function loadRow(id) {
   const row = state.rows.find((r) => r.id === id);
-  if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version, { warm: true });
+  if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version, { now: true });
 }
 
 // The card frame is as tall as its card (the stage scrolls); framed, we ask for that much,

@@ -1,11 +1,12 @@
-"""Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once;
-Metaflow's JavaScript bundle, which every card page repeats, served apart once (cardscript.py).
+"""Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once.
 
-The viewer opens a card in a *warm frame* when it can: a sandboxed page of ours (`shell`) that
-holds Metaflow's bundle compiled as a function, not yet run. Given the card's page apart from its
-bundle (`parts`), it writes that page into itself and runs the bundle where the page had it.
-A card's first visit then skips the navigation and the bundle's 1 MB parse (bench/README.md).
-Each warm frame takes one card and is never used for another.
+The viewer opens Metaflow's cards in *warm frames* (static/shells.js): a sandboxed page of ours
+(`shell`), one per Metaflow bundle, that holds the bundle every Metaflow card page repeats
+(~1 MB, split out by cardscript.py) compiled as a function, not run. Given a card's page apart
+from its bundle (`parts`), it writes that page into itself and runs the bundle where the page
+had it. A page is always served whole too: a card on its own, in a notebook, or anything not in
+Metaflow's shape loads its own URL, and never needs a request of its own (which a proxy in front
+of us would refuse a sandboxed page: it carries no cookie).
 
 The HTML is untrusted: it is served with a CSP `sandbox` so it runs in an opaque origin even
 when opened directly. It opens no connection: the trusted page that frames it (the viewer or
@@ -20,15 +21,18 @@ import json
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, TypeVar
 
 from ..index import Card
 from ..layout import CardKey
 from ..source import Unavailable
 from .cardscript import Split, split
 
-CACHE_ENTRIES = 24  # ~12 KB each compressed (~300 KB with the script inline): the cards in view
+CACHE_ENTRIES = 24  # whole pages, ~300 KB each compressed (the bundle inline): the cards in view
+PARTS_ENTRIES = 64  # pages apart from their bundle, ~40 KB each compressed: the cards near by
 SCRIPT_ENTRIES = 8  # one per Metaflow version whose cards are looked at
 # The bundle as a function in a warm frame; the card page it writes calls it (card-shell.js).
 SHELL_OPEN = b"<script>window.__cardserverBundle = function () {"
@@ -36,7 +40,7 @@ SHELL_CLOSE = b"\n};</script>"
 
 
 ReadCard = Callable[[Card], Awaitable[bytes]]  # the source's read of a card's HTML
-ScriptUrl = Callable[[str], str]  # a card script's name -> its URL, relative to a card page
+Slot = tuple[CardKey, str]  # a card's render: its key and version
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +48,11 @@ class CardPage:
     body: bytes
     gzipped: bytes
     etag: str
-    script: str | None = None  # the name of the card script it loads, if split
-    parts: CardPage | None = None  # JSON: the page apart from that script, for a warm frame
+    script: str | None = None  # parts only: the name (`<sha256>.js`) of the bundle left out
 
 
-def compressed(
-    body: bytes, etag: str, script: str | None = None, parts: CardPage | None = None
-) -> CardPage:
-    return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), etag, script, parts)
+def compressed(body: bytes, etag: str, script: str | None = None) -> CardPage:
+    return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), etag, script)
 
 
 def load_runtime() -> str:
@@ -64,15 +65,14 @@ def inline_script(name: str) -> str:
     return "<script>" + code.replace("</", "<\\/") + "</script>"
 
 
-def page_parts(apart: Split, after: bytes, version: str) -> bytes | None:
-    """The JSON a warm frame is given: the page before and after the script, as text (a page
-    that is not UTF-8 is served whole: it has no parts)."""
-    try:
-        before, rest = apart.before.decode(), after.decode()
-    except UnicodeDecodeError:
-        return None
-    payload = {"script": apart.name, "version": version, "before": before, "after": rest}
-    return json.dumps(payload, separators=(",", ":")).encode()
+def page_parts(apart: Split | None, after: bytes, version: str) -> tuple[bytes, str | None]:
+    """The JSON a warm frame is given: the page before and after the bundle, as text, and the
+    bundle's name; `script` null for a page not in Metaflow's shape (or not UTF-8)."""
+    payload: dict[str, str | None] = {"script": None, "version": version}
+    if apart is not None:
+        with suppress(UnicodeDecodeError):
+            payload |= {"script": apart.name, "before": apart.before.decode(), "after": after.decode()}
+    return json.dumps(payload, separators=(",", ":")).encode(), payload["script"]
 
 
 def shell_page(script: bytes, loader: str) -> bytes:
@@ -91,72 +91,85 @@ def inject(html: bytes, snippet: bytes) -> bytes:
     return html + snippet if at < 0 else html[:at] + snippet + html[at:]
 
 
+K = TypeVar("K")
+
+
+def kept(cache: OrderedDict[K, Any], key: K, limit: int) -> None:
+    """`key` is the most recently used; the least recently used beyond `limit` go."""
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
 class CardPages:
-    def __init__(self, read: ReadCard, script_url: ScriptUrl) -> None:
+    """Each card's page whole (`page`) and apart from its bundle (`parts`), each built when first
+    asked and cached by render; the bundles met, and their warm frames' pages (`shell`)."""
+
+    def __init__(self, read: ReadCard) -> None:
         self.read = read
-        self.script_url = script_url
-        self.runtime = load_runtime()
+        self.runtime = load_runtime().encode()
         self.loader = inline_script("card-shell.js")
         self.instance = secrets.token_hex(4)  # per start: a new runtime
-        self._cache: OrderedDict[tuple[CardKey, str], CardPage] = OrderedDict()
-        self._scripts: OrderedDict[str, CardPage] = OrderedDict()  # name -> the shared bundle
+        self._pages: OrderedDict[Slot, CardPage] = OrderedDict()
+        self._parts: OrderedDict[Slot, CardPage] = OrderedDict()
+        self._scripts: OrderedDict[str, bytes] = OrderedDict()  # name -> a bundle met
         self._shells: OrderedDict[str, CardPage] = OrderedDict()  # name -> its warm frame's page
 
     def etag(self, card: Card) -> str:
         return f'"{card.version}-{self.instance}"'
 
     async def page(self, card: Card) -> CardPage:
-        if card.version is None:
-            raise Unavailable(404, "card not rendered yet")
-        slot = (card.key, card.version)
-        cached = self._cache.get(slot)
-        if cached is not None and (cached.script is None or self.script(cached.script)):
-            self._cache.move_to_end(slot)
-            return cached  # (a page whose script was let go is built again, and keeps it again)
-        html = await self.read(card)
-        page, script = await asyncio.to_thread(self._build, card, html)
-        if script is not None:
-            await self._keep_script(*script)
-        self._cache[slot] = page
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
-        return page
+        """The card's page, whole, with the runtime (~30 ms for 1 MB: not on the event loop)."""
+        slot = self._slot(card)
+        found = self._pages.get(slot)
+        if found is None:
+            html = await self.read(card)
+            found = self._pages[slot] = await asyncio.to_thread(self._build_page, card, html)
+        kept(self._pages, slot, CACHE_ENTRIES)
+        return found
 
-    def script(self, name: str) -> CardPage | None:
-        """A card script split out of a page built here, by its name (`<sha256>.js`)."""
-        found = self._scripts.get(name)
-        if found is not None:
-            self._scripts.move_to_end(name)
+    async def parts(self, card: Card) -> CardPage:
+        """The card's page apart from Metaflow's bundle, as JSON, for a warm frame."""
+        slot = self._slot(card)
+        found = self._parts.get(slot)
+        if found is None or (found.script is not None and found.script not in self._scripts):
+            found = self._parts[slot] = await self._read_parts(card)  # (its shell needs its bundle)
+        kept(self._parts, slot, PARTS_ENTRIES)
+        if found.script is not None:
+            kept(self._scripts, found.script, SCRIPT_ENTRIES)
         return found
 
     async def shell(self, name: str) -> CardPage | None:
-        """The warm frame's page for a card script split out of a page built here."""
+        """The warm frame's page for a bundle split out of a page here (compressed once, when
+        first asked: ~30 ms for 1 MB, not on the event loop)."""
         found = self._shells.get(name)
-        script = self.script(name)
+        script = self._scripts.get(name)
+        if found is None and script is None:
+            return None
         if found is None and script is not None:
-            body, etag = shell_page(script.body, self.loader), f'"shell-{name}-{self.instance}"'
+            body, etag = shell_page(script, self.loader), f'"shell-{name}-{self.instance}"'
             found = self._shells[name] = await asyncio.to_thread(compressed, body, etag)
-        if found is not None:
-            self._shells.move_to_end(name)
-        while len(self._shells) > SCRIPT_ENTRIES:
-            self._shells.popitem(last=False)
+        kept(self._shells, name, SCRIPT_ENTRIES)
         return found
 
-    async def _keep_script(self, name: str, script: bytes) -> None:
-        if name not in self._scripts:  # ~30 ms to compress 1 MB: not on the event loop
-            self._scripts[name] = await asyncio.to_thread(compressed, script, f'"{name}"')
-        self._scripts.move_to_end(name)
-        while len(self._scripts) > SCRIPT_ENTRIES:
-            self._scripts.popitem(last=False)
+    def _slot(self, card: Card) -> Slot:
+        if card.version is None:
+            raise Unavailable(404, "card not rendered yet")
+        return (card.key, card.version)
 
-    def _build(self, card: Card, html: bytes) -> tuple[CardPage, tuple[str, bytes] | None]:
-        """The page to serve, and the script split out of it (name, source) if one was."""
+    async def _read_parts(self, card: Card) -> CardPage:
+        html = await self.read(card)
+        parts, bundle = await asyncio.to_thread(self._build_parts, card, html)
+        if bundle is not None:
+            self._scripts[bundle[0]] = bundle[1]
+        return parts
+
+    def _build_page(self, card: Card, html: bytes) -> CardPage:
+        return compressed(inject(html, self.runtime), self.etag(card))
+
+    def _build_parts(self, card: Card, html: bytes) -> tuple[CardPage, tuple[str, bytes] | None]:
         apart = split(html)
-        runtime, etag = self.runtime.encode(), self.etag(card)
-        if apart is None:
-            return compressed(inject(html, runtime), etag), None
-        after = inject(apart.after, runtime)  # the last `</body>` is in what follows the script
-        page = apart.page(self.script_url(apart.name))
-        text = page_parts(apart, after, str(card.version))
-        parts = None if text is None else compressed(text, etag)
-        return compressed(inject(page, runtime), etag, apart.name, parts), (apart.name, apart.script)
+        after = b"" if apart is None else inject(apart.after, self.runtime)  # its last `</body>`
+        text, name = page_parts(apart, after, str(card.version))
+        bundle = None if apart is None or name is None else (apart.name, apart.script)
+        return compressed(text, self.etag(card), name), bundle
