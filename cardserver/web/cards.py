@@ -45,14 +45,19 @@ Slot = tuple[CardKey, str]  # a card's render: its key and version
 
 @dataclass(frozen=True, slots=True)
 class CardPage:
-    body: bytes
+    """A response kept compressed (browsers take gzip; anything else is rare, and unpacked)."""
+
     gzipped: bytes
     etag: str
     script: str | None = None  # parts only: the name (`<sha256>.js`) of the bundle left out
 
+    @property
+    def body(self) -> bytes:
+        return gzip.decompress(self.gzipped)
+
 
 def compressed(body: bytes, etag: str, script: str | None = None) -> CardPage:
-    return CardPage(body, gzip.compress(body, compresslevel=6, mtime=0), etag, script)
+    return CardPage(gzip.compress(body, compresslevel=6, mtime=0), etag, script)
 
 
 def load_runtime() -> str:
