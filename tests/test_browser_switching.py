@@ -59,6 +59,13 @@ async def kept_frame(page: Any, name: str, script: str) -> Any:
     raise AssertionError(f"card {name}: never one frame where {script}")
 
 
+def default_card(roots: Roots) -> tuple[str, str, str]:
+    """The run's `start` default card: (flow, run, its deep link in the viewer)."""
+    first = next(roots.cards.rglob("cards/default-*.html"))
+    flow, _, run, _, step, _, task = str(first.relative_to(roots.cards)).split("/")[:7]
+    return flow, run, f"/run/{flow}/{run}/{step}/{task}/{first.stem}"
+
+
 def socket_log(page: Any) -> list[str]:
     """Every message the page's websockets receive, as it arrives."""
     received: list[str] = []
@@ -183,12 +190,9 @@ async def test_loaded_card_is_shown_at_once(metaflow_cards: Any, start_app: Any,
     token) beside it, which the card would never apply. A card loaded ahead with nothing newer
     to apply is shown by the key press itself, not after waiting on the card's renderer."""
     client = await start_app(make_config(metaflow_cards))
-    files = sorted(metaflow_cards.cards.rglob("cards/*.html"))
-    first = next(f for f in files if f.name.startswith("default-"))
-    key = str(first.relative_to(metaflow_cards.cards)).split("/")
-    flow, run, step, task = key[0], key[2], key[4], key[6]
+    first = next(metaflow_cards.cards.rglob("cards/default-*.html"))
     page = await browser.new_page()
-    await page.goto(str(client.make_url(f"/run/{flow}/{run}/{step}/{task}/{first.stem}")))
+    await page.goto(str(client.make_url(default_card(metaflow_cards)[2])))
     listed = "[...document.querySelectorAll('#card-list .row[data-card]')].map((n) => n.dataset.card)"
     await page.wait_for_function(f"() => {listed}.length === 5", timeout=UI_WAIT)
     rows = await page.evaluate(listed)
@@ -224,6 +228,7 @@ async def test_pressed_card_loads_before_the_click(roots: Any, start_app: Any, b
     assert len(shown) == 1 and first.key.name in shown[0]
 
 
+WARM_READY = "#frames iframe.shell:not(.incoming)"  # the warm frame kept ready
 SHOWN_FRAME = """(name) => {
   const frame = [...document.querySelectorAll("#frames iframe[data-card]:not(.incoming):not(.kept)")]
     .find((f) => f.dataset.card.includes(name));
@@ -244,16 +249,12 @@ async def test_first_visit_opens_in_a_warm_frame(metaflow_cards: Any, start_app:
     not run) and shows what its own URL shows, live-ready and sandboxed; the warm frame is
     used for that one card, and a new one is warmed for the next."""
     client = await start_app(make_config(metaflow_cards))
-    files = sorted(metaflow_cards.cards.rglob("cards/*.html"))
-    first = next(f for f in files if f.name.startswith("default-"))
-    parts = str(first.relative_to(metaflow_cards.cards)).split("/")
-    flow, run = parts[0], parts[2]
+    flow, run, link = default_card(metaflow_cards)
     page = await browser.new_page()
-    await page.goto(str(client.make_url(f"/run/{flow}/{run}/{parts[4]}/{parts[6]}/{first.stem}")))
+    await page.goto(str(client.make_url(link)))
     listed = "[...document.querySelectorAll('#card-list .row[data-card]')]"
     await page.wait_for_function(f"() => {listed}.length === 5", timeout=UI_WAIT)
-    warm = "#frames iframe.shell:not(.incoming)"
-    shell = await page.wait_for_selector(warm, state="attached", timeout=UI_WAIT)
+    shell = await page.wait_for_selector(WARM_READY, state="attached", timeout=UI_WAIT)
     assert "/card-shell/" in (await shell.get_attribute("src") or "")
     # Far from the shown card (only its neighbours are loaded ahead) and never pointed at.
     target = await page.evaluate(f"() => {listed}[3].dataset.id")
@@ -280,7 +281,7 @@ async def test_first_visit_opens_in_a_warm_frame(metaflow_cards: Any, start_app:
     assert await written.evaluate(CARD_TEXT) == await own.evaluate(CARD_TEXT)
     assert "branch" in await own.evaluate(CARD_TEXT)
     # One card per warm frame: the next is a new frame.
-    fresh = await page.wait_for_selector(warm, state="attached", timeout=UI_WAIT)
+    fresh = await page.wait_for_selector(WARM_READY, state="attached", timeout=UI_WAIT)
     assert not await page.evaluate("([a, b]) => a === b", [fresh, handle])
     await alone.close()
     await page.close()
@@ -296,12 +297,9 @@ async def test_live_card_in_a_warm_frame_moves_in_place(
     try:
         roots = Roots(tmp_path / ".metaflow", tmp_path / ".metaflow" / "mf.cards")
         client = await start_app(make_config(roots))
-        first = next(metaflow_cards.cards.rglob("cards/default-*.html"))
-        parts = str(first.relative_to(metaflow_cards.cards)).split("/")
         page = await browser.new_page()
-        deep_link = f"/run/{parts[0]}/{parts[2]}/{parts[4]}/{parts[6]}/{first.stem}"
-        await page.goto(str(client.make_url(deep_link)))
-        await page.wait_for_selector("#frames iframe.shell:not(.incoming)", state="attached", timeout=UI_WAIT)
+        await page.goto(str(client.make_url(default_card(metaflow_cards)[2])))
+        await page.wait_for_selector(WARM_READY, state="attached", timeout=UI_WAIT)
         await page.wait_for_selector("#flow-picker option[value='LiveCardFlow']", state="attached",
                                      timeout=UI_WAIT * 3)
         await page.select_option("#flow-picker", "LiveCardFlow")
@@ -316,3 +314,41 @@ async def test_live_card_in_a_warm_frame_moves_in_place(
         await live_flow_moves_in_place(await handle.content_frame(), tmp_path, UI_WAIT * 3)
     finally:
         flow.kill()
+
+
+# Run in a card's frame, as a hostile card would: post a page of its own to every other frame
+# of the viewer (the warm frame kept ready among them).
+POST_TO_SIBLINGS = """() => {
+  for (let i = 0; i < parent.frames.length; i++) {
+    if (parent.frames[i] === window) continue;
+    parent.frames[i].postMessage({ cardserver: "page", before: "<p id=pwned>taken</p>", after: "" }, "*");
+  }
+  return parent.frames.length;
+}"""
+
+
+async def test_a_card_cannot_write_into_the_warm_frame(
+    metaflow_cards: Any, start_app: Any, browser: Any
+) -> None:
+    """The warm frame kept ready takes a page from the viewer only: a card posting one to it
+    (it can reach its sibling frames) is ignored, and the warm frame still opens the next card."""
+    client = await start_app(make_config(metaflow_cards))
+    first = next(metaflow_cards.cards.rglob("cards/default-*.html"))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url(default_card(metaflow_cards)[2])))
+    shell = await page.wait_for_selector(WARM_READY, state="attached", timeout=UI_WAIT)
+    shown = await page.wait_for_selector(f"#frames iframe[data-card*='{first.stem}']:not(.incoming)",
+                                         state="attached", timeout=UI_WAIT)
+    card = await shown.content_frame()
+    assert await card.evaluate(POST_TO_SIBLINGS) >= 2
+    warm = await shell.content_frame()
+    # Had the warm frame taken that page, it would take no other: the pick below would hang.
+    listed = "[...document.querySelectorAll('#card-list .row[data-card]')]"
+    target = await page.evaluate(f"() => {listed}[3].dataset.id")
+    await page.evaluate("(id) => document.querySelector(`#card-list .row[data-id='${id}']`).click()", target)
+    name = target.split("/")[-1]
+    await page.wait_for_function(f"(n) => ({SHOWN_FRAME})(n) !== null", arg=name, timeout=UI_WAIT)
+    assert await page.evaluate("([a, b]) => a === b", [shell, await page.query_selector(
+        f"#frames iframe[data-card*='{name}']")])  # the same warm frame, given the card by us
+    assert "branch" in await warm.evaluate(CARD_TEXT)
+    assert await warm.evaluate("document.getElementById('pwned') === null")
