@@ -9,7 +9,7 @@ import time
 from metaflow import FlowSpec, card, current, retry, step
 from metaflow.cards import Markdown
 
-UPDATES = 4
+UPDATES = 2  # the test needs one update after `go`; a second shows they go on
 GAP = 1.5  # past refresh_interval, so Metaflow does not drop a refresh
 
 
