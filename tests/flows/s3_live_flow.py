@@ -13,6 +13,23 @@ UPDATES = 2  # the test needs one update after `go`; a second shows they go on
 GAP = 1.5  # past refresh_interval, so Metaflow does not drop a refresh
 
 
+def wait_for_siblings(count, seconds=180):
+    """Until the runtime has reaped `count` other tasks of this step (their verdicts, `0.runtime`,
+    are in the bucket): raising then kills none of them."""
+    import boto3
+
+    bucket, _, prefix = os.environ["METAFLOW_DATASTORE_SYSROOT_S3"][len("s3://"):].partition("/")
+    folder = f"{prefix}/{current.flow_name}/{current.run_id}/{current.step_name}/"
+    client = boto3.client("s3", endpoint_url=os.environ["METAFLOW_S3_ENDPOINT_URL"])
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder)
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        if sum(key.endswith("/0.runtime") for key in keys) >= count:
+            return
+        time.sleep(0.1)
+
+
 def wait_for_go():
     deadline = time.time() + 180
     while not os.path.exists("go") and time.time() < deadline:
@@ -48,7 +65,7 @@ class S3LiveFlow(FlowSpec):
     @step
     def each(self):
         if self.input == 2:
-            time.sleep(8)  # the siblings end first: the run fails on this task alone
+            wait_for_siblings(2)  # the siblings end first: the run fails on this task alone
             raise ValueError("item 2 is bad")
         self.next(self.join)
 
