@@ -41,12 +41,11 @@ def wait_for_own_card(seconds=60):
         time.sleep(0.1)
 
 
-def own_card_holds(text):
-    """Whether this task's card HTML in the bucket holds `text`."""
+def own_card_html():
+    """The ETags of this task's card HTML in the bucket: a render that lands changes them."""
     bucket, client, folder = own_cards()
     listed = client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
-    return any(text.encode() in client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-               for item in listed)
+    return {item["Key"]: item["ETag"] for item in listed}
 
 
 class S3BrowserFlow(FlowSpec):
@@ -56,19 +55,19 @@ class S3BrowserFlow(FlowSpec):
         text = Markdown("# tick 0")
         current.card["live"].append(text)
         current.card["live"].refresh()
-        tick, added, rerendered, deadline = 0, False, False, time.time() + 240
+        tick, before, rerendered, deadline = 0, None, False, time.time() + 240
         while not exists("go") and time.time() < deadline:
             time.sleep(1.1)  # past refresh_interval, so Metaflow does not drop the refresh
             tick += 1
             text.update(f"# tick {tick}")
-            if exists("rerender") and not added:
+            if exists("rerender") and before is None:
+                before = own_card_html()
                 current.card["live"].append(Markdown("# re-rendered"))
-                added = True
-            elif added and not rerendered:
-                rerendered = own_card_holds("re-rendered")
-            # Metaflow drops a render asked for while its last card process still runs (and
-            # forgets the layout changed): render again until the new HTML is in the bucket
-            current.card["live"].refresh(force=added and not rerendered)
+            elif before is not None and not rerendered:
+                rerendered = own_card_html() != before
+            # Metaflow refuses a render asked for while its last card process still runs (and
+            # forgets the layout changed): render again until new HTML is in the bucket
+            current.card["live"].refresh(force=before is not None and not rerendered)
         text.update("# last tick")
         self.next(self.flaky)
 
