@@ -3,7 +3,7 @@ with live clients subscribed to cards that keep getting good updates.
 
     python bench/chaos.py                 # 4 minutes, 4 clients
     python bench/chaos.py --seconds 600   # longer
-    python bench/chaos.py --smoke         # 20 s, non-zero exit on any error
+    python bench/chaos.py --smoke         # 12 s, non-zero exit on any error
 
 The hostile changes (issue 16): FIFOs named like status, card and data files; symlinks that
 lead out of the root (card files, data files, `runtime` folders, task folders) and into it
@@ -380,12 +380,12 @@ async def soak(server: Server, roots: Roots, chaos: Chaos, good: list[DemoCard],
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="20 s, 2 clients, smaller JSON")
+    parser.add_argument("--smoke", action="store_true", help="12 s, 2 clients, smaller JSON")
     parser.add_argument("--seconds", type=float, default=240.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seed", type=int, default=16)
     args = parser.parse_args()
-    seconds, clients = (20.0, 2) if args.smoke else (args.seconds, args.clients)
+    seconds, clients = (12.0, 2) if args.smoke else (args.seconds, args.clients)
     big_bytes = 2_000_000 if args.smoke else 12_000_000
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="cardserver-chaos-"))

@@ -178,7 +178,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.smoke:
-        return Plan(seconds=4, tasks=200, settle_ours=0.5, settle_metaflow=0.5, metaflow_trees=("small",),
+        return Plan(seconds=2, tasks=200, settle_ours=0.5, settle_metaflow=0.5, metaflow_trees=("small",),
                     load_timeout=30)
     settle = WatchTiming().hot_seconds + 2 if args.settle is None else args.settle
     return Plan(seconds=args.seconds, tasks=args.tasks, settle_ours=settle,

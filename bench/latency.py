@@ -5,6 +5,7 @@ Chromium, with a real Metaflow live card. Ours and Metaflow's own `card server`,
     python bench/latency.py --updates 500 --full
     python bench/latency.py --smoke          # tiny, < 60 s, exits non-zero on any error
     python bench/latency.py --jupyter --updates 30   # direct vs through jupyter-server-proxy
+    python bench/latency.py --smoke --jupyter        # every setup above, tiny (what CI runs)
 
 How: bench/realcard.py runs a real flow whose `@card(type="blank", refresh_interval=1)` task
 stays running; this script then writes the card's `runtime/<stem>.data.json` itself, Metaflow's
@@ -285,8 +286,8 @@ class Plan:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    if args.smoke:
-        return Plan(updates=20, rate=10.0, cold=0, metaflow=[] if args.jupyter else [(1, 4, 2.0)])
+    if args.smoke:  # with --jupyter as well: one smoke run then proves every setup
+        return Plan(updates=20, rate=10.0, cold=0, metaflow=[(1, 4, 2.0)])
     if args.jupyter:  # ours direct vs ours through jupyter-server-proxy; no Metaflow server
         return Plan(updates=args.updates, rate=args.rate, cold=0, metaflow=[])
     mf_updates = args.updates if args.full else 40
@@ -456,7 +457,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny run; any error exits non-zero")
     parser.add_argument("--jupyter", action="store_true",
                         help="ours direct and through jupyter-server-proxy (a real Jupyter Server, "
-                             "token auth on), instead of Metaflow's server")
+                             "token auth on), instead of Metaflow's server (with --smoke: as well)")
     args = parser.parse_args()
     busy0, wall0, stolen0 = machine_busy_seconds(), time.monotonic(), stolen_seconds()
     try:

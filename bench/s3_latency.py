@@ -79,11 +79,12 @@ class Plan:
     idle: float
     tasks: int
     period: float
+    settle: float = 20.0  # s after the server shows the run ended, before the idle window
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    if args.smoke:
-        return Plan(updates=10, rate=2.0, metaflow=[(1, 3)], idle=15, tasks=20, period=5.0)
+    if args.smoke:  # the idle window only has to be measured, not judged: no settle, 3 s
+        return Plan(updates=10, rate=2.0, metaflow=[(1, 3)], idle=3, tasks=20, period=5.0, settle=0.0)
     return Plan(updates=args.updates, rate=args.rate, metaflow=[(1, args.metaflow_updates),
                                                                (5, args.metaflow_updates)],
                 idle=args.idle, tasks=args.tasks, period=args.period)
@@ -202,12 +203,15 @@ def finish_flow(card: LiveCard, place: S3Place, timeout: float = 180) -> None:
     raise RuntimeError(f"the flow did not finish within {timeout:.0f} s")
 
 
-async def idle_phase(server: Server, proxy: Proxy, seconds: float, results: Results) -> None:
+async def idle_phase(server: Server, proxy: Proxy, path: str, plan: Plan, results: Results) -> None:
     """The run is over, the viewer still open: what the server spends when nothing can change."""
-    await asyncio.sleep(20)  # the source's own pace: it learns the run ended on its next listing
+    # The source's own pace: it learns the run ended on its next listing (every 5 s, viewed)
+    if await wait_run(server, path, lambda run: run["run"]["status"] != "running", 120) is None:
+        raise RuntimeError(f"{path}: the ended run is still shown running after 120 s")
+    await asyncio.sleep(plan.settle)
     proxy.reset()
     cpu0, started = cpu_seconds(server.pid), time.monotonic()
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(plan.idle)
     window = time.monotonic() - started
     used = Requests.since_reset(proxy)
     rate = used.total_per_minute()
@@ -229,11 +233,17 @@ def api(server: Server, path: str) -> dict[str, Any]:
 
 async def wait_tasks(server: Server, path: str, tasks: int, status: str, timeout: float) -> float | None:
     """Seconds until the run at `path` lists `tasks` tasks with `status`, or None."""
+    return await wait_run(server, path, lambda run: sum(
+        task["status"] == status for task in run.get("tasks", [])) >= tasks, timeout)
+
+
+async def wait_run(server: Server, path: str, check: Callable[[dict[str, Any]], bool],
+                   timeout: float) -> float | None:
+    """Seconds until the server's answer for the run at `path` passes `check`, or None."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         try:
-            run = await asyncio.to_thread(api, server, path)
-            if sum(task["status"] == status for task in run.get("tasks", [])) >= tasks:
+            if check(await asyncio.to_thread(api, server, path)):
                 return time.monotonic() - started
         except OSError:
             pass  # not listed yet: 404
@@ -341,7 +351,7 @@ async def ours_after(browser: Any, card: LiveCard, live: tuple[bytes, bytes], pl
     try:
         page = await browser.new_page()
         await page.goto(f"{server.url}run/{card.path}")
-        await idle_phase(server, proxy, plan.idle, results)
+        await idle_phase(server, proxy, f"api/runs/{card.parts[0]}/{card.run_id}", plan, results)
         await page.close()
         await big_run(browser, card, live, place, server, proxy, plan, results)
     finally:

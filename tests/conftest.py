@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -42,6 +42,9 @@ from cardserver.localsource import LocalSource
 from cardserver.watcher import Watcher
 from cardserver.web.app import create_app
 from cardserver.web.keys import READY, SOURCE
+
+if TYPE_CHECKING:
+    from taskflows import Ran
 
 REPO = Path(__file__).resolve().parent.parent
 __all__ = ["CHROMIUM", "CHROMIUM_FLAGS", "Jupyter", "free_port"]  # re-exported for the tests
@@ -227,6 +230,15 @@ def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
         cwd=workdir, env=metaflow_env(workdir, "tester"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
+
+
+@pytest.fixture(scope="session")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    """tests/taskflows.py's two finished runs, made once: the task view's API and browser tests
+    only read them."""
+    from taskflows import run_task_flows  # it imports this module
+
+    return run_task_flows(tmp_path_factory.mktemp("taskflows"))
 
 
 # --- a real Jupyter Server with jupyter-server-proxy ------------------------------------------

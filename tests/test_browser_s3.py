@@ -6,6 +6,7 @@ failing foreach's statuses and a deep link."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from conftest import FLOWS, ServerProcess, launch
+from conftest import FLOWS, ServerProcess, launch, subscribe
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from s3fixtures import FLOW_WAIT, S3Endpoint, s3_env
 from test_browser import shown_eval, until_shown, wait_card_frame
@@ -60,12 +62,16 @@ class LiveS3Run:
             time.sleep(0.3)
         raise AssertionError(f"{path} never as expected: {found}")
 
-    def finished(self) -> dict[str, Any]:
-        """Let the run go on from its live step, and wait until it is over (it fails)."""
+    async def finished(self) -> dict[str, Any]:
+        """Let the run go on from its live step, and wait until it is over (it fails). A socket
+        views the run meanwhile, as a viewer would: it is then listed every 5 s, not every 30."""
         self.touch("rerender")
         self.touch("go")
-        run: dict[str, Any] = self.wait_api(f"api/runs/{FLOW}/{self.run_id}",
-                                            lambda r: r["run"]["status"] == "failed")
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                self.server.url + "ws", headers={"Origin": self.server.url.rstrip("/")}) as ws:
+            await subscribe(ws, f"run/{FLOW}/{self.run_id}")
+            run: dict[str, Any] = await asyncio.to_thread(
+                self.wait_api, f"api/runs/{FLOW}/{self.run_id}", lambda r: r["run"]["status"] == "failed")
         return run
 
     def card(self, step: str) -> str:
@@ -170,7 +176,7 @@ async def test_a_rerender_replaces_the_page(s3_live: LiveS3Run, browser: Any) ->
 
 
 async def test_the_final_card(s3_live: LiveS3Run, browser: Any) -> None:
-    s3_live.finished()
+    await s3_live.finished()
     page = await browser.new_page()
     await page.goto(f"{s3_live.server.url}card/{s3_live.card('start')}")
     await shown_within(page, "document.body.innerText.includes('last tick')")
@@ -179,7 +185,7 @@ async def test_the_final_card(s3_live: LiveS3Run, browser: Any) -> None:
 
 
 async def test_a_retry_and_a_failing_foreach(s3_live: LiveS3Run, browser: Any) -> None:
-    run = s3_live.finished()
+    run = await s3_live.finished()
     statuses = sorted((t["step"], t["status"]) for t in run["tasks"] if t["step"] == "each")
     assert statuses == [("each", "failed"), ("each", "killed"), ("each", "killed")], run["tasks"]
     flaky = next(t for t in run["tasks"] if t["step"] == "flaky")
@@ -199,7 +205,7 @@ async def test_a_retry_and_a_failing_foreach(s3_live: LiveS3Run, browser: Any) -
 async def test_a_retried_cards_attempt_is_said_to_be_unknown(s3_live: LiveS3Run, browser: Any) -> None:
     """The S3 task folder says a task ran twice, not which attempt wrote each card (that is in the
     runtime's `_meta`, not in the bucket): the viewer says so rather than name one."""
-    s3_live.finished()
+    await s3_live.finished()
     page = await browser.new_page()
     await page.goto(f"{s3_live.server.url}run/{FLOW}/{s3_live.run_id}")
     await rows_settle(page, 6)
@@ -209,7 +215,7 @@ async def test_a_retried_cards_attempt_is_said_to_be_unknown(s3_live: LiveS3Run,
 
 
 async def test_a_deep_link_opens_its_card(s3_live: LiveS3Run, browser: Any) -> None:
-    s3_live.finished()
+    await s3_live.finished()
     flaky = s3_live.card("flaky")
     page = await browser.new_page()
     await page.goto(f"{s3_live.server.url}run/{flaky}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import ServerProcess, launch, make_config, start_flow
-from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish, run_task_flows
+from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish
 
 from cardserver import demo, livedemo
 
@@ -24,11 +24,6 @@ FLOW_WAIT = 120_000  # ms
 # machine under other tests' load. Rendering every line instead takes seconds per frame.
 MEDIAN_FRAME_MS = 120
 WORST_FRAME_MS = 1000
-
-
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
-    yield run_task_flows(tmp_path_factory.mktemp("taskflows"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import make_config, next_message, start_flow, subscribe
 
-from cardserver.config import Roots
+from cardserver.config import Roots, WatchTiming
 
 pytestmark = pytest.mark.timeout(240)
 FLOW_WAIT = 90.0  # a Metaflow run takes seconds to start on a 2-core machine
@@ -111,12 +111,14 @@ def card_of(message: dict[str, Any]) -> str | None:
 
 async def test_foreach_failure_statuses(tmp_path: Path, start_app: Any) -> None:
     roots = roots_in(tmp_path)
-    client = await start_app(make_config(roots))
+    # The flow has exited before the status is read: no retry can come, so 1 s of grace is plenty
+    timing = WatchTiming(cold_step_ms=10, shape_step_ms=10, status_grace_seconds=1.0)
+    client = await start_app(make_config(roots, timing=timing))
     ws = await client.ws_connect("/ws")
     code, _ = await finished(start_flow("foreach_fail_flow.py", tmp_path))
     assert code != 0, "the flow is meant to fail"
     run = await newest_run(ws, "ForeachFailFlow")
-    await subscribe(ws, "runs/ForeachFailFlow")  # failed once no retry came (10 s)
+    await subscribe(ws, "runs/ForeachFailFlow")  # failed once no retry came (the grace)
     await next_message(ws, lambda m: (m.get("type") == "runs" and m["runs"][0]["status"] == "failed")
                        or (m.get("type") == "run" and m["run"]["status"] == "failed"), timeout=FLOW_WAIT)
     await subscribe(ws, f"run/ForeachFailFlow/{run}")

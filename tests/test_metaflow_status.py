@@ -17,6 +17,7 @@ from conftest import local_source, make_config, next_message, start_flow, subscr
 
 from cardserver.cli import card_rows
 from cardserver.config import Roots, WatchTiming
+from cardserver.status import GRACE_SECONDS
 
 pytestmark = pytest.mark.timeout(300)
 FLOW_WAIT = 120.0  # a Metaflow run takes seconds to start on a loaded 2-core machine
@@ -28,10 +29,10 @@ def roots_in(workdir: Path) -> Roots:
     return Roots(datastore, datastore / "mf.cards")
 
 
-def config(workdir: Path) -> Any:
+def config(workdir: Path, grace: float = GRACE_SECONDS) -> Any:
     """Finished runs leave the deep watch at once, so a test can see them leave."""
     return make_config(roots_in(workdir), timing=WatchTiming(cold_step_ms=10, shape_step_ms=10,
-                                                             settle_seconds=0.0))
+                                                             settle_seconds=0.0, status_grace_seconds=grace))
 
 
 async def finished(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -181,8 +182,9 @@ async def test_sigkill_to_the_runtime_never_leaves_the_run_running(
     tmp_path: Path, start_app: Any
 ) -> None:
     """The runtime killed with SIGKILL writes nothing more. Its workers die at their next print
-    (their output pipe is gone), writing attempt_ok False but never a verdict."""
-    client = await start_app(config(tmp_path))
+    (their output pipe is gone), writing attempt_ok False but never a verdict. Failed once the
+    run is quiet for the grace: 3 s, three times the pace of the workers' card writes."""
+    client = await start_app(config(tmp_path, grace=3.0))
     ws = await client.ws_connect("/ws")
     flow = start_flow("long_card_flow.py", tmp_path)
     try:

@@ -42,7 +42,10 @@ THROTTLE_SECONDS = float(os.environ.get("S3_THROTTLE_SECONDS", "6"))
 PREFIX = "faults"  # the served datastore: s3://<bucket>/faults
 WAIT = 30.0  # s: a viewed run is listed every 5 s, a viewed card read every 0.25 s
 LIVE_HTML = b"<html><body><h1>a live card</h1></body></html>"
-DENIED_GAP = 3.0  # s between two updates written while part of the prefix is denied
+DENIED_GAP = 1.0  # s between two updates written while part of the prefix is denied
+# The denied part is retried 1, 2, 4 and 8 s after its failures: lifted after 13 s the fault has
+# outlasted a wait longer than FLOWING, and ends just before the next retry (not 16 s after it).
+DENIED_FOR = 13.0
 FLOWING = 5.0  # s: an update of a shown card arrives within this (it is read every 0.25 s)
 
 
@@ -221,13 +224,15 @@ async def test_access_denied_on_part_of_the_prefix_stops_only_that_part(faults: 
               f"run/{secret.flow}/{secret.run_id}"]
     async with viewer(faults.server, *topics) as ws:
         await next_message(ws, lambda m: m.get("topic") == topics[1] and m.get("type") == "update", WAIT)
+        denied_at, number = time.monotonic(), 10
         faults.proxy.state(denied="SecretFlow")
         problem = await next_message(ws, health(False), WAIT)
         assert "access denied" in problem["problem"] and "SecretFlow" in problem["problem"], problem
         # The rest of the datastore still flows meanwhile, at its pace (a shown card is read 4
         # times a second), however long the fault lasts: the denied part backs off alone.
-        for number in (11, 12, 13, 14, 15):
+        while time.monotonic() - denied_at < DENIED_FOR:
             await asyncio.sleep(DENIED_GAP)  # the fault lasts: the denied card is retried, later each time
+            number += 1
             open_.place.put(open_.update_key(1), value(open_, number))
             await next_message(ws, lambda m, n=number: m.get("topic") == topics[0] and shows(n)(m), FLOWING)
         # What the denied part writes meanwhile arrives once access is back.

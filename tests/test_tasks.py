@@ -6,24 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import metaflow
 import pytest
 from conftest import make_config, next_message, start_flow, subscribe
-from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish, run_task_flows
+from taskflows import FAIL_FLOW, HOSTILE, RETRY_FLOW, TRUNCATED, Ran, finish
 from test_metaflow import roots_in
 
 pytestmark = pytest.mark.timeout(300)
 FLOW_WAIT = 120.0
 TOKEN = "task-view-token-for-tests"
-
-
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
-    yield run_task_flows(tmp_path_factory.mktemp("taskflows"))
 
 
 async def get_json(client: Any, path: str, status: int = 200, **params: Any) -> Any:

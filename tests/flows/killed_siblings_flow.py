@@ -7,6 +7,15 @@ from metaflow import FlowSpec, card, current, step
 from metaflow.cards import Markdown
 
 
+def cards_of_step(count, seconds=60):
+    """Until `count` tasks of this step have their card's HTML on disk (the tests list them)."""
+    folder = Path(".metaflow", "mf.cards", current.flow_name, "runs", current.run_id, "steps",
+                  current.step_name, "tasks")
+    deadline = time.time() + seconds
+    while time.time() < deadline and len(list(folder.glob("*/cards/*.html"))) < count:
+        time.sleep(0.1)
+
+
 class KilledSiblingsFlow(FlowSpec):
     @step
     def start(self):
@@ -27,7 +36,7 @@ class KilledSiblingsFlow(FlowSpec):
                 Path(f"started-{i}").exists() for i in (1, 3)
             ):
                 time.sleep(0.1)
-            time.sleep(2)
+            cards_of_step(3)
             raise ValueError("item 2 is bad")
         for tick in range(600):
             text.update(f"# item {self.input}: {tick}")

@@ -19,21 +19,33 @@ def exists(name):
     return os.path.exists(name)
 
 
-def wait_for_own_card(seconds=60):
-    """Card renders run in a subprocess and a failed attempt gets no final render: wait until
-    this task's card HTML is in the bucket before raising."""
+def own_cards():
+    """The bucket, a client, and the key prefix of this task's card HTML."""
     import boto3
 
     bucket, _, prefix = os.environ["METAFLOW_DATASTORE_SYSROOT_S3"][len("s3://"):].partition("/")
     folder = (f"{prefix}/mf.cards/{current.flow_name}/runs/{current.run_id}/steps/"
               f"{current.step_name}/tasks/{current.task_id}/cards/")
-    client = boto3.client("s3", endpoint_url=os.environ["METAFLOW_S3_ENDPOINT_URL"])
+    return bucket, boto3.client("s3", endpoint_url=os.environ["METAFLOW_S3_ENDPOINT_URL"]), folder
+
+
+def wait_for_own_card(seconds=60):
+    """Card renders run in a subprocess and a failed attempt gets no final render: wait until
+    this task's card HTML is in the bucket before raising."""
+    bucket, client, folder = own_cards()
     deadline = time.time() + seconds
     while time.time() < deadline:
         listed = client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
         if len(listed) > current.retry_count:  # this attempt's card too
             return
         time.sleep(0.1)
+
+
+def own_card_html():
+    """The ETags of this task's card HTML in the bucket: a render that lands changes them."""
+    bucket, client, folder = own_cards()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=folder).get("Contents", [])
+    return {item["Key"]: item["ETag"] for item in listed}
 
 
 class S3BrowserFlow(FlowSpec):
@@ -43,15 +55,19 @@ class S3BrowserFlow(FlowSpec):
         text = Markdown("# tick 0")
         current.card["live"].append(text)
         current.card["live"].refresh()
-        tick, rerendered, deadline = 0, False, time.time() + 240
+        tick, before, rerendered, deadline = 0, None, False, time.time() + 240
         while not exists("go") and time.time() < deadline:
             time.sleep(1.1)  # past refresh_interval, so Metaflow does not drop the refresh
             tick += 1
             text.update(f"# tick {tick}")
-            if exists("rerender") and not rerendered:
+            if exists("rerender") and before is None:
+                before = own_card_html()
                 current.card["live"].append(Markdown("# re-rendered"))
-                rerendered = True
-            current.card["live"].refresh()
+            elif before is not None and not rerendered:
+                rerendered = own_card_html() != before
+            # Metaflow refuses a render asked for while its last card process still runs (and
+            # forgets the layout changed): render again until new HTML is in the bucket
+            current.card["live"].refresh(force=before is not None and not rerendered)
         text.update("# last tick")
         self.next(self.flaky)
 

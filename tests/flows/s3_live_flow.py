@@ -9,8 +9,47 @@ import time
 from metaflow import FlowSpec, card, current, retry, step
 from metaflow.cards import Markdown
 
-UPDATES = 4
+UPDATES = 2  # the test needs one update after `go`; a second shows they go on
 GAP = 1.5  # past refresh_interval, so Metaflow does not drop a refresh
+
+
+def bucket_items(folder):
+    """Every object below `folder` (a key prefix under the sysroot): its Key and ETag."""
+    import boto3
+
+    bucket, _, prefix = os.environ["METAFLOW_DATASTORE_SYSROOT_S3"][len("s3://"):].partition("/")
+    client = boto3.client("s3", endpoint_url=os.environ["METAFLOW_S3_ENDPOINT_URL"])
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{folder}")
+    return [item for page in pages for item in page.get("Contents", [])]
+
+
+def wait_for_siblings(count, seconds=180):
+    """Until the runtime has reaped `count` other tasks of this step (their verdicts, `0.runtime`,
+    are in the bucket): raising then kills none of them."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        items = bucket_items(f"{current.flow_name}/{current.run_id}/{current.step_name}/")
+        if sum(item["Key"].endswith("/0.runtime") for item in items) >= count:
+            return
+        time.sleep(0.1)
+
+
+def card_html():
+    """The ETags of this task's card HTML in the bucket: a render that lands changes them."""
+    folder = (f"mf.cards/{current.flow_name}/runs/{current.run_id}/steps/{current.step_name}/"
+              f"tasks/{current.task_id}/cards/")
+    return {item["Key"]: item["ETag"] for item in bucket_items(folder)}
+
+
+def render_again(before, seconds=180):
+    """Render the card until its HTML in the bucket is no longer `before`: Metaflow refuses a
+    render while its last card process runs, and then forgets the layout changed."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        current.card.refresh(force=True)
+        time.sleep(GAP)
+        if card_html() != before:
+            return
 
 
 def wait_for_go():
@@ -32,9 +71,9 @@ class S3LiveFlow(FlowSpec):
             title.update(f"# step {i}")
             current.card.refresh()
         time.sleep(GAP)
+        before = card_html()
         current.card.append(Markdown("# a new section"))
-        current.card.refresh()
-        time.sleep(GAP)
+        render_again(before)
         self.next(self.flaky)
 
     @retry(times=1, minutes_between_retries=0)
@@ -48,7 +87,7 @@ class S3LiveFlow(FlowSpec):
     @step
     def each(self):
         if self.input == 2:
-            time.sleep(8)  # the siblings end first: the run fails on this task alone
+            wait_for_siblings(2)  # the siblings end first: the run fails on this task alone
             raise ValueError("item 2 is bad")
         self.next(self.join)
 
