@@ -41,8 +41,8 @@ def test_a_page_that_never_names_a_card_shows_every_one_it_subscribes_to() -> No
     assert hub.visible(A) and hub.visible(B)
     assert watched == [(A, True), (B, True)] and seen == [(A, True), (B, True)]
     hub.leave(page)
-    assert not hub.visible(A) and seen[-2:] == [(A, False), (B, False)]
-    assert watched[-2:] == [(A, False), (B, False)]
+    assert not hub.visible(A) and set(seen[-2:]) == {(A, False), (B, False)}
+    assert set(watched[-2:]) == {(A, False), (B, False)}
 
 
 def test_a_viewer_that_names_its_card_keeps_the_others_hidden_but_watched() -> None:

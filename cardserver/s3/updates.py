@@ -99,7 +99,8 @@ class CardUpdates:
                 if key in self.shown:
                     self._due[key] = done + self.timing.update_seconds(key in self.visible)
             soonest = min(self._due.get(key, 0.0) for key in live) - done
-            await self.rest(max(soonest, 0.0 if wanted else self.timing.card_seconds))
+            # Due but backing off (or just unshown): wait a turn rather than spin.
+            await self.rest(soonest if soonest > 0 or wanted else self.timing.card_seconds)
 
     async def read(self, wanted: list[CardKey]) -> None:
         """Ask for these cards' updates at once; a card that fails backs off alone."""
