@@ -11,7 +11,7 @@ from conftest import make_config, next_message, subscribe
 
 from cardserver.config import Roots
 from cardserver.hub import Hub, Subscriber
-from cardserver.web.keys import HUB
+from cardserver.web.keys import GUARD, HUB
 
 A = "card/F/1/start/1/blank-aaaa"
 B = "card/F/1/start/1/blank-bbbb"
@@ -105,3 +105,21 @@ async def test_the_socket_names_the_visible_card_and_refuses_bad_requests(
     assert hub.visible(B) and not hub.visible(A)
     await ws.close()
     assert not ws.exception()
+
+
+async def test_a_card_socket_may_name_only_its_own_card(start_app: Any, roots: Roots) -> None:
+    client = await start_app(make_config(roots))
+    hub: Hub = client.app[HUB]
+    params = {"card": A.removeprefix("card/"), "cap": client.app[GUARD].capability(A)}
+    ws = await client.ws_connect("/ws", params=params)
+    await subscribe(ws, A)
+    await next_message(ws, lambda m: m.get("topic") == A and m.get("type") == "card")
+    assert hub.visible(A)  # a host page never names its card: it shows it
+    await ws.send_json({"op": "visible", "topic": B})
+    error = await next_message(ws, lambda m: m.get("type") == "error")
+    assert error["topic"] == B and "one card" in error["error"]
+    await ws.send_json({"op": "visible", "topic": None})
+    await ws.send_json({"op": "visible", "topic": A})
+    await subscribe(ws, A)  # a round trip: the requests before it were handled
+    await next_message(ws, lambda m: m.get("topic") == A and m.get("type") == "card")
+    assert hub.visible(A) and not ws.closed
