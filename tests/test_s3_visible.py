@@ -23,6 +23,8 @@ from s3proxy import FaultProxy
 from test_s3_polling import proxy, until  # noqa: F401  (proxy: a fixture)
 from test_s3_source import has_text
 
+from cardserver.web.keys import SOURCE
+
 pytestmark = pytest.mark.usefixtures("s3_credentials")
 FLOW = "S3ThreeCardsFlow"
 CARDS = ("shown", "kept", "other")
@@ -144,7 +146,11 @@ async def test_a_kept_card_is_asked_for_rarely_and_fresh_once_visible(
     assert gets(faults, topics["kept"], mark, named) == 0 and gets(faults, topics["kept"], named) >= 1
     assert fresh_after < 2.0, f"the card became fresh {fresh_after:.2f} s after it was shown"
     status = (await (await client.get("/api/status")).json())["s3"]
-    assert (status["viewed_cards"], status["visible_cards"]) == (3, 1)
+    assert (status["viewed_cards"], status["visible_cards"], status["viewed_runs"]) == (3, 1, 1)
+    # None visible (the Task tab, a hidden browser tab): kept cards do not make their run viewed
+    await ws.send_json({"op": "visible", "topic": None})
+    await until(lambda: client.app[SOURCE].status()["s3"]["viewed_runs"] == 0, "the run no longer viewed")
+    assert client.app[SOURCE].status()["s3"]["viewed_cards"] == 3
 
 
 async def test_a_kept_card_is_still_read_slowly_and_any_socket_showing_it_makes_it_visible(
