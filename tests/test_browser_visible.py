@@ -1,6 +1,6 @@
 """In Chromium: the viewer names the card on screen to the server (issue 14), when a card is
-picked, when the Task tab hides it, and again after its socket reconnects; the card it left
-stays subscribed (kept), visible to nobody."""
+picked, when the Task tab or a hidden browser tab hides it, and again after its socket
+reconnects; the card it left stays subscribed (kept), visible to nobody."""
 
 from __future__ import annotations
 
@@ -44,3 +44,10 @@ async def test_the_viewer_says_which_card_is_on_screen(roots: Any, start_app: An
     await until(lambda: (two, False) in seen, "the old socket gone")
     await until(lambda: hub.visible(two) and hub.has_subscribers(one), "subscribed again")
     assert (one, True) not in seen and not hub.visible(one), seen
+    # A hidden browser tab shows nothing (as the page's visibility says: headless Chromium never hides one)
+    hidden = "(on) => { Object.defineProperty(document, 'hidden', {value: on, configurable: true});" \
+             " document.dispatchEvent(new Event('visibilitychange')); }"
+    await page.evaluate(hidden, True)
+    await until(lambda: not hub.visible(two) and hub.has_subscribers(two), "no card visible in a hidden tab")
+    await page.evaluate(hidden, False)
+    await until(lambda: hub.visible(two), "the card visible again with its tab")
