@@ -41,11 +41,11 @@ class ThreeCards:
         (self.workdir / name).touch()
 
 
-@pytest.fixture
-def three_cards(s3_server: S3Endpoint, tmp_path: Path) -> Iterator[ThreeCards]:
-    workdir = tmp_path / "flow"
-    workdir.mkdir()
-    sysroot = f"s3://{s3_server.bucket}/{tmp_path.name}"  # a prefix of its own: one run in it
+@pytest.fixture(scope="module")
+def three_cards(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreeCards]:
+    """One run for both tests (the second only counts requests: it needs the task running)."""
+    workdir = tmp_path_factory.mktemp("threecards")
+    sysroot = f"s3://{s3_server.bucket}/{workdir.name}"  # a prefix of its own: one run in it
     with open(workdir / "flow.log", "w") as output:  # a file: a full pipe would stall the flow
         process = subprocess.Popen(
             [sys.executable, str(FLOWS / "s3_three_cards_flow.py"), "--no-pylint", "run"], cwd=workdir,
