@@ -129,11 +129,14 @@ class Result:
                 round(self.load_seconds, 1), self.note]
 
 
+CARD_FRAMES = ("/card/", "/card-html/", "/card-shell/")  # theirs (Metaflow's server), ours
+
+
 async def wait_card_frame(page: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for frame in page.frames:
-            if "/card/" not in frame.url and "/card-html/" not in frame.url:  # theirs, ours
+            if not any(part in frame.url for part in CARD_FRAMES):
                 continue
             try:
                 if await frame.evaluate(LOADED):

@@ -355,8 +355,9 @@ async def run_ours(browser: Any, card: LiveCard, writer: Writer, plan: Plan,
 
 
 def is_card_html(url: str) -> bool:
-    """Our card's own HTML, framed by the viewer or by the card's host page."""
-    return "/card-html/" in url
+    """Our card's own HTML, framed by the card's host page, or written into the viewer's warm
+    frame (a Metaflow card; one not given a card yet never passes READY)."""
+    return "/card-html/" in url or "/card-shell/" in url
 
 
 async def run_through_jupyter(browser: Any, card: LiveCard, writer: Writer, plan: Plan,

@@ -21,7 +21,7 @@ since (a hidden frame renders none, so this counts its renderer waking up). Then
 Between two switches we wait until no frame has been loading for 10 animation frames (a
 person reads the card): what is loaded ahead is then ready, as it would be. Each setting of
 `?keep=` runs in a new browser; `keep=0` is the viewer as it was before issue 14 (one frame,
-nothing kept or loaded ahead), but with the card script served once (bench/cardscript.py)."""
+nothing kept or loaded ahead, no warm frames: each card loads its whole page by its URL)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ ARM = """([part, timeout]) => {
   const probe = window.__switch;
   probe.result = null;
   probe.input = 0;
-  const mine = () => [...document.querySelectorAll('#frames iframe')].find((f) => f.src.includes(part));
+  const mine = () => [...document.querySelectorAll('#frames iframe[data-card]')]
+    .find((f) => f.dataset.card.includes(part));
   const before = mine();
   const deadline = performance.now() + timeout;
   const check = () => {

@@ -60,10 +60,10 @@ def roots(tmp_path: Path) -> Roots:
 
 @pytest.fixture(scope="session")
 def metaflow_cards(tmp_path_factory: pytest.TempPathFactory) -> Roots:
-    """A finished real Metaflow run: `start`'s default card, then two blank cards (Markdown,
+    """A finished real Metaflow run: `start`'s default card, then four blank cards (Markdown,
     Table, VegaChart), each Metaflow's ~1.1 MB page with its bundle inline."""
     workdir = tmp_path_factory.mktemp("metaflow-cards")
-    make_run(workdir, branches=2, timeout=600)
+    make_run(workdir, branches=4, timeout=600)
     datastore = workdir / ".metaflow"
     return Roots(datastore, datastore / "mf.cards")
 

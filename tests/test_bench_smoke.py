@@ -163,6 +163,6 @@ def test_switching_smoke() -> None:
 
 def test_cardscript_smoke() -> None:
     out = run_smoke("cardscript.py", 300)
-    table = rows(out, "Card script served once (smoke)")
-    assert float(table["split / inline p50"][0]) > 0
+    table = rows(out, "Warm frames (smoke)")
+    assert float(table["warm, ready / inline p50"][0]) > 0 and float(table["warm, new / inline p50"][0]) > 0
     assert "requests for the script: 3 in 3 split loads" in out  # fetched by every load

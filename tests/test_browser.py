@@ -67,7 +67,7 @@ async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
 async def wait_card_frame(page: Any, contains: str = "/card-html/") -> Any:
     await page.wait_for_function(
         """(part) => [...document.querySelectorAll('#frames iframe:not(.incoming):not(.kept)')]
-                     .some(f => f.src.includes(part))""",
+                     .some(f => (f.dataset.card || f.src).includes(part))""",
         arg=contains, timeout=UI_WAIT,
     )
     frame = await shown_frame(page)

@@ -127,7 +127,7 @@ async def card_frame(page: Any, name: str) -> Any:
     """The shown card frame (not one loading behind it) once it holds card `name`."""
     await page.wait_for_function(
         """(name) => [...document.querySelectorAll('#frames iframe:not(.incoming):not(.kept)')]
-                     .some(f => f.src.includes(name))""",
+                     .some(f => (f.dataset.card || f.src).includes(name))""",
         arg=name, timeout=UI_WAIT,
     )
     handle = await page.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)

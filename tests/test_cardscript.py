@@ -1,26 +1,23 @@
-"""Metaflow's card bundle served once (cardscript.py), on cards a real Metaflow run wrote: the
-split is exact, anything else is served whole, the bundle's URL is signed like its page, and
-the split card renders in Chromium, sandboxed."""
+"""Metaflow's card bundle apart from its page (cardscript.py), on cards a real Metaflow run
+wrote: the split is exact, anything else has none; the viewer's warm frames (cards.py): a
+card's page apart from its bundle, and the warm frame's page, served only to the viewer, and
+a card rendered in one in Chromium, sandboxed."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import yarl
 from conftest import make_config
 
 from cardserver.config import Roots
 from cardserver.demo import markdown, start_run
 from cardserver.index import Card
 from cardserver.layout import CardKey, parse_card_path
-from cardserver.web.cards import SCRIPT_ENTRIES, CardPages
+from cardserver.web.cards import SCRIPT_ENTRIES, SHELL_CLOSE, SHELL_OPEN, CardPages
 from cardserver.web.cardscript import split
-from cardserver.web.keys import GUARD
-from cardserver.web.security import CARD_HTML_ROUTE
 
 pytestmark = pytest.mark.timeout(240)
 TOKEN = "s3cret-token-for-tests"
@@ -28,7 +25,7 @@ TOKEN = "s3cret-token-for-tests"
 
 def card_files(roots: Roots) -> list[Path]:
     files = sorted(roots.cards.rglob("cards/*.html"))
-    assert len(files) == 3, files
+    assert len(files) == 5, files
     return files
 
 
@@ -52,6 +49,22 @@ def test_metaflow_cards_split_exactly(metaflow_cards: Roots) -> None:
     assert len(names) == 1  # every card of a Metaflow version shares one bundle
 
 
+LIVE_TAIL = b"<script>\n  // This Card was Designed to be Realtime Updatable\n  </script>"
+FINAL_TAIL = b"<script>\n    window.metaflow_card_update = undefined;\n  </script>"
+
+
+def test_a_live_render_splits_too(metaflow_cards: Roots) -> None:
+    """A render while the task runs ends with Metaflow's comment instead of the final hook
+    (test_browser_switching's live test splits a real one)."""
+    html = card_files(metaflow_cards)[1].read_bytes()
+    assert FINAL_TAIL in html
+    live = html.replace(FINAL_TAIL, LIVE_TAIL)
+    apart = split(live)
+    assert apart is not None and LIVE_TAIL in apart.after
+    assert apart.before + b"<script>" + apart.script + b"</script>" + apart.after == live
+    assert split(html.replace(FINAL_TAIL, LIVE_TAIL + FINAL_TAIL)) is None  # one of them at most
+
+
 def test_other_shapes_are_served_whole(metaflow_cards: Roots) -> None:
     html = card_files(metaflow_cards)[1].read_bytes()
     apart = split(html)
@@ -73,60 +86,33 @@ def test_other_shapes_are_served_whole(metaflow_cards: Roots) -> None:
     assert split(card.path_html.read_bytes()) is None  # our demo's cards: not Metaflow's shape
 
 
-async def test_bundle_url_is_signed_like_its_page(metaflow_cards: Roots, start_app: Any) -> None:
-    client = await start_app(make_config(metaflow_cards, token=TOKEN))
-    guard = client.app[GUARD]
-    scripts = set()
-    for file in card_files(metaflow_cards):
-        page_url = yarl.URL("/" + guard.card_url(card_key(metaflow_cards, file), CARD_HTML_ROUTE))
-        response = await client.get(page_url)
-        assert response.status == 200
-        body = await response.read()
-        assert len(body) < 200_000  # the page without the bundle
-        src = re.search(rb'<script src="([^"]+)"></script>', body)
-        assert src is not None
-        scripts.add(page_url.join(yarl.URL(src[1].decode())))
-    assert len(scripts) == 1  # one URL for every card: compiled once
-    script = scripts.pop()
-    assert script.path.startswith("/card-js/") and script.query["cap"]
-    served = await client.get(script, headers={"Accept-Encoding": "gzip"})
-    assert served.status == 200
-    assert served.headers["Content-Type"].startswith("text/javascript")
-    assert "immutable" in served.headers["Cache-Control"]
-    apart = split(card_files(metaflow_cards)[0].read_bytes())
-    assert apart is not None and await served.read() == apart.script
-    assert (await client.get(script.path)).status == 401  # unsigned: nothing without the token
-    other = script.with_path("/card-js/" + "0" * 64 + ".js").with_query(script.query)
-    assert (await client.get(other)).status == 403  # the cap opens that script alone
-    unknown = yarl.URL("/" + guard.signed("card-js/" + "0" * 64 + ".js"))
-    assert (await client.get(unknown)).status == 404
-
-
-async def test_split_card_renders_sandboxed(metaflow_cards: Roots, start_app: Any, browser: Any) -> None:
+async def test_metaflow_card_opens_in_a_warm_frame_sandboxed(
+    metaflow_cards: Roots, start_app: Any, browser: Any
+) -> None:
+    """Even the first card the viewer shows: a warm frame made for it (no card-html request),
+    rendered in an opaque origin."""
     client = await start_app(make_config(metaflow_cards))
     page = await browser.new_page()
-    scripts: list[str] = []
-    page.on("request", lambda request: scripts.append(request.url) if "/card-js/" in request.url else None)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     blank = next(f for f in card_files(metaflow_cards) if f.name.startswith("blank-"))
     await page.goto(str(client.make_url(f"/run/{card_key(metaflow_cards, blank)}")))
-    frame = None
-    for _ in range(200):
-        frame = next((f for f in page.frames if "/card-html/" in f.url and blank.stem in f.url), None)
-        if frame is not None:
-            break
-        await page.wait_for_timeout(50)
-    assert frame is not None
+    shown = f"#frames iframe[data-card*='{blank.stem}']:not(.incoming):not(.kept)"
+    handle = await page.wait_for_selector(shown, state="attached", timeout=30_000)
+    assert "/card-shell/" in (await handle.get_attribute("src") or "")
+    frame = await handle.content_frame()
     await frame.wait_for_function("document.querySelector('.card_app') && "
                                   "document.querySelector('.card_app').innerText.includes('branch')",
                                   timeout=30_000)
     assert await frame.evaluate("!!document.querySelector('.card_app table')")
-    assert await frame.evaluate("origin") == "null"  # still an opaque origin
-    assert scripts  # its bundle came from the shared URL
+    assert await frame.evaluate("origin") == "null"  # an opaque origin
+    assert any("/page" in url and blank.stem in url for url in asked)  # its page, apart
+    assert not any("/card-html/" in url for url in asked)  # never its whole page
 
 
 async def test_page_whose_script_was_let_go_is_built_again(metaflow_cards: Roots) -> None:
-    """Nine Metaflow versions' scripts in view (one more than the server keeps): a cached page
-    is never served pointing at a script the server no longer has."""
+    """Nine Metaflow versions' bundles in view (one more than the server keeps): a cached page
+    apart is never served naming a bundle whose warm frame the server can no longer make."""
     html = card_files(metaflow_cards)[1].read_bytes()
     apart = split(html)
     assert apart is not None
@@ -136,13 +122,60 @@ async def test_page_whose_script_was_let_go_is_built_again(metaflow_cards: Roots
     async def read(card: Card) -> bytes:
         return versions[int(card.key.name.rsplit("-", 1)[1])]
 
-    pages = CardPages(read, lambda name: f"card-js/{name}")
+    pages = CardPages(read)
     key = card_key(metaflow_cards, card_files(metaflow_cards)[1])
     cards = [Card(CardKey(key.task, f"{key.name}-{n}"), version="1") for n in versions]
-    first = await pages.page(cards[0])
-    assert first.script is not None and pages.script(first.script) is not None
+    first = await pages.parts(cards[0])
+    assert first.script is not None
     for card in cards[1:]:
-        await pages.page(card)
-    assert pages.script(first.script) is None  # the oldest script was let go...
-    again = await pages.page(cards[0])
-    assert again.script == first.script and pages.script(first.script) is not None  # ... and is back
+        await pages.parts(card)
+    assert await pages.shell(first.script) is None  # the oldest bundle was let go...
+    again = await pages.parts(cards[0])
+    assert again.script == first.script and await pages.shell(first.script) is not None  # ... back
+    whole = await pages.page(cards[0])
+    assert apart.script + b";0" in whole.body  # the page itself is whole: it needs nothing else
+
+
+async def test_page_apart_from_its_bundle_for_a_warm_frame(metaflow_cards: Roots, start_app: Any) -> None:
+    """`api/cards/.../page` holds the very page `card-html/...` serves, apart from its bundle;
+    `card-shell/<bundle>` holds that bundle, compiled into a function, sandboxed like a card."""
+    client = await start_app(make_config(metaflow_cards, token=TOKEN))
+    key = card_key(metaflow_cards, card_files(metaflow_cards)[1])
+    login = await client.get("/", params={"token": TOKEN}, allow_redirects=False)
+    cookie = {"Cookie": "; ".join(f"{m.key}={m.value}" for m in login.cookies.values())}
+    apart = await client.get(f"/api/cards/{key}/page", headers={"Accept-Encoding": "gzip", **cookie})
+    assert apart.status == 200 and apart.headers["Content-Type"].startswith("application/json")
+    parts = await apart.json()
+    whole = await (await client.get(f"/card-html/{key}", headers=cookie)).read()
+    script = split(card_files(metaflow_cards)[1].read_bytes())
+    assert script is not None and parts["script"] == script.name
+    inline = b"<script>" + script.script + b"</script>"
+    assert whole == parts["before"].encode() + inline + parts["after"].encode()
+    revalidate = {"If-None-Match": apart.headers["ETag"], **cookie}
+    again = await client.get(f"/api/cards/{key}/page", headers=revalidate)
+    assert again.status == 304
+
+    shell = await client.get(f"/card-shell/{parts['script']}", headers=cookie)
+    assert shell.status == 200 and shell.headers["Content-Type"].startswith("text/html")
+    assert shell.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
+    body = await shell.read()
+    assert SHELL_OPEN + script.script + SHELL_CLOSE in body
+    assert b'cardserver: "warm"' in body  # the loader, inline
+    assert (await client.get("/card-shell/" + "0" * 64 + ".js", headers=cookie)).status == 404
+    # Only the viewer: nothing without the token, and no card page (Origin null) reads a page.
+    client.session.cookie_jar.clear()
+    assert (await client.get(f"/card-shell/{parts['script']}")).status == 401
+    assert (await client.get(f"/api/cards/{key}/page")).status == 401
+    opaque = await client.get(f"/api/cards/{key}/page", headers={"Origin": "null", **cookie})
+    assert opaque.status == 403
+
+
+async def test_a_page_not_split_has_no_parts(metaflow_cards: Roots, start_app: Any) -> None:
+    datastore = Path(metaflow_cards.datastore.parent / "parts-demo")
+    card = start_run(datastore, flow="PartsFlow").start_task("start").add_card(
+        components=[markdown("t", "# hello")])
+    client = await start_app(make_config(Roots(datastore, datastore / "mf.cards")))
+    response = await client.get(f"/api/cards/{card.key}/page")
+    assert response.status == 200
+    assert (await response.json())["script"] is None  # the viewer loads its URL
+    assert (await client.get(f"/api/cards/{card.key.task}/nope-1/page")).status in (400, 404)

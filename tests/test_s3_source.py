@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +47,11 @@ async def test_a_finished_run_is_served_with_status_from_its_s3_task_folders(
     html = await client.get(f"/card-html/{card_of(detail, 'start')}")
     page = await html.read()
     assert html.status == 200 and b'METAFLOW_RELOAD_TOKEN = "final"' in page
-    script = re.search(rb'<script src="[./]*(card-js/[0-9a-f]{64}\.js)"', page)  # its bundle, apart
-    assert script is not None, page[-2000:]
-    bundle = await client.get("/" + script[1].decode())
-    assert bundle.status == 200 and len(await bundle.read()) > 500_000
+    start_card = card_of(detail, "start")
+    parts = await get_json(client, f"/api/cards/{start_card}/page")  # apart, for a warm frame
+    assert parts["script"] and parts["before"].encode() in page  # the page itself is whole
+    shell = await client.get(f"/card-shell/{parts['script']}")
+    assert shell.status == 200 and len(await shell.read()) > 500_000  # the bundle is in it
     status = await get_json(client, "/api/status")
     assert status["source"] == "s3" and status["cards"] == f"{run.sysroot}/mf.cards"
     assert status["s3"]["requests_per_minute"]["LIST"] > 0 and status["s3"]["usd_per_hour"] > 0

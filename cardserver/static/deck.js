@@ -12,9 +12,10 @@ const AHEAD = 3; // the next card, the previous one, and a hovered one
 const SETTLE_MS = 250; // the longest wait for a paint: follow mode switches cards in a background tab
 
 export class Deck {
-  constructor(container, { keep, onHeight, onKeep, onDrop, onSettled }) {
+  constructor(container, { keep, shells, onHeight, onKeep, onDrop, onSettled }) {
     this.container = container;
     this.keep = keep;
+    this.shells = shells;
     this.on = { onHeight, onKeep, onDrop, onSettled };
     this.cards = new Map(); // topic -> Frames, least recently shown first
     this.ahead = new Set(); // topics loaded ahead and not shown yet, oldest first
@@ -23,9 +24,10 @@ export class Deck {
     this.paintTimer = 0; // or this timer, whichever comes first
   }
 
-  show(topic, src, version) {
+  // `card`: the card's URLs, `html` (its own page) and `page` (that page apart from its bundle).
+  show(topic, card, version) {
     const kept = this.cards.get(topic);
-    const frames = kept || this.add(topic, src, version);
+    const frames = kept || this.add(topic, card, version, { now: true });
     this.cards.delete(topic);
     this.cards.set(topic, frames);
     this.ahead.delete(topic);
@@ -56,10 +58,11 @@ export class Deck {
     for (const other of this.cards.values()) if (other !== frames && !other.hidden) other.hide();
   }
 
-  // Load a card hidden, ahead of being shown.
-  preload(topic, src, version) {
+  // Load a card hidden, ahead of being shown (`now`: likely shown in a moment, so it may take
+  // the warm frame kept ready).
+  preload(topic, card, version, { now = false } = {}) {
     if (!this.keep || this.cards.has(topic)) return;
-    this.add(topic, src, version, { hidden: true });
+    this.add(topic, card, version, { hidden: true, now });
     this.ahead.add(topic);
     this.trim();
   }
@@ -70,7 +73,7 @@ export class Deck {
 
   // Whether a card is still loading, shown or not: the viewer loads ahead only when none is.
   get loading() {
-    return [...this.cards.values()].some((frames) => frames.incoming);
+    return [...this.cards.values()].some((frames) => frames.incoming || frames.pending);
   }
 
   card(topic, message) {
@@ -83,8 +86,9 @@ export class Deck {
     if (frames) frames.update(message);
   }
 
-  add(topic, src, version, { hidden = false } = {}) {
+  add(topic, card, version, { hidden = false, now = false } = {}) {
     const frames = new Frames(this.container, {
+      shells: this.shells,
       onHeight: (height) => { if (frames === this.shown) this.on.onHeight(height); },
       onLoad: () => {
         if (frames === this.shown && !frames.hidden) this.visible(frames);
@@ -92,7 +96,7 @@ export class Deck {
       },
     });
     if (hidden) frames.hide();
-    frames.show(src, version);
+    frames.show(card.html, version, { page: card.page, now });
     this.cards.set(topic, frames);
     this.on.onKeep(topic);
     return frames;

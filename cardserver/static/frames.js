@@ -9,16 +9,23 @@
 // part of loading). Shown again (`reveal`), a card behind gets that update first and is made
 // visible once it has applied it (or after REVEAL_WAIT_MS): never stale. A card with nothing
 // newer to apply (an update of another render is not one) is made visible at once.
+// In the viewer, Metaflow's cards open in warm frames (shells.js); a card wanted now takes
+// the one kept ready.
 
 const MAX_HEIGHT = 100000;
 const REVEAL_WAIT_MS = 150;
 
 export class Frames {
   constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {},
-    onLoad = () => {} } = {}) {
+    onLoad = () => {}, shells = null } = {}) {
     this.container = container;
     this.sandbox = container.dataset.sandbox;
     this.on = { onHeight, onReady, onApplied, onLoad };
+    this.shells = shells; // warm frames (shells.js), in the viewer
+    this.page = null; // the card's page apart from its bundle, which a warm frame takes
+    this.now = false; // wanted now: may take the warm frame kept ready
+    this.loads = 0; // the newest load; an older one that finishes late is dropped
+    this.pending = false; // getting a warm frame: no frame yet
     this.hidden = false;
     this.seen = false; // shown at least once (else loaded ahead, not yet seen)
     this.waiting = null; // a reveal waiting for the card to apply the update it missed
@@ -72,16 +79,22 @@ export class Frames {
     window.removeEventListener("message", this.listener);
     for (const frame of this.frames()) frame.remove();
     this.current = this.incoming = null;
+    this.loads += 1;
+    this.pending = false;
   }
 
   frames() {
     return [this.current, this.incoming].filter(Boolean);
   }
 
-  show(src, version) {
+  // `page`, in the viewer: the URL of the card's page apart from its bundle, for a warm frame
+  // (`now`: the card is wanted now, not merely loaded ahead).
+  show(src, version, { page = null, now = false } = {}) {
     if (src === this.src) return;
     this.src = src;
     this.version = version;
+    this.page = page;
+    this.now = now;
     this.latest = null;
     this.load();
   }
@@ -110,14 +123,41 @@ export class Frames {
   }
 
   load() {
+    const load = ++this.loads;
+    const now = this.now || !this.hidden;
+    this.now = false; // a card loaded ahead takes the ready frame only if wanted when shown
     if (this.incoming) this.incoming.remove();
+    this.incoming = null;
+    this.pending = false;
+    const url = this.versioned(this.src);
+    if (!this.shells || !this.page) return this.attach(this.frame(url), url);
+    this.pending = true;
+    this.shells.open(this.versioned(this.page), { now }).then((shell) => {
+      if (load !== this.loads) return shell && shell.remove(); // given a card we let go of
+      this.pending = false;
+      this.attach(shell || this.frame(url), url);
+    });
+  }
+
+  versioned(path) {
+    const url = new URL(path, document.baseURI);
+    if (this.version) url.searchParams.set("v", this.version); // a new render, a new URL
+    return url.href;
+  }
+
+  frame(url) {
     const frame = document.createElement("iframe");
     frame.setAttribute("sandbox", this.sandbox);
     frame.setAttribute("title", "card");
+    frame.src = url;
+    return frame;
+  }
+
+  // `frame` loads the card (`url`, which a warm frame's own address is not): behind the shown
+  // one, swapped in when loaded.
+  attach(frame, url) {
     frame.className = this.hidden ? "incoming kept" : "incoming";
-    const url = new URL(this.src, document.baseURI);
-    if (this.version) url.searchParams.set("v", this.version); // a new render, a new URL
-    frame.src = url.href;
+    frame.dataset.card = url;
     if (this.current && this.current.style.height) frame.style.height = this.current.style.height;
     this.incoming = frame;
     frame.addEventListener("load", () => {
@@ -130,7 +170,7 @@ export class Frames {
       if (frame.dataset.height && !this.hidden) this.on.onHeight(Number(frame.dataset.height));
       this.on.onLoad();
     });
-    this.container.append(frame);
+    if (!frame.isConnected) this.container.append(frame);
   }
 
   frameOf(source) {

@@ -20,6 +20,11 @@ export function cardHtml(flow, run, card) {
   return `card-html/${enc(flow)}/${enc(run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}`;
 }
 
+// That page apart from Metaflow's card bundle (JSON), which a warm frame writes (shells.js).
+export function cardPage(flow, run, card) {
+  return `api/cards/${enc(flow)}/${enc(run)}/${enc(card.step)}/${enc(card.task)}/${enc(card.name)}/page`;
+}
+
 export function cardTopic(flow, run, card) {
   return `card/${flow}/${run}/${card.step}/${card.task}/${card.name}`;
 }

@@ -6,7 +6,8 @@ import { CardList, toRows } from "./cardlist.js";
 import { fitToContent, isFramed } from "./embed.js";
 import { followCard, newestRun, newer } from "./follow.js";
 import { Deck } from "./deck.js";
-import { cardHtml, cardPath, cardSource, cardTopic, runPath, taskPath } from "./routes.js";
+import { cardHtml, cardPage, cardPath, cardSource, cardTopic, runPath, taskPath } from "./routes.js";
+import { Shells } from "./shells.js";
 import { LiveSocket, socketUrl } from "./socket.js";
 import { TaskView } from "./taskview.js";
 
@@ -42,12 +43,15 @@ const list = new CardList($("card-list"), {
 // Cards kept loaded and hidden besides the shown one (`?keep=N` at load; 0 keeps none and
 // loads nothing ahead); up to 3 more are loaded ahead (deck.js). Memory: bench/switching.py.
 const KEEP = Math.max(0, Math.min(32, Number(new URLSearchParams(location.search).get("keep") ?? 4) || 0));
+// Metaflow's cards open in warm frames (shells.js), one kept ready; none with `?keep=0`.
+const shells = KEEP ? new Shells($("frames"), { root: ROOT, sandbox: $("frames").dataset.sandbox }) : null;
 const deck = new Deck($("frames"), {
   keep: KEEP,
+  shells,
   onHeight: cardHeight,
   onKeep: (topic) => socket.subscribe(topic),
   onDrop: (topic) => socket.unsubscribe(topic),
-  onSettled: () => loadAhead(),
+  onSettled: () => { if (shells) shells.keepReady(); loadAhead(); },
 });
 const socket = new LiveSocket(socketUrl(ROOT), { onMessage, onState: showConnection });
 const taskView = new TaskView($("task-panel"), { root: ROOT, socket,
@@ -210,8 +214,13 @@ function rowTopic(row) {
   return cardTopic(state.flow, state.run, { ...row, name: row.card.name });
 }
 
+// A card's own page, and that page apart from Metaflow's bundle (for a warm frame).
 function cardUrl(row) {
-  return new URL(cardHtml(state.flow, state.run, { ...row, name: row.card.name }), ROOT).href;
+  const card = { ...row, name: row.card.name };
+  return {
+    html: new URL(cardHtml(state.flow, state.run, card), ROOT).href,
+    page: new URL(cardPage(state.flow, state.run, card), ROOT).href,
+  };
 }
 
 // Once nothing loads and the shown card is painted (deck.js), load the card after it (then
@@ -238,7 +247,7 @@ $("card-list").addEventListener("pointerdown", (event) => {
 
 function loadRow(id) {
   const row = state.rows.find((r) => r.id === id);
-  if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version);
+  if (row && row.card) deck.preload(rowTopic(row), cardUrl(row), row.card.version, { now: true });
 }
 
 // The card frame is as tall as its card (the stage scrolls); framed, we ask for that much,

@@ -58,14 +58,14 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     app[TASKS] = pipeline.tasks
     app[SOURCE] = source
     app[READY] = pipeline.ready
-    app[CARD_PAGES] = CardPages(source.read_card, guard.script_url)
+    app[CARD_PAGES] = CardPages(source.read_card)
     app[SOCKETS] = weakref.WeakSet()
     app[SEEN_TRANSPORTS] = seen
     base = config.base_url
     app.router.add_get(f"{base}ws", websocket)
     tasks.add_routes(app, base)  # before the API's catch-all
+    pages.add_routes(app, base)  # (one of its routes is under api/)
     api.add_routes(app, base)
-    pages.add_routes(app, base)
     app.cleanup_ctx.append(running(pipeline))
     app.on_shutdown.append(close_all)
     return app

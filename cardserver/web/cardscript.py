@@ -1,14 +1,14 @@
-"""Metaflow's card JavaScript, served once for every card instead of inline in each page.
+"""Metaflow's card bundle, apart from the card page that inlines it, for the warm frames.
 
 Every Metaflow card page inlines the same ~1 MB bundle (Svelte, Vega). Chromium keeps the
-compiled code of a script it has run for the next script with the same source *and URL* in the
-same renderer, so a bundle served at one URL (named by its SHA-256) is compiled once, not once
-per card: a card's first visit takes half the time (bench/README.md, "Card switching").
+compiled code of a script for the next one with the same source *and URL* in the same
+renderer, so the viewer's warm frames (cards.py, static/shells.js), one URL per bundle (named
+by its SHA-256), compile it once, not once per card, and a card's page comes to them without it.
 
 The split is exact or not made: a page is split only when it has the shape Metaflow writes (its
-data script, then one large script, then at most the final-render hook before `</body>`), and
-the large script holds nothing that could end or escape it earlier in the browser's parser
-(`<script`, `</script`). Anything else is served whole, as before.
+data script, then one large script, then at most the final render's hook or the live render's
+comment before `</body>`), and the large script holds nothing that could end or escape it
+earlier in the browser's parser (`<script`, `</script`). Anything else has no warm frame.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ OPEN = b"<script>"
 CLOSE = b"</script>"
 # Metaflow's data script, which sets the render's token; the bundle is the script after it.
 DATA_SCRIPT = re.compile(rb"<script>\s*var METAFLOW_RELOAD_TOKEN\b")
-# What follows the bundle to the end: the final render's hook (optional), `</body>`, `</html>`.
+# What follows the bundle to the end: at most one of Metaflow's two closing scripts (the final
+# render's hook, or a live render's comment), `</body>`, `</html>`.
 TAIL = re.compile(
-    rb"</script>\s*(?:<script>\s*window\.metaflow_card_update = undefined;\s*</script>\s*)?"
+    rb"</script>\s*(?:<script>\s*(?:window\.metaflow_card_update = undefined;"
+    rb"|// This Card was Designed to be Realtime Updatable)\s*</script>\s*)?"
     rb"</body>\s*</html>\s*\Z"
 )
 BETWEEN = re.compile(rb"\s*")
@@ -36,11 +38,6 @@ class Split:
     script: bytes  # the bundle's source, exactly as it sat between its tags
     after: bytes  # from the bundle's `</script>` tag on, that tag excluded
     name: str  # `<sha256>.js`: the script's URL path is its content
-
-    def page(self, src: str) -> bytes:
-        """The page with the bundle loaded from `src`, a URL of this script."""
-        tag = b'<script src="' + src.encode("ascii") + b'"></script>'
-        return self.before + tag + self.after
 
 
 def split(html: bytes) -> Split | None:

@@ -27,8 +27,9 @@ from .security import (
     CARD_HTML_ROUTE,
     CARD_IFRAME_SANDBOX,
     CARD_ROUTE,
-    CARD_SCRIPT_ROUTE,
+    CARD_SHELL_ROUTE,
     VIEWER_CSP,
+    json_error,
     plain_error,
 )
 
@@ -150,17 +151,31 @@ async def card_html(request: web.Request) -> web.StreamResponse:
     return encoded(request, page, headers, "text/html")
 
 
-async def card_script(request: web.Request) -> web.StreamResponse:
-    """Metaflow's card JavaScript, split out of card pages: named by its content, so it never
-    changes (and reveals nothing to whoever cannot name it)."""
-    script = request.app[CARD_PAGES].script(request.match_info["name"])
-    if script is None:
-        return plain_error(404, "card script not found")
-    headers = {"ETag": script.etag, "Cache-Control": "max-age=31536000, immutable",
-               "Vary": "Accept-Encoding"}
-    if script.etag in if_none_match(request):
+async def card_page_parts(request: web.Request) -> web.StreamResponse:
+    """A card's page apart from Metaflow's bundle, for the viewer's warm frames (cards.py):
+    JSON, under `api/` so that no card page can read it; `script` is null for a page that was
+    not split (the viewer then loads its URL)."""
+    found = card_of_request(request)
+    if found is None or found.version is None:
+        return json_error(404, "card not found")
+    pages = request.app[CARD_PAGES]
+    headers = {"ETag": pages.etag(found), "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if pages.etag(found) in if_none_match(request):
         return web.Response(status=304, headers=headers)
-    return encoded(request, script, headers, "text/javascript")
+    try:
+        parts = await pages.parts(found)
+    except Unavailable as problem:
+        return json_error(problem.status, str(problem))
+    return encoded(request, parts, headers, "application/json")
+
+
+async def card_shell(request: web.Request) -> web.StreamResponse:
+    """A warm frame: Metaflow's card bundle compiled, waiting for a card's page (cards.py)."""
+    shell_page = await request.app[CARD_PAGES].shell(request.match_info["name"])
+    if shell_page is None:
+        return plain_error(404, "card script not found")
+    headers = {**card_headers(shell_page.etag), "Cache-Control": "max-age=31536000, immutable"}
+    return encoded(request, shell_page, headers, "text/html")
 
 
 def encoded(request: web.Request, page: CardPage, headers: dict[str, str], kind: str) -> web.Response:
@@ -196,6 +211,7 @@ def add_routes(app: web.Application, base: str) -> None:
     app.router.add_get(f"{base}run/{card_path}", run_card)
     app.router.add_get(f"{base}card/{card_path}", card_host, name=CARD_ROUTE)  # links open it
     app.router.add_get(f"{base}card-html/{card_path}", card_html, name=CARD_HTML_ROUTE)
-    app.router.add_get(f"{base}{CARD_SCRIPT_ROUTE}/{{name}}", card_script, name=CARD_SCRIPT_ROUTE)
+    app.router.add_get(f"{base}{CARD_SHELL_ROUTE}/{{name}}", card_shell)
+    app.router.add_get(f"{base}api/cards/{card_path}/page", card_page_parts)  # before the API's catch-all
     static = resources.files("cardserver").joinpath("static")
     app.router.add_static(f"{base}static/", str(static), append_version=False)

@@ -39,7 +39,7 @@ CARD_IFRAME_SANDBOX = "allow-scripts allow-popups allow-popups-to-escape-sandbox
 CARD_ROUTE = "card"  # the card's host page: a link opens it
 CARD_HTML_ROUTE = "card-html"  # the card's own HTML, framed sandboxed by its host
 CARD_ROUTES = (CARD_ROUTE, CARD_HTML_ROUTE)  # the only routes a link opens
-CARD_SCRIPT_ROUTE = "card-js"  # Metaflow's card JavaScript, named by its SHA-256 (cardscript.py)
+CARD_SHELL_ROUTE = "card-shell"  # a warm frame: Metaflow's card bundle, named by its SHA-256
 CARD_PARTS = ("flow", "run", "step", "task", "card")
 SERVER_HEADER = "X-Cardserver"
 
@@ -147,11 +147,6 @@ class Guard:
         """A card page's URL relative to the app root; signed when a token guards the server."""
         return self.signed(card_page(key, route))
 
-    def script_url(self, name: str) -> str:
-        """A card script's URL relative to the card HTML that loads it (`card-html/F/R/S/T/C`):
-        signed like the page, as the sandboxed page sends no cookie."""
-        return "../" * len(CARD_PARTS) + self.signed(f"{CARD_SCRIPT_ROUTE}/{name}")
-
     def signed(self, path: str) -> str:
         return f"{path}?{urlencode({'cap': self.link(path)})}" if self.token else path
 
@@ -180,14 +175,6 @@ def card_of(request: web.Request) -> tuple[str, CardKey] | None:
         return None
     key = card_key_from_parts([request.match_info.get(k, "") for k in CARD_PARTS])
     return None if key is None else (resource.name, key)
-
-
-def card_script_of(request: web.Request) -> str | None:
-    """`card-js/<name>` when this request was routed to a card script."""
-    resource = request.match_info.route.resource
-    if resource is None or resource.name != CARD_SCRIPT_ROUTE:
-        return None
-    return f"{CARD_SCRIPT_ROUTE}/{request.match_info.get('name', '')}"
 
 
 def socket_card(request: web.Request) -> str | None:
@@ -270,9 +257,6 @@ def make_middleware(
                 # A card link is a credential for exactly one page (a notebook's iframe).
                 route, card = target
                 state = request.method == "GET" and guard.link_ok(card_page(card, route), offered)
-            elif (script := card_script_of(request)) is not None:
-                # Signed into a card page that loads it: the script and nothing else.
-                state = request.method == "GET" and guard.link_ok(script, offered)
             elif is_socket and (topic := socket_card(request)) is not None:
                 # A card's host page, opened by its link: its socket follows that card only.
                 state = guard.capability_ok(topic, offered)
