@@ -83,6 +83,18 @@ def shown_to(show: Callable[[Viewed, bool], None]) -> TopicWatch:
     return watch
 
 
+def visible_to(visible: Callable[[CardKey, bool], None]) -> TopicWatch:
+    """A hub sight watch that tells `visible` (the source's) when a card becomes visible to a
+    viewer, or to none any more (kept hidden, or no longer watched)."""
+
+    def watch(name: str, seen: bool) -> None:
+        topic = parse_topic(name)
+        if topic is not None and topic.card is not None:
+            visible(topic.card, seen)
+
+    return watch
+
+
 def encode(payload: Any) -> str:
     try:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False, default=str)

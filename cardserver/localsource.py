@@ -291,6 +291,9 @@ class LocalSource(SinkHolder):
             self._loads.add(task)
             task.add_done_callback(self._loads.discard)
 
+    def visible(self, key: CardKey, visible: bool) -> None:
+        """Nothing to do: a file event costs the same whether its card is on screen or kept."""
+
     async def load_update(self, key: CardKey, force: bool = False) -> None:
         """Read a card's data update the first time someone wants it (the scan skips them),
         or again (`force`) when a scan saw a newer one. One read at a time per card, and a file

@@ -10,7 +10,10 @@ A source reads, in the user's words (events), never in its own (paths, listings,
 The sink (the pipeline) applies what it is handed to the index and tells the source what
 changed, which says what may still change. The layer that knows who is looking (the hub)
 tells the source which cards, tasks and runs are shown: it keeps a shown card's data update
-read and fresh, and a source that polls may poll what is shown faster.
+read and fresh, and a source that polls may poll what is shown faster. Of the shown cards, the
+hub also says which are visible (on someone's screen) and which are only kept (loaded, hidden,
+behind the one a viewer shows): a source that polls may poll a kept card slowly, as long as it
+reads it at once when it becomes visible again.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ class Source(Protocol):
     def show(self, key: Viewed, shown: bool) -> None:
         """A card, task or run gained its first viewer (or lost its last). A card's data update
         is kept read while it is shown; a source that polls may poll what is shown faster."""
+        ...
+
+    def visible(self, key: CardKey, visible: bool) -> None:
+        """A shown card became visible to a viewer (after `show`), or to none any more (kept
+        hidden, or before `show` says it lost its last viewer). Visible again, its data update
+        must be read fresh at once."""
         ...
 
     async def load_update(self, key: CardKey) -> None:

@@ -63,6 +63,9 @@ class ScriptedSource:
     def show(self, key: Viewed, shown: bool) -> None:
         self.shown.append((key, shown))
 
+    def visible(self, key: CardKey, visible: bool) -> None:
+        """Only the S3 source cares (tests/test_visible.py)."""
+
     async def load_update(self, key: CardKey) -> None:
         card = self.sink.index.card(key) if self.sink else None
         if self.sink and card is not None and key in self.updates:

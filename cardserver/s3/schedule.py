@@ -1,6 +1,8 @@
 """How often the S3 source asks what, spending requests where someone looks. Pure.
 
-- the data update of each card being viewed: a conditional GET every `card_seconds`;
+- the data update of each card visible in a viewer: a conditional GET every `card_seconds`;
+- the data update of each card a viewer keeps loaded but hidden: every `kept_card_seconds`,
+  and at once when it becomes visible again (so it is fresh when shown);
 - a live run being viewed (its run, a task or a card of it shown): its card tree and its task
   folders listed every `viewed_run_seconds` (ETags in the listing show re-renders and updates);
 - a live run nobody views: the same every `unviewed_run_seconds`;
@@ -17,7 +19,8 @@ from ..status import Status
 
 @dataclass(frozen=True, slots=True)
 class PollTiming:
-    card_seconds: float = 0.25  # a 304 costs as a GET: 0.0058 USD an hour per viewed card
+    card_seconds: float = 0.25  # a 304 costs as a GET: 0.0058 USD an hour per visible card
+    kept_card_seconds: float = 10.0  # 0.00014 USD an hour per kept card: read at once when shown
     viewed_run_seconds: float = 5.0
     unviewed_run_seconds: float = 30.0
     idle_lists_per_minute: float = 6.0
@@ -29,6 +32,10 @@ class PollTiming:
     def discovery_seconds(self, flows: int) -> float:
         """One listing of the card root plus one per flow's runs, paced to the idle budget."""
         return max(self.min_discovery_seconds, (1 + flows) * 60.0 / self.idle_lists_per_minute)
+
+    def update_seconds(self, visible: bool) -> float:
+        """How often a shown card's data update is asked for."""
+        return self.card_seconds if visible else self.kept_card_seconds
 
     def run_seconds(self, viewed: bool) -> float:
         return self.viewed_run_seconds if viewed else self.unviewed_run_seconds

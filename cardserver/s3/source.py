@@ -2,12 +2,13 @@
 from the task folders (or from the local `_meta` where a local runtime ran the run).
 
 Change detection is polling, paced by `schedule.PollTiming`: the data update of each shown card
-by conditional GET (`updates`), a live run's card tree and task folders by listing (faster while
-someone views it), new flows and runs by delimiter listings (`runs`); a finished run is not
-polled again. A failing poll is said once (`Health`) and tried again, backing off (`faults`);
-nothing is lost, as the next listing compares ETags with the last one seen. Nothing is
-unpickled; every key is built from a validated key (`layout`) below the configured roots.
-This module wires those parts together and serves the reads on demand.
+by conditional GET (`updates`; fast while visible, slowly while a viewer only keeps it hidden), a
+live run's card tree and task folders by listing (faster while someone views it), new flows and
+runs by delimiter listings (`runs`); a finished run is not polled again. A failing poll is said
+once (`Health`) and tried again, backing off (`faults`); nothing is lost, as the next listing
+compares ETags with the last one seen. Nothing is unpickled; every key is built from a validated
+key (`layout`) below the configured roots. This module wires those parts together and serves the
+reads on demand.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ class S3Source(SinkHolder):
                 "not_modified": counts.not_modified,
                 "retried": counts.retried,
                 "usd_per_hour": round(counts.cost_usd() / hours, 6),
-                "viewed_cards": len(self.updates.shown),
+                "viewed_cards": len(self.updates.shown),  # visible or kept
+                "visible_cards": len(self.updates.visible),
                 "viewed_runs": sum(1 for count in self.runs.viewers.values() if count > 0),
             },
         }
@@ -139,9 +141,15 @@ class S3Source(SinkHolder):
     # --- what is looked at ---------------------------------------------------------------------------
 
     def show(self, key: Viewed, shown: bool) -> None:
-        self.runs.show(key if isinstance(key, RunKey) else key.run_key, shown)
         if isinstance(key, CardKey):
-            self.updates.show(key, shown)
+            self.updates.show(key, shown)  # its run counts as viewed only while it is visible
+        else:
+            self.runs.show(key if isinstance(key, RunKey) else key.run_key, shown)
+
+    def visible(self, key: CardKey, visible: bool) -> None:
+        """A kept card costs a GET every `kept_card_seconds`, and no faster listing of its run."""
+        self.runs.show(key.run_key, visible)
+        self.updates.see(key, visible)
 
     async def load_update(self, key: CardKey) -> None:
         await self.updates.load(key)

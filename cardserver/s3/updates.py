@@ -1,6 +1,8 @@
 """The data updates of the cards someone is shown, kept fresh from S3: each shown card that may
-still change is asked for by conditional GET every `card_seconds`; a card whose update changed
-in the latest run listing is asked for even once its task has ended.
+still change is asked for by conditional GET, every `card_seconds` while it is visible and every
+`kept_card_seconds` while a viewer only keeps it loaded behind the card it shows (and at once when
+it becomes visible again); a card whose update changed in the latest run listing is asked for
+even once its task has ended.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 
 from .. import disk, helper
 from ..config import Limits
@@ -42,18 +45,34 @@ class CardUpdates:
         self.run_done = run_done  # a finished run: never polled again
         self.rendered = rendered  # a card rendered again: its run is listed now
         self.shown: set[CardKey] = set()
+        self.visible: set[CardKey] = set()  # the shown cards on someone's screen; the rest are kept
         self.wake = asyncio.Event()
+        self._due: dict[CardKey, float] = {}  # when each shown card's update is asked for next
         self._read_etags: dict[CardKey, str] = {}  # of the data update last read, by card
         self._listed_etags: dict[CardKey, str] = {}  # of each data update in the latest listing
 
     def show(self, key: CardKey, shown: bool) -> None:
         if shown:
             self.shown.add(key)
-            self.wake.set()
+            self.read_now(key)
         else:
             self.shown.discard(key)
+            self.visible.discard(key)
+            self._due.pop(key, None)
             if self.faults.worked(key):
                 self.faults.back_off(CARDS, {})  # nobody waits for it any more
+
+    def see(self, key: CardKey, visible: bool) -> None:
+        """A shown card came on screen (read at once: it is shown fresh) or left it (kept)."""
+        if visible:
+            self.visible.add(key)
+            self.read_now(key)
+        else:
+            self.visible.discard(key)
+
+    def read_now(self, key: CardKey) -> None:
+        self._due[key] = 0.0
+        self.wake.set()
 
     def listed(self, cards: Iterable[CardObject]) -> None:
         """A run listing's data updates: a shown one that changed is read again."""
@@ -64,28 +83,45 @@ class CardUpdates:
                     self.wake.set()  # the last update of a task that just ended is read too
 
     async def poll(self) -> None:
-        """The data update of each shown card that may still change, every `card_seconds`."""
+        """The data update of each shown card that may still change, when it is due."""
         while True:
-            now = time.monotonic()
-            shown = [key for key in self.shown if self.may_update(key)]
-            if not shown:
-                self.wake.clear()
+            self.wake.clear()  # what wakes us from here on is seen on the next turn
+            live = [key for key in self.shown if self.may_update(key)]
+            if not live:
                 await self.wake.wait()
                 continue
-            wanted = [key for key in shown if self.faults.may_try(key, now)]
-            results = await asyncio.gather(*(self.fetch(key) for key in wanted), return_exceptions=True)
-            failed: dict[RunKey | CardKey, S3Error] = {}
-            for key, result in zip(wanted, results, strict=True):
-                if isinstance(result, Exception):  # S3's, or a bug: only this card backs off
-                    if not isinstance(result, S3Error):
-                        log.error("S3: reading a card's update failed", exc_info=result)
-                    failed[key] = result if isinstance(result, S3Error) else S3Error(repr(result))
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    self.faults.worked(key)
-            self.faults.back_off(CARDS, failed)
-            await asyncio.sleep(self.timing.card_seconds)
+            now = time.monotonic()
+            wanted = [key for key in live if self._due.get(key, 0.0) <= now and self.faults.may_try(key, now)]
+            if wanted:
+                await self.read(wanted)
+            done = time.monotonic()
+            for key in wanted:
+                if key in self.shown:
+                    self._due[key] = done + self.timing.update_seconds(key in self.visible)
+            soonest = min(self._due.get(key, 0.0) for key in live) - done
+            # Due but backing off (or just unshown): wait a turn rather than spin.
+            await self.rest(soonest if soonest > 0 or wanted else self.timing.card_seconds)
+
+    async def read(self, wanted: list[CardKey]) -> None:
+        """Ask for these cards' updates at once; a card that fails backs off alone."""
+        results = await asyncio.gather(*(self.fetch(key) for key in wanted), return_exceptions=True)
+        failed: dict[RunKey | CardKey, S3Error] = {}
+        for key, result in zip(wanted, results, strict=True):
+            if isinstance(result, Exception):  # S3's, or a bug: only this card backs off
+                if not isinstance(result, S3Error):
+                    log.error("S3: reading a card's update failed", exc_info=result)
+                failed[key] = result if isinstance(result, S3Error) else S3Error(repr(result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self.faults.worked(key)
+        self.faults.back_off(CARDS, failed)
+
+    async def rest(self, seconds: float) -> None:
+        """Until the next card is due, or sooner: a card shown, made visible, or listed changed."""
+        if seconds > 0:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), seconds)
 
     def may_update(self, key: CardKey) -> bool:
         """A shown card whose update is not read yet, or whose task and run may still write."""

@@ -1,7 +1,8 @@
 // One websocket per page of ours: subscriptions survive reconnects (backoff, then full
 // resync: the server sends each topic's current state again on subscribe). When the socket
 // fails, a plain request to the same URL tells why (our own refusal, a proxy's 403, a server
-// that is gone), so the page can say it instead of a bare "reconnecting".
+// that is gone), so the page can say it instead of a bare "reconnecting". A page that keeps
+// cards hidden names the one it shows (`visible`), again first thing after each reconnect.
 
 export class LiveSocket {
   constructor(url, { onMessage, onState }) {
@@ -9,6 +10,7 @@ export class LiveSocket {
     this.onMessage = onMessage;
     this.onState = onState;
     this.topics = new Set();
+    this.shown = undefined; // the card topic named visible (null: none); undefined: never named
     this.retry = 0;
     this.failures = 0;
     this.socket = null;
@@ -28,6 +30,7 @@ export class LiveSocket {
       this.retry = 0;
       this.failures = 0;
       this.onState("live", "");
+      if (this.shown !== undefined) this.send({ op: "visible", topic: this.shown });
       for (const topic of this.topics) this.send({ op: "subscribe", topic });
     };
     socket.onmessage = (event) => {
@@ -64,6 +67,13 @@ export class LiveSocket {
     if (this.topics.has(topic)) return;
     this.topics.add(topic);
     this.send({ op: "subscribe", topic });
+  }
+
+  // The one card topic on screen (null: none): the server may poll the cards only kept slowly.
+  visible(topic) {
+    if (topic === this.shown) return;
+    this.shown = topic;
+    this.send({ op: "visible", topic });
   }
 
   unsubscribe(topic) {

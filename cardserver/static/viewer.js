@@ -269,7 +269,15 @@ function showTab() {
   $("tab-task").disabled = !row;
   if (task) taskView.show(state.flow, state.run, row.step, row.task);
   else taskView.hide();
+  showVisible();
 }
+
+// Tell the server which card is on screen: none while the task view is, or while the browser
+// tab is hidden. The cards the deck only keeps then cost the S3 source a GET every few seconds.
+function showVisible() {
+  socket.visible(!document.hidden && !$("frames").hidden ? state.cardTopic : null);
+}
+document.addEventListener("visibilitychange", showVisible);
 
 function selectedRow() {
   return state.rows.find((r) => r.id === state.selected) || null;
@@ -529,6 +537,7 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+showVisible(); // before any subscription: none is visible until a card is shown
 socket.subscribe("flows");
 if (view.run) showRun(view.flow, view.run);
 if (view.kind === "flow") socket.subscribe(`runs/${view.flow}`);

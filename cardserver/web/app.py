@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from ..config import Config
-from ..feed import shown_to
+from ..feed import shown_to, visible_to
 from ..localsource import LocalSource
 from ..pipeline import Pipeline
 from ..prescan import Prescan
@@ -39,6 +39,7 @@ def create_app(config: Config, first_scan: Prescan | None = None) -> web.Applica
     source = pick_source(config, first_scan)
     pipeline = Pipeline(source, config.timing.status_grace_seconds)
     pipeline.hub.watches.append(shown_to(source.show))  # the hub knows what is looked at
+    pipeline.hub.sight_watches.append(visible_to(source.visible))  # ... and what is on screen
     app = web.Application(
         middlewares=[
             make_middleware(guard, config.base_url, seen),

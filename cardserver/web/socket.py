@@ -6,8 +6,16 @@ change, in a per-socket mailbox drained by one writer task.
 capability stands in for the cookie a cross-site frame cannot send).
 Client -> server, JSON text frames of at most a few KiB:
     {"op": "subscribe" | "unsubscribe", "topic": "..."}
+    {"op": "visible", "topic": "card/F/R/S/T/C" | null}
+`visible` names the one card the page shows now (null: none, e.g. a task view or a hidden
+browser tab); its other card subscriptions are then only kept (loaded, hidden), which a source
+that polls asks for slowly, and at once when one is named visible again. The viewer sends it
+whenever the shown card changes and first thing after each (re)connect. A socket that never
+sends it shows every card it subscribes to (a card's own page, older viewers). A card counts
+as visible while any socket shows it.
 Server -> client: {"type": "hello", ...} first, then feed messages ({"topic", "type", ...}) and
-{"type": "error", "topic", "error"} for a refused subscription.
+{"type": "error", "topic", "error"} for a refused subscription or a malformed request (the
+socket stays open).
 Close codes: 4403 a topic outside the socket's card, 4008 too slow (reconnect and resync).
 """
 
@@ -102,6 +110,8 @@ class Session:
             await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"bad message")
             return False
         op, name = request.get("op"), request.get("topic")
+        if op == "visible":
+            return self.visible(name, "topic" in request)
         topic = parse_topic(name) if isinstance(name, str) else None
         if op not in ("subscribe", "unsubscribe") or topic is None:
             self.error(name, "unknown operation or topic")
@@ -113,6 +123,17 @@ class Session:
             await self.ws.close(code=CLOSE_CAPABILITY, message=b"this socket follows one card")
             return False
         return self.subscribe(topic)
+
+    def visible(self, name: object, named: bool) -> bool:
+        """The one card the page shows (None: none); its other cards are kept hidden."""
+        topic = parse_topic(name) if isinstance(name, str) else None
+        if not named or (name is not None and (topic is None or topic.kind != "card")):
+            self.error(name, "visible takes a card's topic, or null")
+        elif self.only is not None and topic is not None and str(topic) != self.only:
+            self.error(name, "this socket follows one card")
+        else:
+            self.app[HUB].show(self.subscriber, None if topic is None else str(topic))
+        return True
 
     def subscribe(self, topic: Topic) -> bool:
         limit = self.app[CONFIG].limits.max_subscriptions
