@@ -7,6 +7,7 @@ own URL, so the app works under any path prefix a proxy adds or strips.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 
@@ -137,36 +138,38 @@ async def card_host(request: web.Request) -> web.StreamResponse:
 
 async def card_html(request: web.Request) -> web.StreamResponse:
     """The card's own HTML (untrusted), with the runtime its host talks to."""
-    found = card_of_request(request)
-    if found is None:
-        return plain_error(404, "card not found")
     pages = request.app[CARD_PAGES]
-    headers = card_headers(pages.etag(found))
-    if found.version is not None and pages.etag(found) in if_none_match(request):
-        return web.Response(status=304, headers=headers)
-    try:
-        page = await pages.page(found)
-    except Unavailable as problem:
-        return plain_error(problem.status, str(problem))
-    return encoded(request, page, headers, "text/html")
+    return await card_response(request, pages.page, card_headers, "text/html", plain_error)
 
 
 async def card_page_parts(request: web.Request) -> web.StreamResponse:
     """A card's page apart from Metaflow's bundle, for the viewer's warm frames (cards.py):
     JSON, under `api/` so that no card page can read it; `script` is null for a page that was
     not split (the viewer then loads its URL)."""
-    found = card_of_request(request)
-    if found is None or found.version is None:
-        return json_error(404, "card not found")
     pages = request.app[CARD_PAGES]
-    headers = {"ETag": pages.etag(found), "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
-    if pages.etag(found) in if_none_match(request):
+    return await card_response(request, pages.parts, parts_headers, "application/json", json_error)
+
+
+async def card_response(
+    request: web.Request,
+    build: Callable[[Card], Awaitable[CardPage]],
+    headers_for: Callable[[str], dict[str, str]],
+    kind: str,
+    error: Callable[[int, str], web.Response],
+) -> web.StreamResponse:
+    """One of a card's pages, built (or cached) by `build`, revalidated by its render's ETag."""
+    found = card_of_request(request)
+    if found is None:
+        return error(404, "card not found")
+    etag = request.app[CARD_PAGES].etag(found)
+    headers = headers_for(etag)
+    if found.version is not None and etag in if_none_match(request):
         return web.Response(status=304, headers=headers)
     try:
-        parts = await pages.parts(found)
+        page = await build(found)
     except Unavailable as problem:
-        return json_error(problem.status, str(problem))
-    return encoded(request, parts, headers, "application/json")
+        return error(problem.status, str(problem))
+    return encoded(request, page, headers, kind)
 
 
 async def card_shell(request: web.Request) -> web.StreamResponse:
@@ -186,6 +189,10 @@ def encoded(request: web.Request, page: CardPage, headers: dict[str, str], kind:
     else:
         body = page.body
     return web.Response(body=body, headers=headers, content_type=kind, charset="utf-8")
+
+
+def parts_headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
 
 
 def card_headers(etag: str) -> dict[str, str]:
