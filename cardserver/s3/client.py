@@ -21,6 +21,11 @@ from .settings import S3Root
 INSTALL_HINT = "S3 datastores need the s3 extra: pip install 'cardserver[s3]'"
 # S3 Standard list prices, USD per 1,000 requests (docs/s3.md); a 304 is billed as a GET
 PRICE_PER_1000 = {"LIST": 0.005, "GET": 0.0004}
+# A listing reads at most this many pages (1,000 keys each on S3: a run of some 20,000 tasks)
+# and takes at most LIST_SECONDS, throttled retries included: an endpoint that answers
+# IsTruncated forever, or trickles pages, is a fault, not a loop that never ends
+MAX_LIST_PAGES = 200
+LIST_SECONDS = 120.0
 THROTTLED = {"SlowDown", "503", "ServiceUnavailable", "RequestLimitExceeded", "Throttling", "500",
              "InternalError"}
 T = TypeVar("T")
@@ -104,11 +109,14 @@ class S3Reader:
     """`async with S3Reader(endpoint_url) as reader:` then `list_folder`, `list_tree`, `get`."""
 
     def __init__(self, endpoint_url: str | None = None, *, region: str | None = None,
-                 backoff: Backoff = Backoff(), connect_timeout: float = 5.0) -> None:
+                 backoff: Backoff = Backoff(), connect_timeout: float = 5.0,
+                 max_list_pages: int = MAX_LIST_PAGES, list_seconds: float = LIST_SECONDS) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
         self.backoff = backoff
         self.connect_timeout = connect_timeout
+        self.max_list_pages = max_list_pages
+        self.list_seconds = list_seconds
         self.counts = RequestCounts()
         self.throttled = 0  # requests backing off after throttling now
         # Told (True, code) when a first request is throttled, (False, code) when none is any more
@@ -131,14 +139,29 @@ class S3Reader:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    async def can_list(self, root: S3Root) -> None:
+        """One LIST of one key below `root`: S3Error when it cannot be listed at all."""
+        args = {"Bucket": root.bucket, "Prefix": root.folder, "MaxKeys": 1}
+        await self._send(Kind.LIST, root, root.folder, partial(self._client.list_objects_v2, **args))
+
     async def list_folder(self, root: S3Root, folder: str = "", delimiter: str | None = "/") -> Listing:
-        """Objects and sub-folders of `folder` (a prefix below `root`), every page of them."""
+        """Objects and sub-folders of `folder` (a prefix below `root`), every page of them, within
+        `max_list_pages` and `list_seconds`: S3Error beyond."""
         folders: list[str] = []
         objects: list[S3Object] = []
-        async for page in self._pages(root, folder, delimiter):
-            folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
-            objects += [S3Object(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
-                        for item in page.get("Contents", [])]
+        deadline = asyncio.timeout(self.list_seconds)
+        try:
+            async with deadline:
+                async for page in self._pages(root, folder, delimiter):
+                    folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
+                    objects += [S3Object(item["Key"], item["Size"], item["ETag"],
+                                         item["LastModified"].timestamp())
+                                for item in page.get("Contents", [])]
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise S3Error(f"listing s3://{root.bucket}/{root.folder + folder} took over "
+                          f"{self.list_seconds:g} s, the longest a listing may take") from None
         return Listing(folders, objects)
 
     async def list_tree(self, root: S3Root, folder: str = "") -> list[S3Object]:
@@ -149,13 +172,15 @@ class S3Reader:
         args: dict[str, Any] = {"Bucket": root.bucket, "Prefix": root.folder + folder}
         if delimiter:
             args["Delimiter"] = delimiter
-        while True:
+        for _ in range(self.max_list_pages):
             page = await self._send(Kind.LIST, root, args["Prefix"],
                                     partial(self._client.list_objects_v2, **args))
             yield page
             if not page.get("IsTruncated"):
                 return
             args["ContinuationToken"] = page["NextContinuationToken"]
+        raise S3Error(f"listing s3://{root.bucket}/{args['Prefix']} is still truncated after "
+                      f"{self.max_list_pages} pages, the most read per listing")
 
     async def get(self, bucket: str, key: str, etag: str | None = None, max_bytes: int = 64 << 20) -> Fetched:
         """The object at `key`, or UNCHANGED when `etag` is still current, or GONE."""
