@@ -225,6 +225,18 @@ async def test_a_listing_that_takes_too_long_stops_at_its_timeout(
     assert one_line(raised) == f"listing {where} took over 0.5 s, the longest a listing may take"
 
 
+async def test_a_range_of_the_version_listed(s3_server: S3Endpoint) -> None:
+    """A ranged GET reads the bytes asked for of the object listed; once rewritten it is GONE."""
+    root = S3Root(s3_server.bucket, "ranged")
+    put(s3_server, root.key("log"), b"0123456789")
+    async with S3Reader(s3_server.url) as reader:
+        [listed] = await reader.list_tree(root)
+        fetched = await reader.get_range(s3_server.bucket, listed.key, 2, 5, listed.etag)
+        assert fetched.outcome is Got.NEW and fetched.body == b"234"
+        put(s3_server, listed.key, b"0123456789 and more")
+        assert (await reader.get_range(s3_server.bucket, listed.key, 2, 5, listed.etag)).outcome is Got.GONE
+
+
 def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiobotocore", None)  # what Python sees when it is not installed
     with pytest.raises(S3Error) as raised:

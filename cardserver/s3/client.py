@@ -84,9 +84,9 @@ class Listing:
 
 
 class Got(Enum):
-    NEW = "new"  # body and etag hold the object
+    NEW = "new"  # body and etag hold the object (or the range asked for)
     UNCHANGED = "unchanged"  # the etag asked about is still current (304)
-    GONE = "gone"  # no such key: never written, or deleted since it was listed
+    GONE = "gone"  # no such key, or (a ranged GET) not the version listed: rewritten since
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,8 @@ def load_aiobotocore() -> Any:
 
 
 class S3Reader:
-    """`async with S3Reader(endpoint_url) as reader:` then `list_folder`, `list_tree`, `get`."""
+    """`async with S3Reader(endpoint_url) as reader:` then `list_folder`, `list_tree`, `get`,
+    `get_range`."""
 
     def __init__(self, endpoint_url: str | None = None, *, region: str | None = None,
                  backoff: Backoff = Backoff(), connect_timeout: float = 5.0,
@@ -187,11 +188,21 @@ class S3Reader:
         args: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if etag:
             args["IfNoneMatch"] = etag
+        return await self._get(args, max_bytes)
+
+    async def get_range(self, bucket: str, key: str, start: int, end: int, etag: str) -> Fetched:
+        """Bytes `start` to `end` (excluded) of the object at `key` while its ETag is `etag`;
+        GONE when it has none, or another (rewritten since it was listed)."""
+        args = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}", "IfMatch": etag}
+        return await self._get(args, end - start)
+
+    async def _get(self, args: dict[str, Any], max_bytes: int) -> Fetched:
+        bucket, key = args["Bucket"], args["Key"]
 
         async def read() -> Fetched:
             response = await self._client.get_object(**args)
             async with response["Body"] as stream:
-                if response["ContentLength"] > max_bytes:
+                if response["ContentLength"] > max_bytes:  # also an endpoint that ignores Range
                     raise S3Error(f"s3://{bucket}/{key} is {response['ContentLength']} bytes, "
                                   f"over the {max_bytes}-byte limit")
                 return Fetched(Got.NEW, await stream.read(), response["ETag"])
@@ -261,7 +272,7 @@ def _explain(code: str, error: Any, kind: Kind, root: S3Root, key: str, counts: 
     if kind is Kind.GET and code in ("304", "NotModified"):
         counts.not_modified += 1
         return _Answered(Fetched(Got.UNCHANGED))
-    if kind is Kind.GET and code in ("NoSuchKey", "404"):
+    if kind is Kind.GET and code in ("NoSuchKey", "404", "PreconditionFailed", "412", "InvalidRange", "416"):
         return _Answered(Fetched(Got.GONE))
     if code == "NoSuchBucket":
         return S3Error(f"S3 bucket {root.bucket!r} does not exist (at this endpoint)")
