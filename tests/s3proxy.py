@@ -125,8 +125,8 @@ class FaultProxy:
     def state(self) -> dict[str, Any]:
         return {"kinds": dict(self.kinds), "not_modified": self.not_modified,
                 "seconds": time.monotonic() - self.started, "requests": len(self.requests),
-                "get_bytes": sum(got.bytes for got in self.gets), "most_getting": self.most_getting,
-                "ranged_gets": sum(1 for got in self.gets if got.range is not None),
+                "gets": [[got.path, got.range, got.status, got.bytes] for got in self.gets],
+                "most_getting": self.most_getting,
                 "slow_for": max(0.0, self.slow_until - time.monotonic()), "denied": self.denied,
                 "gone": self.gone, "endless": self.endless, "drops": self.drops, "slowdowns": self.slowdowns}
 

@@ -21,7 +21,7 @@ from .settings import S3Root
 INSTALL_HINT = "S3 datastores need the s3 extra: pip install 'cardserver[s3]'"
 # S3 Standard list prices, USD per 1,000 requests (docs/s3.md); a 304 is billed as a GET
 PRICE_PER_1000 = {"LIST": 0.005, "GET": 0.0004}
-# A listing reads at most this many pages (1,000 keys each on S3: a run of some 20,000 tasks)
+# A listing reads at most this many pages (1,000 keys each on S3: a run of some 25,000 tasks)
 # and takes at most LIST_SECONDS, throttled retries included: an endpoint that answers
 # IsTruncated forever, or trickles pages, is a fault, not a loop that never ends
 MAX_LIST_PAGES = 200
