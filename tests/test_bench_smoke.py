@@ -194,6 +194,12 @@ def test_s3_requests_smoke() -> None:
     assert float(table["conditional GET, 304 (ms)"][0].split()[1]) > 0
 
 
+def test_s3_logs_smoke() -> None:
+    table = rows(run_smoke("s3_logs.py"), "S3 logs (smoke)")
+    assert table["GETs (ranged)"][-1] == "PASS" and table["tail=1: GETs (ranged) / KiB"][-1] == "PASS", table
+    assert table["traceback: GETs (ranged) / KiB"][-1] == "PASS", table
+
+
 def test_s3_latency_smoke(request: pytest.FixtureRequest) -> None:
     smoke = early.pop(request.node.name)  # started with the file
     table = rows(smoke.finish(), "S3: write -> DOM, requests, cost and CPU (smoke)")
