@@ -172,3 +172,28 @@ async def test_a_card_on_its_host_page_is_refused_every_way(
     response = await page.goto(f"{url}card-html/{key}")
     assert response is not None and response.status == 200
     await page.close()
+
+
+async def test_a_notebook_on_another_site_frames_a_card_and_it_loads(
+    hostile_server: tuple[str, Served, CardKey, CardKey], browser: Any, aiohttp_server: Any
+) -> None:
+    """A notebook output (another site: `localhost` against `127.0.0.1`) frames a card's host
+    page, which frames the card's HTML: both are served, the second as asked by our own page."""
+    url, served, _, victim = hostile_server
+
+    async def notebook(request: web.Request) -> web.Response:
+        return web.Response(text=f'<iframe src="{url}card/{victim}"></iframe>', content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", notebook)
+    other = await aiohttp_server(app, host="127.0.0.1")
+    page = await browser.new_page()
+    await page.goto(f"http://localhost:{other.port}/")
+    host = await (await page.wait_for_selector("iframe", timeout=UI_WAIT)).content_frame()
+    card = await (await host.wait_for_selector("#frames iframe", timeout=UI_WAIT)).content_frame()
+    await card.wait_for_function("document.body.innerText.includes('victim card')", timeout=UI_WAIT)
+    asked = {r["path"].split("?")[0]: r for r in served.responses}
+    assert asked[f"/card/{victim}"]["Site"] == "cross-site" and asked[f"/card/{victim}"]["status"] == 200
+    assert asked[f"/card-html/{victim}"]["Site"] == "same-origin"
+    assert asked[f"/card-html/{victim}"]["status"] == 200
+    await page.close()
