@@ -124,6 +124,13 @@ def test_transfer_smoke() -> None:
     assert "ratio: Metaflow bytes / ours (gzip)" in table, table
 
 
+def test_stall_smoke() -> None:
+    table = rows(run_smoke("stall.py"), "Stall (smoke)")
+    assert table["attempts shown / earlier"][0] == "16 / 34"
+    assert int(table["api/tasks answered / p50 (ms)"][0].split(" / ")[0]) > 0
+    assert len(verdicts(table)) == 3
+
+
 def latency_rows(out: str, *setups: str) -> dict[str, list[str]]:
     """setup -> its cells (n, p50, p90, ...) in latency.py's table; each must have updates."""
     assert "Update latency: file write -> DOM changed in Chromium" in out
