@@ -163,6 +163,7 @@ async def test_pages_kept_are_bounded_by_bytes(metaflow_cards: Roots) -> None:
     finally:
         tracemalloc.stop()
     assert held <= CACHE_BYTES, f"{held / 2**20:.0f} MiB held, for a budget of {CACHE_BYTES / 2**20:.0f}"
+    assert pages.kept_bytes <= CACHE_BYTES
     reads.clear()
     await pages.page(cards[-1])
     await pages.parts(cards[-1])

@@ -19,7 +19,8 @@ import asyncio
 import gzip
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -40,6 +41,7 @@ CACHE_BYTES_SHELLS = 16 * MiB  # their warm frames' pages, ~300 KB each compress
 CACHE_BYTES = CACHE_BYTES_PAGES + CACHE_BYTES_PARTS + CACHE_BYTES_SCRIPTS + CACHE_BYTES_SHELLS
 # Pages read and built at once: each holds a card's bytes a few times over (up to the 64 MiB cap).
 BUILDS = 2
+CHUNK = 256 * 1024  # a page is sent this much at a time, each piece once the last is on its way
 # The bundle as a function in a warm frame; the card page it writes calls it (card-shell.js).
 SHELL_OPEN = b"<script>window.__cardserverBundle = function () {"
 SHELL_CLOSE = b"\n};</script>"
@@ -51,9 +53,11 @@ Slot = tuple[CardKey, str]  # a card's render: its key and version
 
 @dataclass(frozen=True, slots=True)
 class CardPage:
-    """A response kept compressed (browsers take gzip; anything else is rare, and unpacked)."""
+    """A response kept compressed (browsers take gzip; anything else is rare, and unpacked a
+    chunk at a time as it is sent)."""
 
     gzipped: bytes
+    size: int  # unpacked
     etag: str
     script: str | None = None  # parts only: the name (`<sha256>.js`) of the bundle left out
 
@@ -61,9 +65,23 @@ class CardPage:
     def body(self) -> bytes:
         return gzip.decompress(self.gzipped)
 
+    def chunks(self, gzipped: bool) -> Iterator[bytes | memoryview]:
+        """The response in pieces of at most CHUNK bytes, compressed or not."""
+        if gzipped:
+            whole = memoryview(self.gzipped)
+            yield from (whole[at : at + CHUNK] for at in range(0, len(whole), CHUNK))
+            return
+        unpack, left = zlib.decompressobj(wbits=31), self.gzipped  # (31: gzip's header and trailer)
+        while not unpack.eof:
+            chunk = unpack.decompress(left, CHUNK)
+            left = unpack.unconsumed_tail
+            if not (chunk or left):
+                return  # cut short: never, as we wrote it
+            yield chunk
+
 
 def compressed(body: bytes, etag: str, script: str | None = None) -> CardPage:
-    return CardPage(gzip.compress(body, compresslevel=6, mtime=0), etag, script)
+    return CardPage(gzip.compress(body, compresslevel=6, mtime=0), len(body), etag, script)
 
 
 def load_runtime() -> str:
