@@ -324,6 +324,7 @@ class LocalSource(SinkHolder):
         seen = disk.file_version(version) if version is not None else None
         if seen is not None and self._unreadable.get(key) == seen:
             return
+        read_at = time.monotonic()
         update = await self.live_threads.run(disk.read_data_update, path, self.limits, self.roots.cards)
         if isinstance(update, Problem):
             if seen is not None:
@@ -331,7 +332,7 @@ class LocalSource(SinkHolder):
             self.paths.report(update)
             return
         self._unreadable.pop(key, None)
-        self.apply([DataWritten(key, card.legacy, card.data_mtime, update)])
+        self.apply([DataWritten(key, card.legacy, card.data_mtime, update, read_at)])
 
     async def read_card(self, card: Card) -> bytes:
         return await self.card_threads.run(self._read_card, card)

@@ -234,3 +234,9 @@ def test_cardscript_smoke() -> None:
     table = rows(out, "Warm frames (smoke)")
     assert float(table["warm, ready / inline p50"][0]) > 0 and float(table["warm, new / inline p50"][0]) > 0
     assert "requests for the script: 3 in 3 split loads" in out  # fetched by every load
+
+
+def test_cachemem_smoke() -> None:
+    table = rows(run_smoke("cachemem.py", 300), "Card page caches (smoke)")
+    assert float(table["RSS before the fetches (MB)"][0]) > 20
+    assert float(table["bytes received, gzipped (MB)"][0]) > 4  # 8 fetches of 2 MiB pages
