@@ -27,6 +27,7 @@ from cardserver.jupyter import Inline
 pytestmark = pytest.mark.timeout(240)
 WIDTHS = (400, 700, 1000, 1280, 1920)
 HEIGHT = 900
+SLOW_WAIT = 2 * UI_WAIT  # ms: five pages load at once, each a card and those it loads ahead
 
 # Run in a card's frame: each chart, as drawn. `marks` are the boxes of what it drew (a canvas
 # draws on itself); `scroller` is its own box when it scrolls sideways, wider than the card.
@@ -94,9 +95,9 @@ POINTS = "document.querySelectorAll('.mark-symbol path').length"  # the Altair c
 async def charts_of(page: Any, width: int, wanted: int, shown: str) -> list[str]:
     """Wait for the shown card (viewer or `card/…`) to be the one where `shown` holds, and to
     draw `wanted` charts; what is wrong with them (nothing, when they are drawn and in view)."""
-    await until_shown(page, shown)
+    await until_shown(page, shown, wait_ms=SLOW_WAIT)
     with suppress(AssertionError, PlaywrightError):  # not drawn: reported below, with what was
-        await until_shown(page, DRAWN, wanted)
+        await until_shown(page, DRAWN, wanted, wait_ms=SLOW_WAIT)
     found = problems(width, await shown_eval(page, CHARTS), await shown_eval(page, PAGE), wanted)
     return found + in_view(width, await page.evaluate(FRAMES))
 
@@ -140,12 +141,12 @@ async def test_viewer_charts_at_every_width(metaflow_cards: Roots, start_app: An
     found = await all_widths(pages, 0, text("Task Metadata"))  # no chart: laid out in full
     rows = [page.locator(ROW) for page in pages]
     names = [await row.nth(1).get_attribute("data-card") for row in rows]
-    await asyncio.gather(*(page.wait_for_function(LOADED_HIDDEN, arg=name, timeout=UI_WAIT)
+    await asyncio.gather(*(page.wait_for_function(LOADED_HIDDEN, arg=name, timeout=SLOW_WAIT)
                            for page, name in zip(pages, names, strict=True)))
     await asyncio.gather(*(row.nth(1).click() for row in rows))  # loaded ahead
     found += await all_widths(pages, 1, HAS_CHART)
     await asyncio.gather(*(row.nth(0).click() for row in rows))
-    await asyncio.gather(*(page.wait_for_function(LOADED_HIDDEN, arg=name, timeout=UI_WAIT)
+    await asyncio.gather(*(page.wait_for_function(LOADED_HIDDEN, arg=name, timeout=SLOW_WAIT)
                            for page, name in zip(pages, names, strict=True)))
     await asyncio.gather(*(row.nth(1).click() for row in rows))  # kept
     found += await all_widths(pages, 1, HAS_CHART)
@@ -199,7 +200,7 @@ async def test_live_altair_chart_at_every_width(tmp_path: Path, start_app: Any, 
     try:
         roots = Roots(tmp_path / ".metaflow", tmp_path / ".metaflow" / "mf.cards")
         client = await start_app(make_config(roots))
-        key = await first_card(roots)
+        key = await first_card(roots, client)
         pages = [*await open_pages(browser, str(client.make_url(f"/run/{key}"))),
                  *await open_pages(browser, str(client.make_url(f"/card/{key}")))]
         halves = [pages[: len(WIDTHS)], pages[len(WIDTHS) :]]
@@ -215,13 +216,15 @@ async def test_live_altair_chart_at_every_width(tmp_path: Path, start_app: Any, 
         flow.kill()
 
 
-async def first_card(roots: Roots) -> str:
-    """The flow's card, once Metaflow has written its first render (nothing tells us but the
-    disk: we look every 100 ms)."""
+async def first_card(roots: Roots, client: Any) -> str:
+    """The flow's card, once Metaflow has written its first render and the server knows it
+    (nothing tells us but the disk and the API: we look every 100 ms)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while loop.time() < deadline:
         for file in roots.cards.rglob("cards/blank-*.html"):
-            return str(card_key(roots, file))
+            key = str(card_key(roots, file))
+            if (await client.get(f"/api/cards/{key}")).status == 200:
+                return key
         await asyncio.sleep(0.1)
     raise AssertionError("the flow wrote no card")
