@@ -95,7 +95,10 @@ POINTS = "document.querySelectorAll('.mark-symbol path').length"  # the Altair c
 async def charts_of(page: Any, width: int, wanted: int, shown: str) -> list[str]:
     """Wait for the shown card (viewer or `card/…`) to be the one where `shown` holds, and to
     draw `wanted` charts; what is wrong with them (nothing, when they are drawn and in view)."""
-    await until_shown(page, shown, wait_ms=SLOW_WAIT)
+    try:
+        await until_shown(page, shown, wait_ms=SLOW_WAIT)
+    except (AssertionError, PlaywrightError):
+        return [f"{width}px: the card where {shown} was never shown"]
     with suppress(AssertionError, PlaywrightError):  # not drawn: reported below, with what was
         await until_shown(page, DRAWN, wanted, wait_ms=SLOW_WAIT)
     found = problems(width, await shown_eval(page, CHARTS), await shown_eval(page, PAGE), wanted)
