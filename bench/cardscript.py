@@ -13,6 +13,11 @@ viewer does), each page new to the frame (a new URL), as a first visit is, four 
 - `warm, ready`: the same, into a warm frame made ready before the clock starts, as the viewer
   opens a card picked that was not loaded.
 
+Every page has our style first in its head, as the server serves it (`cards.load_style`;
+`--without-style`: as before issue 22). `--width` is the frame's width: below 960 px a chart
+with no width is drawn only with our style (docs/cards.md), so `--width 940` with and without
+it is what drawing the chart costs.
+
 Each load is timed from its start (creating the frame, or fetching the page apart for a ready
 warm frame) to two animation frames after the frame's `load` event of the card. A small
 aiohttp server on 127.0.0.1 serves them all. It also counts the requests for the split
@@ -34,7 +39,7 @@ from aiohttp import web
 
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, percentile, report, run_options, table, verdict
 from bench.manycards import many_cards
-from cardserver.web.cards import inline_script, page_parts, shell_page
+from cardserver.web.cards import inject_first, inline_script, load_style, page_parts, shell_page
 from cardserver.web.cardscript import split
 
 CSP = "sandbox allow-scripts"
@@ -88,9 +93,10 @@ WRITE = """async (parts) => {
 }"""
 
 
-def pages(datastore: Path) -> dict[str, list[bytes]]:
-    """Each card page as written, and as split (its script from `/card-js/<name>`)."""
-    written = [p.read_bytes() for p in sorted(datastore.rglob("cards/*.html"))]
+def pages(datastore: Path, style: bytes) -> dict[str, list[bytes]]:
+    """Each card page as written (with `style` first in its head), and as split (its script
+    from `/card-js/<name>`)."""
+    written = [inject_first(p.read_bytes(), style) for p in sorted(datastore.rglob("cards/*.html"))]
     served: dict[str, list[bytes]] = {"inline": written, "split": []}
     for html in written:
         apart = split(html)
@@ -131,7 +137,9 @@ def make_app(served: dict[str, list[bytes]], scripts: dict[str, bytes],
                             headers={"Cache-Control": "max-age=31536000, immutable"})
 
     async def blank(request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>bench</title><body></body>", content_type="text/html")
+        width = int(request.query.get("width", "1000"))  # every frame's, over its own style
+        return web.Response(text=f"<!doctype html><title>bench</title><style>iframe {{ width: {width}px"
+                                 " !important }</style><body></body>", content_type="text/html")
 
     app = web.Application()
     app.router.add_get("/", blank)
@@ -142,10 +150,11 @@ def make_app(served: dict[str, list[bytes]], scripts: dict[str, bytes],
     return app
 
 
-async def measure(datastore: Path, rounds: int) -> tuple[dict[str, list[float]], int]:
+async def measure(datastore: Path, rounds: int, width: int,
+                  style: bytes) -> tuple[dict[str, list[float]], int]:
     from playwright.async_api import async_playwright
 
-    served = pages(datastore)
+    served = pages(datastore, style)
     scripts = {}
     for html in served["inline"]:
         apart = split(html)
@@ -161,7 +170,7 @@ async def measure(datastore: Path, rounds: int) -> tuple[dict[str, list[float]],
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page: Any = await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{port}/")
+            await page.goto(f"http://127.0.0.1:{port}/?width={width}")
             count = len(served["inline"])
             shell = f"/card-shell/{next(iter(scripts))}"
             for number in range(rounds * count):  # every URL new: each load is a first visit
@@ -183,18 +192,23 @@ def main() -> int:
     parser = run_options(__doc__ or "", "3 cards, one round: that it runs, not its numbers")
     parser.add_argument("--cards", type=int, default=8, help="blank cards in the run (plus the default one)")
     parser.add_argument("--rounds", type=int, default=3, help="loads of each card, each kind")
+    parser.add_argument("--width", type=int, default=1000, help="the card frame's width (px)")
+    parser.add_argument("--without-style", action="store_true",
+                        help="the pages without our style (docs/cards.md), as before issue 22")
     args = parser.parse_args()
     if args.smoke:
         args.cards, args.rounds = 2, 1
     started, load = time.monotonic(), os.getloadavg()[0]
     with many_cards(args.cards, args.fixture) as datastore:
-        times, fetched = asyncio.run(measure(datastore, args.rounds))
+        style = b"" if args.without_style else load_style().encode()
+        times, fetched = asyncio.run(measure(datastore, args.rounds, args.width, style))
     header = ["card page", "load p50 (ms)", "p90", "n"]
     rows = [[kind, f"{percentile(t, 50):.0f}", f"{percentile(t, 90):.0f}", len(t)]
             for kind, t in times.items()]
     print(table("A card's first load in a sandboxed frame, side by side", header, rows))
     print(f"\nrequests for the script: {fetched} in {len(times['split'])} split loads (no HTTP cache "
           f"from an opaque origin)")
+    print(f"frames {args.width} px wide, {'without' if args.without_style else 'with'} our style")
     print(f"wall {time.monotonic() - started:.0f} s, load average at start {load:.2f}")
     inline, ready = percentile(times["inline"], 50), percentile(times["warm, ready"], 50)
     new = percentile(times["warm, new"], 50)

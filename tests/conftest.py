@@ -225,6 +225,7 @@ def start_flow(name: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
     """Start `python tests/flows/<name> run` with the datastore in `workdir/.metaflow`."""
     flow = workdir / name
     shutil.copy(FLOWS / name, flow)
+    shutil.copy(FLOWS / "flowhelp.py", workdir)  # what the flows share
     return subprocess.Popen(
         [sys.executable, str(flow), "--quiet", "run", *args],
         cwd=workdir, env=metaflow_env(workdir, "tester"), stdout=subprocess.PIPE,

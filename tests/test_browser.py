@@ -51,9 +51,9 @@ async def shown_eval(page: Any, script: str) -> Any:
     raise AssertionError("the card frame never held still")
 
 
-async def until_shown(page: Any, script: str, arg: Any = None) -> Any:
+async def until_shown(page: Any, script: str, arg: Any = None, wait_ms: float = UI_WAIT) -> Any:
     """Wait for `script` to hold in whichever card frame is shown, across frame swaps."""
-    deadline = asyncio.get_running_loop().time() + UI_WAIT / 1000
+    deadline = asyncio.get_running_loop().time() + wait_ms / 1000
     while True:
         frame = await shown_frame(page)
         left = deadline - asyncio.get_running_loop().time()

@@ -6,6 +6,7 @@ a card rendered in one in Chromium, sandboxed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import tracemalloc
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,7 +19,15 @@ from cardserver.config import Roots
 from cardserver.demo import markdown, start_run
 from cardserver.index import Card
 from cardserver.layout import CardKey, parse_card_path
-from cardserver.web.cards import CACHE_BYTES, SCRIPT_ENTRIES, SHELL_CLOSE, SHELL_OPEN, CardPages
+from cardserver.web.cards import (
+    CACHE_BYTES,
+    SCRIPT_ENTRIES,
+    SHELL_CLOSE,
+    SHELL_OPEN,
+    CardPages,
+    inject_first,
+    load_style,
+)
 from cardserver.web.cardscript import split
 
 pytestmark = pytest.mark.timeout(240)
@@ -168,6 +177,35 @@ async def test_pages_kept_are_bounded_by_bytes(metaflow_cards: Roots) -> None:
     await pages.page(cards[-1])
     await pages.parts(cards[-1])
     assert reads == []  # kept
+
+
+async def test_our_style_is_first_in_the_card_head(metaflow_cards: Roots) -> None:
+    """Our style for charts (static/card-charts.css) is the first thing in the card's head, before
+    Metaflow's own style and script run, in the page whole and in the page a warm frame is given;
+    around it, the page is byte for byte what Metaflow wrote."""
+    file = card_files(metaflow_cards)[1]
+    html = file.read_bytes()
+    style = load_style().encode()
+    assert style.startswith(b"<style>") and b".vega-embed.fit-x" in style
+    head = html.index(b"<head>") + len(b"<head>")
+    assert html.index(b"<style>") > head and html.index(b"<script>") > head
+
+    async def read(card: Card) -> bytes:
+        return html
+
+    pages = CardPages(read)
+    card = Card(card_key(metaflow_cards, file), version="1")
+    whole = (await pages.page(card)).body
+    before = json.loads((await pages.parts(card)).body)["before"].encode()
+    for page in (whole, before):
+        assert page.startswith(html[:head] + style + html[head : head + 1000])
+        assert page.count(style) == 1
+
+
+def test_style_without_a_head_goes_with_the_runtime() -> None:
+    assert inject_first(b'<HTML><HEAD lang="en"><title>', b"<s>") == b'<HTML><HEAD lang="en"><s><title>'
+    assert inject_first(b"<header></header></body>", b"<s>") == b"<header></header><s></body>"
+    assert inject_first(b"<p>no body", b"<s>") == b"<p>no body<s>"
 
 
 async def test_page_apart_from_its_bundle_for_a_warm_frame(metaflow_cards: Roots, start_app: Any) -> None:

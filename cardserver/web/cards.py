@@ -1,5 +1,8 @@
 """Card HTML: a card's own HTML with the small runtime injected, sandboxed, compressed once.
 
+Our style goes first into its head (static/card-charts.css: a chart as wide as its frame at any
+width; docs/cards.md), the runtime before its last `</body>`.
+
 The viewer opens Metaflow's cards in *warm frames* (static/shells.js): a sandboxed page of ours
 (`shell`), one per Metaflow bundle, that holds the bundle every Metaflow card page repeats
 (~1 MB, split out by cardscript.py) compiled as a function, not run. Given a card's page apart
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 import secrets
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
@@ -88,10 +92,19 @@ def load_runtime() -> str:
     return inline_script("card-runtime.js")
 
 
+def load_style() -> str:
+    """Our style for every card page (docs/cards.md says why)."""
+    return inline("style", "card-charts.css")
+
+
 def inline_script(name: str) -> str:
-    """One of our static scripts as an inline `<script>` element (nothing in it can end it)."""
+    return inline("script", name)
+
+
+def inline(tag: str, name: str) -> str:
+    """One of our static files as an inline `<script>` or `<style>` (nothing in it can end it)."""
     code = resources.files("cardserver").joinpath("static", name).read_text("utf-8")
-    return "<script>" + code.replace("</", "<\\/") + "</script>"
+    return f"<{tag}>" + code.replace("</", "<\\/") + f"</{tag}>"
 
 
 def page_parts(apart: Split | None, after: bytes, version: str) -> tuple[bytes, str | None]:
@@ -120,6 +133,16 @@ def inject(html: bytes, snippet: bytes) -> bytes:
     return html + snippet if at < 0 else html[:at] + snippet + html[at:]
 
 
+HEAD = re.compile(rb"<head(?:\s[^>]*)?>", re.IGNORECASE)
+
+
+def inject_first(html: bytes, snippet: bytes) -> bytes:
+    """Just inside `<head>` (before the page's own styles and scripts), else where `inject` puts
+    it. Metaflow's page has its `<head>` before any script, so the first is the real one."""
+    head = HEAD.search(html)
+    return inject(html, snippet) if head is None else html[: head.end()] + snippet + html[head.end() :]
+
+
 class CardPages:
     """Each card's page whole (`page`) and apart from its bundle (`parts`), each built when first
     asked and cached by render; the bundles met, and their warm frames' pages (`shell`)."""
@@ -127,6 +150,7 @@ class CardPages:
     def __init__(self, read: ReadCard) -> None:
         self.read = read
         self.runtime = load_runtime().encode()
+        self.style = load_style().encode()
         self.loader = inline_script("card-shell.js")
         self.instance = secrets.token_hex(4)  # per start: a new runtime
         self._pages: Kept[Slot, CardPage] = Kept(CACHE_ENTRIES, CACHE_BYTES_PAGES, page_bytes)
@@ -199,10 +223,10 @@ class CardPages:
         return parts
 
     def _build_page(self, card: Card, html: bytes) -> CardPage:
-        return compressed(inject(html, self.runtime), self.etag(card))
+        return compressed(inject(inject_first(html, self.style), self.runtime), self.etag(card))
 
     def _build_parts(self, card: Card, html: bytes) -> tuple[CardPage, tuple[str, bytes] | None]:
-        apart = split(html)
+        apart = split(inject_first(html, self.style))  # (in the page before the bundle)
         if apart is not None and not self._scripts.fits(len(apart.script)):
             apart = None  # a bundle too big to keep has no warm frame: the page loads whole
         after = b"" if apart is None else inject(apart.after, self.runtime)  # its last `</body>`

@@ -4,10 +4,10 @@ The step waits for a file named `go` before its loop, so the test can listen fir
 assert that every single update reached it.
 """
 
-import glob
 import os
 import time
 
+from flowhelp import refresh_until_written, wait_for
 from metaflow import FlowSpec, card, current, step
 from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
 
@@ -25,29 +25,6 @@ def chart(i):
     }
 
 
-def refresh_until_written(text):
-    """Metaflow renders each refresh in a card subprocess and silently drops a refresh while
-    the previous one still runs: refresh again until `text` is really in the data file, so
-    the test may expect every value."""
-    pattern = os.path.join(".metaflow", "mf.cards", "LiveCardFlow", "runs", current.run_id,
-                           "steps", "start", "tasks", current.task_id, "runtime", "*.data.json")
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        current.card.refresh()
-        for _ in range(30):
-            time.sleep(0.05)
-            for path in glob.glob(pattern):
-                with open(path) as handle:
-                    if text in handle.read():
-                        return
-
-
-def wait_for_go():
-    deadline = time.time() + 120
-    while not os.path.exists("go") and time.time() < deadline:
-        time.sleep(0.05)
-
-
 class LiveCardFlow(FlowSpec):
     @card(type="blank", refresh_interval=1)
     @step
@@ -59,7 +36,7 @@ class LiveCardFlow(FlowSpec):
         for component in (title, bar, Table([[cell]], headers=["value"]), plot):
             current.card.append(component)
         current.card.refresh()
-        wait_for_go()
+        wait_for("go")
         for i in range(1, UPDATES + 1):
             time.sleep(GAP)
             title.update(f"# step {i}")
