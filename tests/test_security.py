@@ -688,9 +688,11 @@ async def test_viewer_pages_carry_their_own_csp_and_sandbox_the_card_frame(
         assert "allow-scripts" in found.group(1).split()
         assert "allow-same-origin" not in found.group(1)
     frames = await (await client.get("/static/frames.js")).text()
-    assert 'setAttribute("sandbox", this.sandbox)' in frames
+    link = await (await client.get("/static/framelink.js")).text()  # where every card frame is made
+    assert "cardFrame(url, this.sandbox)" in frames and 'setAttribute("sandbox", sandbox)' in link
     assert "container.dataset.sandbox" in frames
-    assert "allow-same-origin\"" not in frames and "allow-same-origin'" not in frames
+    for code in (frames, link):
+        assert "allow-same-origin\"" not in code and "allow-same-origin'" not in code
 
 
 async def test_refusals_and_errors_are_nosniff_too(roots: Roots, cards: Cards, start_app: Any) -> None:
