@@ -26,6 +26,13 @@ export function linkOf(frame) {
   return (frame && links.get(frame)) || null;
 }
 
+// Remove a card frame of ours, closing its port (an open port keeps what it can reach alive).
+export function removeFrame(frame) {
+  const link = linkOf(frame);
+  if (link) link.close();
+  frame.remove();
+}
+
 class Link {
   constructor(frame) {
     this.frame = frame;
@@ -68,8 +75,12 @@ class Link {
   lost() {
     if (this.foreign) return;
     this.foreign = true;
+    this.close();
+    this.onForeign();
+  }
+
+  close() {
     if (this.port) this.port.close();
     this.port = null;
-    this.onForeign();
   }
 }

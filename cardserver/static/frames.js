@@ -14,7 +14,7 @@
 // In the viewer, Metaflow's cards open in warm frames (shells.js); a card wanted now takes
 // the one kept ready.
 
-import { cardFrame, linkOf } from "./framelink.js";
+import { cardFrame, linkOf, removeFrame } from "./framelink.js";
 
 const MAX_HEIGHT = 100000;
 const REVEAL_WAIT_MS = 150;
@@ -83,7 +83,7 @@ export class Frames {
 
   remove() {
     window.removeEventListener("message", this.listener);
-    for (const frame of this.frames()) frame.remove();
+    for (const frame of this.frames()) removeFrame(frame);
     this.current = this.incoming = null;
     this.loads += 1;
     this.pending = false;
@@ -132,14 +132,14 @@ export class Frames {
     const load = ++this.loads;
     const now = this.now || !this.hidden;
     this.now = false; // a card loaded ahead takes the ready frame only if wanted when shown
-    if (this.incoming) this.incoming.remove();
+    if (this.incoming) removeFrame(this.incoming);
     this.incoming = null;
     this.pending = false;
     const url = this.versioned(this.src);
     if (!this.shells || !this.page) return this.attach(this.frame(url), url);
     this.pending = true;
     this.shells.open(this.versioned(this.page), { now }).then((shell) => {
-      if (load !== this.loads) return shell && shell.remove(); // given a card we let go of
+      if (load !== this.loads) return shell && removeFrame(shell); // given a card we let go of
       this.pending = false;
       this.attach(shell || this.frame(url), url);
     });
@@ -168,7 +168,7 @@ export class Frames {
     frame.addEventListener("load", () => {
       if (this.incoming !== frame) return;
       frame.classList.remove("incoming");
-      if (this.current) this.current.remove();
+      if (this.current) removeFrame(this.current);
       this.current = frame;
       this.incoming = null;
       if (!this.hidden) this.seen = true;
@@ -180,7 +180,7 @@ export class Frames {
 
   // `frame` loaded a document we did not load into it: it is not this card any more.
   foreign(frame) {
-    frame.remove();
+    removeFrame(frame);
     const shown = this.current === frame;
     if (shown) this.current = null;
     if (this.incoming === frame) this.incoming = null;

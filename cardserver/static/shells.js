@@ -13,7 +13,7 @@
 // the page is posted over that document's channel, never to the frame, so a frame navigated
 // elsewhere meanwhile is given nothing (and, having loaded another document, is dropped).
 
-import { cardFrame, linkOf } from "./framelink.js";
+import { cardFrame, linkOf, removeFrame } from "./framelink.js";
 
 const WARM_LIMIT_MS = 10000; // a frame that has not said it is warm by then is dropped
 const WARM_GRACE_MS = 1000; // after its own load: a frame that loaded an error is not warm
@@ -31,7 +31,7 @@ export class Shells {
     // A frame kept ready that loads another document is not warm any more.
     this.lost = (frame) => {
       if (this.ready && this.ready.frame === frame) this.ready = null;
-      frame.remove();
+      removeFrame(frame);
     };
   }
 
@@ -58,7 +58,7 @@ export class Shells {
   // Keep one frame ready for the bundle last met (call when nothing else loads).
   keepReady() {
     if (!this.script || this.warming || (this.ready && this.ready.script === this.script)) return;
-    if (this.ready) this.ready.frame.remove();
+    if (this.ready) removeFrame(this.ready.frame);
     this.ready = null;
     const warming = this.warming = this.start(this.script);
     warming.warmed.then((frame) => {
@@ -80,7 +80,7 @@ export class Shells {
       state.done = true;
       clearTimeout(state.timer);
       this.waiting.delete(state.window);
-      if (!ok) frame.remove();
+      if (!ok) removeFrame(frame);
       else frame.classList.remove("incoming");
       state.resolve(ok ? frame : null);
     };
