@@ -4,7 +4,8 @@
 // (a new version loads the new HTML behind the old and swaps on load) and `update` (posted
 // to the card's runtime). We talk only to the document we loaded into a frame, over its
 // channel (framelink.js); a frame that loads another document is dropped and the card loaded
-// again in a new frame (RELOAD_LIMIT times in a row at most). From the card we accept only
+// again in a new frame (RELOAD_LIMIT times in a row at most, where none of ours got as far as
+// `ready`). From the card we accept only
 // `ready`, `height` and `applied`, and nothing it says can make us show or follow another card.
 // The viewer keeps some cards loaded but hidden (`hide`): such a card only holds on to its
 // newest update, so it costs nothing meanwhile (a card loaded ahead is given the first one as
@@ -18,7 +19,7 @@ import { cardFrame, linkOf, removeFrame } from "./framelink.js";
 
 const MAX_HEIGHT = 100000;
 const REVEAL_WAIT_MS = 150;
-const RELOAD_LIMIT = 3; // a card whose frames keep loading other documents is left out
+const RELOAD_LIMIT = 3; // a card whose frames load other documents before ours is left out
 
 export class Frames {
   constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {},
@@ -30,7 +31,7 @@ export class Frames {
     this.page = null; // the card's page apart from its bundle, which a warm frame takes
     this.now = false; // wanted now: may take the warm frame kept ready
     this.loads = 0; // the newest load; an older one that finishes late is dropped
-    this.reloads = 0; // frames of this card dropped for loading another document
+    this.reloads = 0; // frames of this card dropped since one of ours said it was ready
     this.pending = false; // getting a warm frame: no frame yet
     this.hidden = false;
     this.seen = false; // shown at least once (else loaded ahead, not yet seen)
@@ -201,6 +202,7 @@ export class Frames {
   // A message over the channel of `frame`'s document.
   fromCard(frame, data) {
     if (data.cardserver === "ready") {
+      this.reloads = 0;
       frame.dataset.token = String(data.token);
       this.post(frame); // even hidden: a card loaded ahead is shown with its newest update
       if (frame === (this.incoming || this.current)) this.on.onReady(String(data.token));
