@@ -261,7 +261,7 @@ async def test_hostile_card_opened_directly_gets_nothing(
 # while: one in Metaflow's shape (it opens in a warm frame), one not.
 
 LEAK_SECRET = "LEAK-VICTIM-SECRET-91c2"
-TICKS = 40  # the attacker's 100 ms rounds to wait for: 4 s of attacks
+TICKS = 30  # the attacker's 100 ms rounds to wait for: 3 s of attacks
 ATTACKER_CARD = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>attacker's card</title>
 <script>
