@@ -93,11 +93,11 @@ def metaflow_s3_env(endpoint: str, sysroot: str) -> dict[str, str]:
     }
 
 
-def start_cardserver(root: Path, *extra: str, timeout: float = 60) -> Server:
-    """`card server --root <root>`; returns once it printed its URL (its port is open; the first
-    scan may still be running, and the API waits for it)."""
+def start_cardserver(root: Path, *extra: str, timeout: float = 60, repo: Path = REPO) -> Server:
+    """`card server --root <root>` (of the checkout `repo`); returns once it printed its URL (its
+    port is open; the first scan may still be running, and the API waits for it)."""
     port = free_port()
-    args = [sys.executable, str(REPO / "cli.py"), "server", "--root", str(root), "--port", str(port),
+    args = [sys.executable, str(repo / "cli.py"), "server", "--root", str(root), "--port", str(port),
             *extra]
     return _launch(args, port, " at http", timeout, cwd=root.parent)
 

@@ -104,7 +104,7 @@ class Proxy:
         self.state(reset=True)
 
     def clear_faults(self) -> None:
-        self.state(slow_for=0, denied="", gone="", drops=0, slowdowns=0)
+        self.state(slow_for=0, denied="", gone="", endless="", drops=0, slowdowns=0)
 
 
 # --- a run written key by key -------------------------------------------------------------------

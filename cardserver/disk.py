@@ -273,10 +273,11 @@ def card_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> Event 
         return stat
     if found.kind is CardFileKind.HTML:
         return CardWritten(found.key, legacy, stat.st_mtime, stat.st_size, version_of(stat))
+    read_at = time.monotonic()
     update = read_data_update(path, limits, roots.cards)
     if isinstance(update, Problem):
         return update
-    return DataWritten(found.key, legacy, stat.st_mtime, update)
+    return DataWritten(found.key, legacy, stat.st_mtime, update, read_at)
 
 
 def datastore_event(roots: Roots, path: Path, limits: Limits, scope: Scope) -> Event | Problem | None:

@@ -45,12 +45,14 @@ class CardRemoved:
 
 @dataclass(frozen=True, slots=True)
 class DataWritten:
-    """A card's data update was written. `update` is None when it is known but not yet read."""
+    """A card's data update was written. `update` is None when it is known but not yet read;
+    `read_at` is when its read began (`time.monotonic()`): updates are ordered by it."""
 
     key: CardKey
     legacy: bool
     mtime: float
     update: DataUpdate | None
+    read_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

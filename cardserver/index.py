@@ -50,6 +50,7 @@ class Card:
     size: int = 0
     data_mtime: float | None = None  # a data update exists on disk
     update: DataUpdate | None = None  # the merged newest state, once read
+    read_at: float = 0.0  # when the read of the newest update began (monotonic)
 
     def summary(self) -> dict[str, Any]:
         name = parse_card_name(self.key.name)
@@ -196,6 +197,7 @@ class Index:
         self.clock = clock  # statuses that time changes (see status.run_status) read it
         self.grace = grace
         self._rechecks: dict[RunKey, float] = {}  # runs whose status time alone may change
+        self._last_now = 0.0  # the clock at the last batch
         self._dirty_runs: set[RunKey] = set()
         self._generation = 0  # bumped by a reset
         self._revisions: dict[RunKey, int] = {}  # bumped whenever a run's detail changes
@@ -210,7 +212,8 @@ class Index:
         for event in events:
             self._apply_one(event, changes)
         now = self.clock()
-        self._dirty_runs.update(key for key, at in self._rechecks.items() if at <= now)
+        stepped_back, self._last_now = now < self._last_now, now  # then every recheck is due now
+        self._dirty_runs.update(key for key, at in self._rechecks.items() if at <= now or stepped_back)
         for key in self._dirty_runs:
             self._settle_run(key, changes, now)
         self._dirty_runs.clear()
@@ -278,11 +281,9 @@ class Index:
                 run = self._run(key.task.flow, key.task.run, changes)
                 task = self._task(run, key.task, changes)
                 card = self._card(run, task, key, changes)
-                if event.update is not None:
-                    merged = merge(card.update, event.update)
-                    if merged is not card.update:  # an older update changes nothing
-                        card.update = merged
-                        changes.updates.add(key)
+                if event.update is not None and arrived_later(event.update, event.read_at, card):
+                    card.update, card.read_at = merge(card.update, event.update), event.read_at
+                    changes.updates.add(key)
                 self._data_seen(run, task, card, event.legacy, event.mtime)
             case CardRemoved(key=key):
                 owner = self._find_task(key.task)
@@ -377,7 +378,10 @@ class Index:
         for task in run.tasks.values():
             task.status = task_status(task.facts)
             states.append(task.state())
-        verdict = run_status(states, run.newest_write or run.started or now, now, self.grace)
+        # A time ahead of the clock (a file stamped in the future, or the clock stepped back)
+        # counts as now: quiet from now on, it never holds the run as running past the grace.
+        run.newest_write = min(run.newest_write, now)
+        verdict = run_status(states, min(run.newest_write or run.started or now, now), now, self.grace)
         if verdict.recheck_at is not None:
             self._rechecks[key] = verdict.recheck_at
         for task in run.tasks.values():
@@ -500,13 +504,24 @@ class Index:
         }
 
 
+def arrived_later(new: DataUpdate, read_at: float, card: Card) -> bool:
+    """Updates go by arrival: one whose read began later than the shown one's replaces it, and
+    one whose read began earlier (a slow read, overtaken) never does. Their `created_on` only
+    breaks a tie: it is the writer's clock, and one stamp ahead (or a clock stepped back) would
+    otherwise hold back every update after it."""
+    old = card.update
+    if old is None:
+        return True
+    if read_at != card.read_at:
+        return read_at > card.read_at
+    return not (new.created_on and old.created_on and new.created_on < old.created_on)
+
+
 def merge(old: DataUpdate | None, new: DataUpdate) -> DataUpdate:
-    """Newest state per component. An older update (by created_on) never replaces a newer one;
-    a new reload token (a new render) starts from its own update alone."""
+    """Newest state per component (`new` arrived later); a new reload token (a new render)
+    starts from its own update alone."""
     if old is None or old.token != new.token:
         return new
-    if new.created_on and old.created_on and new.created_on < old.created_on:
-        return old
     return DataUpdate(new.token, new.created_on, {**old.data, **new.data})
 
 

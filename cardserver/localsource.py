@@ -4,7 +4,9 @@ Its first read is the forked scan (`prescan`) or a scan in threads; then the wat
 of changed paths become events (`pathevents`); the runs that may still change are watched
 deeply (`following`) and whatever a new watch opens on is read again; when the watcher can only
 poll, live cards' own files are checked at the poll delay too. Reads on demand (a card's HTML,
-a data update, a task's folder, a log page) happen in a thread, inside the roots.
+a data update, a task's folder, a log page) happen in a thread, inside the roots, each kind in
+a pool of its own (`threads`): what a viewer or a script asks for, however slow or many, never
+holds up a live update.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .pathevents import PathEvents
 from .prescan import Prescan
 from .source import Health, Sink, SinkHolder, Unavailable
 from .taskinfo import TaskFolder
+from .threads import Pool
 from .watcher import Batch, Item, Opened, Rescan, Watcher
 
 log = logging.getLogger("cardserver")
@@ -58,6 +61,9 @@ class LocalSource(SinkHolder):
         self._busy_since: float | None = None  # when the item being handled began (monotonic)
         self._unreadable: dict[CardKey, tuple[int, int, int]] = {}  # data file versions that failed
         self._loading: dict[CardKey, asyncio.Future[None]] = {}  # data updates being read
+        self.live_threads = Pool("live", 2)  # the watched changes: classify, data updates
+        self.task_threads = Pool("task-reads", 1)  # a task's folder, a log page
+        self.card_threads = Pool("card-reads", 2)  # a card's HTML, up to the size cap
 
     # --- the source's life -------------------------------------------------------------------
 
@@ -161,6 +167,8 @@ class LocalSource(SinkHolder):
                 task.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await task
+        for pool in (self.live_threads, self.task_threads, self.card_threads):
+            pool.close()
         helper.stop()
 
     def status(self) -> dict[str, Any]:
@@ -183,7 +191,7 @@ class LocalSource(SinkHolder):
             log.info("a flow or run folder was deleted; reading the datastore again")
             await self.rescan()
         else:
-            self.apply(self.paths.settle(await asyncio.to_thread(self.paths.classify, item)), item)
+            self.apply(self.paths.settle(await self.live_threads.run(self.paths.classify, item)), item)
 
     def apply(self, events: list[Event], batch: Batch | None = None) -> Changes:
         """Hand events to the sink (with the tasks a batch of paths touched)."""
@@ -266,8 +274,8 @@ class LocalSource(SinkHolder):
             await asyncio.sleep(delay)
             # Index reads and file reads stay on the loop, like `classify`; only stats go out.
             known = self.live_card_files()
-            changed = await asyncio.to_thread(changed_files, known)
-            self.apply(self.paths.settle(await asyncio.to_thread(self.paths.read_files, changed)))
+            changed = await self.live_threads.run(changed_files, known)
+            self.apply(self.paths.settle(await self.live_threads.run(self.paths.read_files, changed)))
 
     def live_card_files(self) -> list[tuple[Path, CardFileKind, object]]:
         """Each file of a running or pending task's cards, with the signature last seen."""
@@ -312,21 +320,22 @@ class LocalSource(SinkHolder):
         if card is None or card.data_mtime is None:
             return
         path = self.roots.cards / card_path(key, CardFileKind.DATA, card.legacy)
-        version = await asyncio.to_thread(disk.stat_version, path)
+        version = await self.live_threads.run(disk.stat_version, path)
         seen = disk.file_version(version) if version is not None else None
         if seen is not None and self._unreadable.get(key) == seen:
             return
-        update = await asyncio.to_thread(disk.read_data_update, path, self.limits, self.roots.cards)
+        read_at = time.monotonic()
+        update = await self.live_threads.run(disk.read_data_update, path, self.limits, self.roots.cards)
         if isinstance(update, Problem):
             if seen is not None:
                 self._unreadable[key] = seen
             self.paths.report(update)
             return
         self._unreadable.pop(key, None)
-        self.apply([DataWritten(key, card.legacy, card.data_mtime, update)])
+        self.apply([DataWritten(key, card.legacy, card.data_mtime, update, read_at)])
 
     async def read_card(self, card: Card) -> bytes:
-        return await asyncio.to_thread(self._read_card, card)
+        return await self.card_threads.run(self._read_card, card)
 
     def _read_card(self, card: Card) -> bytes:
         # A regular file inside the root, reached through no symlink, opened without blocking.
@@ -342,12 +351,12 @@ class LocalSource(SinkHolder):
 
     async def read_task(self, key: TaskKey) -> TaskFolder | None:
         cap = self.limits.max_meta_bytes
-        return await asyncio.to_thread(taskinfo.read_task, self.roots.datastore, key, cap)
+        return await self.task_threads.run(taskinfo.read_task, self.roots.datastore, key, cap)
 
     async def read_log(self, key: TaskKey, stream: str, attempt: int | None, lines: int,
                        before: int | None, since: int | None) -> tuple[int, Page] | None:
-        return await asyncio.to_thread(taskinfo.read_page, self.roots.datastore, key, stream, attempt,
-                                       lines, before, since)
+        return await self.task_threads.run(taskinfo.read_page, self.roots.datastore, key, stream, attempt,
+                                           lines, before, since)
 
 
 def changed_files(known: list[tuple[Path, CardFileKind, object]]) -> list[Path]:

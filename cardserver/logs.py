@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from . import disk
 
@@ -24,6 +24,14 @@ MAX_LINE_CHARS = 16 * 1024  # a longer line is cut, so one runaway line cannot f
 TRACEBACK_TAIL_BYTES = 256 * 1024  # a traceback is at the end of stderr: look only there
 _TRACEBACK_START = "Traceback (most recent call last):"
 _CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+
+
+class Readable(Protocol):
+    """What paging reads a log through: an open file, or a window on an S3 object's bytes."""
+
+    def seek(self, offset: int, /) -> int: ...
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,7 @@ def tail(path: Path, root: Path, lines: int, before: int | None = None,
         return tail_of(handle, os.fstat(handle.fileno()).st_size, lines, before, max_bytes)
 
 
-def tail_of(handle: BinaryIO, size: int, lines: int, before: int | None = None,
+def tail_of(handle: Readable, size: int, lines: int, before: int | None = None,
             max_bytes: int = MAX_PAGE_BYTES) -> Page:
     """`tail` of an open log of `size` bytes (a file, or an S3 object's bytes)."""
     end = size if before is None else max(0, min(before, size))
@@ -90,7 +98,7 @@ def tail_of(handle: BinaryIO, size: int, lines: int, before: int | None = None,
     return Page(parse_lines(chunk), start, end, size)
 
 
-def read_back(handle: Any, end: int, lines: int, max_bytes: int) -> tuple[bytes, int]:
+def read_back(handle: Readable, end: int, lines: int, max_bytes: int) -> tuple[bytes, int]:
     """The bytes of the last `lines` lines before `end`, and where they start."""
     start = end
     chunk = b""
@@ -122,7 +130,7 @@ def after(path: Path, root: Path, offset: int, lines: int, max_bytes: int = MAX_
         return after_of(handle, os.fstat(handle.fileno()).st_size, offset, lines, max_bytes)
 
 
-def after_of(handle: BinaryIO, size: int, offset: int, lines: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
+def after_of(handle: Readable, size: int, offset: int, lines: int, max_bytes: int = MAX_PAGE_BYTES) -> Page:
     """`after` on an open log of `size` bytes."""
     start = max(0, min(offset, size))
     handle.seek(start)

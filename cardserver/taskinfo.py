@@ -7,6 +7,10 @@ is written when the task process ends; `<a>.runtime` is the runtime's verdict
 (`return_code`, `killed`, `success`), also for workers it killed; `_meta/_self.json` holds the
 tags; `_meta/sysmeta_<field>_<ts>.json` the user, versions, `attempt_ok` per attempt, and a
 `card-info` per card (field = the card's uuid, `attempt_id:N` in its tags).
+
+A folder can hold any number of attempts (a hostile one, thousands): only the newest
+`SHOWN_ATTEMPTS` are read and shown, with the count of earlier ones, and only the latest failed
+attempt's stderr is read for a traceback. The cost of a read is bounded whatever the folder holds.
 """
 
 from __future__ import annotations
@@ -14,16 +18,21 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import disk, logs
 from .layout import LOG_STREAMS, TaskKey, log_file_name, parse_attempt_file, parse_sysmeta_name, task_dir
 
 MAX_ENTRIES = 10_000  # a task folder holds a few dozen files: never list more than this
+# Metaflow makes at most 6 attempts (its MAX_ATTEMPTS; a config may raise it, to 99 at most).
+SHOWN_ATTEMPTS = 16
+MAX_CARD_INFOS = 64  # a task has a few cards, each with one card-info per attempt
 METADATA_FIELDS = ("user", "python_version", "metaflow_version", "runtime", "script-name", "ds-type")
 _CARD_UUID = re.compile(r"[0-9a-f]{32}")  # a card-info field is the card's uuid
+A = TypeVar("A")
 
 
 class FileStat(Protocol):
@@ -52,6 +61,7 @@ class TaskFolder:
     metadata: dict[str, Any] = field(default_factory=dict)
     card_attempts: dict[str, int] = field(default_factory=dict)  # card uuid -> attempt
     traceback: dict[str, Any] | None = None
+    earlier_attempts: int = 0  # attempts older than those in `attempts`, left unread
 
 
 def folder_of(datastore: Path, key: TaskKey) -> Path | None:
@@ -69,10 +79,15 @@ def read_task(datastore: Path, key: TaskKey, cap: int) -> TaskFolder | None:
     if folder is None:
         return None
     found = TaskFolder()
-    for name, stat in entries(folder):
+    listed: dict[int, list[tuple[str, str]]] = {}  # attempt -> (kind, name) of each of its files
+    for name in file_names(folder):
         parsed = parse_attempt_file(name)
         if parsed is not None:
-            found.attempts.setdefault(parsed[0], AttemptFiles()).stats[parsed[1]] = stat
+            listed.setdefault(parsed[0], []).append((parsed[1], name))
+    shown, earlier = newest_attempts(listed)
+    found.earlier_attempts = len(earlier)
+    for number, named in shown.items():  # only the attempts shown cost a stat
+        found.attempts[number] = AttemptFiles(stats=stats(folder, named))
     for number, files in found.attempts.items():
         read_attempt(folder, number, files, cap, datastore)
     if not (folder / "_meta").is_symlink():  # a link could point anywhere outside the task
@@ -81,19 +96,40 @@ def read_task(datastore: Path, key: TaskKey, cap: int) -> TaskFolder | None:
     return found
 
 
-def entries(folder: Path) -> list[tuple[str, os.stat_result]]:
-    """The regular files of a folder with their stats, at most MAX_ENTRIES."""
-    out: list[tuple[str, os.stat_result]] = []
+def newest_attempts(attempts: dict[int, A]) -> tuple[dict[int, A], list[int]]:
+    """The newest `SHOWN_ATTEMPTS` attempts, in order, and the numbers of the earlier ones."""
+    numbers = sorted(attempts)
+    cut = max(0, len(numbers) - SHOWN_ATTEMPTS)
+    return {n: attempts[n] for n in numbers[cut:]}, numbers[:cut]
+
+
+def newest_names(found: list[tuple[int, str]], count: int) -> list[str]:
+    """The `count` newest `_meta` files, by the time in their names."""
+    return [name for _, name in sorted(found)[-count:]]
+
+
+def stats(folder: Path, named: list[tuple[str, str]]) -> dict[str, FileStat]:
+    """The stats of one attempt's files by kind; a file that vanished since it was listed is
+    left out."""
+    found: dict[str, FileStat] = {}
+    for kind, name in named:
+        with suppress(OSError):
+            found[kind] = os.stat(folder / name, follow_symlinks=False)
+    return found
+
+
+def file_names(folder: Path) -> list[str]:
+    """The names of a folder's regular files, at most MAX_ENTRIES (the listing's file types: no
+    stat per file)."""
+    out: list[str] = []
     try:
         with os.scandir(folder) as listing:
             for entry in listing:
                 if len(out) >= MAX_ENTRIES:
                     break
-                try:
+                with suppress(OSError):  # vanished while listed
                     if entry.is_file(follow_symlinks=False):
-                        out.append((entry.name, entry.stat(follow_symlinks=False)))
-                except OSError:
-                    continue  # vanished while listed
+                        out.append(entry.name)
     except OSError:
         return []
     return out
@@ -113,32 +149,32 @@ def read_attempt(folder: Path, number: int, files: AttemptFiles, cap: int, root:
 def read_meta(meta: Path, found: TaskFolder, cap: int, root: Path) -> None:
     """Tags from `_self.json`; the newest value of each metadata field; attempt_ok per attempt;
     the attempt of each card."""
-    newest: dict[str, tuple[int, Path]] = {}
-    oks: list[Path] = []
-    infos: list[Path] = []
-    for name, _ in entries(meta):
+    newest: dict[str, tuple[int, str]] = {}
+    oks: list[tuple[int, str]] = []
+    infos: list[tuple[int, str]] = []
+    for name in file_names(meta):
         parsed = parse_sysmeta_name(name)
         if name == "_self.json":
             read_tags(meta / name, found, cap, root)
         elif parsed is None:
             continue
         elif parsed[0] == "attempt_ok":
-            oks.append(meta / name)
+            oks.append((parsed[1], name))
         elif parsed[0] in METADATA_FIELDS:
-            if parsed[1] > newest.get(parsed[0], (-1, meta))[0]:
-                newest[parsed[0]] = (parsed[1], meta / name)
+            if parsed[1] > newest.get(parsed[0], (-1, ""))[0]:
+                newest[parsed[0]] = (parsed[1], name)
         elif _CARD_UUID.fullmatch(parsed[0]):
-            infos.append(meta / name)
-    for field_name, (_, path) in newest.items():
-        doc = disk.read_json(path, cap, root)
+            infos.append((parsed[1], name))
+    for field_name, (_, name) in newest.items():
+        doc = disk.read_json(meta / name, cap, root)
         if isinstance(doc, dict):
             found.metadata[field_name.replace("-", "_")] = doc.get("value")
-    for path in infos:
-        doc = disk.read_json(path, cap, root)
+    for name in newest_names(infos, MAX_CARD_INFOS):
+        doc = disk.read_json(meta / name, cap, root)
         if isinstance(doc, dict) and doc.get("type") == "card-info":
             card_info(doc, found)
-    for path in oks:
-        doc = disk.read_json(path, cap, root)
+    for name in newest_names(oks, SHOWN_ATTEMPTS):  # the newest attempts wrote the newest
+        doc = disk.read_json(meta / name, cap, root)
         attempt = attempt_tag(doc) if isinstance(doc, dict) else None
         if isinstance(doc, dict) and attempt in found.attempts:
             found.attempts[attempt].attempt_ok = doc.get("value") == "True"
@@ -174,20 +210,28 @@ def strings(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-def failed_traceback(folder: Path, attempts: dict[int, AttemptFiles], root: Path) -> dict[str, Any] | None:
-    """The traceback of the latest failed attempt that printed one."""
+def failed_log(attempts: dict[int, AttemptFiles]) -> int | None:
+    """The latest failed attempt with a stderr log: where a traceback is looked for (one log,
+    however many attempts failed)."""
     for number in sorted(attempts, reverse=True):
         files = attempts[number]
-        if verdict(files, latest=False) != "failed" or "runtime_stderr.log" not in files.stats:
-            continue
-        try:
-            found = logs.traceback_of(folder / log_file_name(number, "stderr"), root)
-        except OSError:
-            continue
-        if found:
-            return {"attempt": number, "exception": found[-1].text,
-                    "lines": [line.as_dict() for line in found]}
+        if verdict(files, latest=False) == "failed" and "runtime_stderr.log" in files.stats:
+            return number
     return None
+
+
+def failed_traceback(folder: Path, attempts: dict[int, AttemptFiles], root: Path) -> dict[str, Any] | None:
+    """The traceback of the latest failed attempt, if it printed one."""
+    number = failed_log(attempts)
+    if number is None:
+        return None
+    try:
+        found = logs.traceback_of(folder / log_file_name(number, "stderr"), root)
+    except OSError:
+        return None
+    if not found:
+        return None
+    return {"attempt": number, "exception": found[-1].text, "lines": [line.as_dict() for line in found]}
 
 
 # --- what the API and the task topic show -------------------------------------------------
@@ -248,19 +292,20 @@ def task_detail(key: TaskKey, found: TaskFolder | None, cards: list[dict[str, An
     head = {"flow": key.flow, "run": key.run, "step": key.step, "task": key.task}
     if found is None:
         return {**head, "exists": shown_status is not None, "status": shown_status, "attempts": [],
-                "metadata": {}, "traceback": None, "cards": cards}
+                "earlier_attempts": 0, "metadata": {}, "traceback": None, "cards": cards}
     by_attempt: dict[int, list[dict[str, Any]]] = {}
     for card in cards:
         attempt = found.card_attempts.get(str(card.get("name", "")).rsplit("-", 1)[-1])
         card["attempt"] = attempt
         by_attempt.setdefault(attempt if attempt is not None else -1, []).append(card)
-    latest = max(found.attempts, default=None)
-    attempts = [attempt_summary(n, found.attempts[n], n == latest, by_attempt.get(n, []))
-                for n in sorted(found.attempts)]
+    shown, earlier = newest_attempts(found.attempts)  # a source that read them all shows as many
+    latest = max(shown, default=None)
+    attempts = [attempt_summary(n, shown[n], n == latest, by_attempt.get(n, [])) for n in shown]
     status = attempts[-1]["verdict"] if attempts else shown_status
     if status == "running" and shown_status == "killed":  # the index saw the whole run end
         status = attempts[-1]["verdict"] = "killed"
     return {**head, "exists": True, "status": status, "attempts": attempts,
+            "earlier_attempts": found.earlier_attempts + len(earlier),
             "metadata": found.metadata, "traceback": found.traceback, "cards": cards}
 
 
@@ -288,6 +333,6 @@ def read_page(datastore: Path, key: TaskKey, stream: str, attempt: int | None, l
 
 def latest_log(folder: Path, stream: str) -> int | None:
     kind = f"runtime_{stream}.log"
-    found = [parsed[0] for name, _ in entries(folder)
+    found = [parsed[0] for name in file_names(folder)
              if (parsed := parse_attempt_file(name)) is not None and parsed[1] == kind]
     return max(found, default=None)

@@ -124,6 +124,13 @@ def test_transfer_smoke() -> None:
     assert "ratio: Metaflow bytes / ours (gzip)" in table, table
 
 
+def test_stall_smoke() -> None:
+    table = rows(run_smoke("stall.py"), "Stall (smoke)")
+    assert table["attempts shown / earlier"][0] == "16 / 34"
+    assert int(table["api/tasks answered / p50 (ms)"][0].split(" / ")[0]) > 0
+    assert len(verdicts(table)) == 3
+
+
 def latency_rows(out: str, *setups: str) -> dict[str, list[str]]:
     """setup -> its cells (n, p50, p90, ...) in latency.py's table; each must have updates."""
     assert "Update latency: file write -> DOM changed in Chromium" in out
@@ -194,6 +201,12 @@ def test_s3_requests_smoke() -> None:
     assert float(table["conditional GET, 304 (ms)"][0].split()[1]) > 0
 
 
+def test_s3_logs_smoke() -> None:
+    table = rows(run_smoke("s3_logs.py"), "S3 logs (smoke)")
+    assert table["GETs (ranged)"][-1] == "PASS" and table["tail=1: GETs (ranged) / KiB"][-1] == "PASS", table
+    assert table["traceback: GETs (ranged) / KiB"][-1] == "PASS", table
+
+
 def test_s3_latency_smoke(request: pytest.FixtureRequest) -> None:
     smoke = early.pop(request.node.name)  # started with the file
     table = rows(smoke.finish(), "S3: write -> DOM, requests, cost and CPU (smoke)")
@@ -221,3 +234,9 @@ def test_cardscript_smoke() -> None:
     table = rows(out, "Warm frames (smoke)")
     assert float(table["warm, ready / inline p50"][0]) > 0 and float(table["warm, new / inline p50"][0]) > 0
     assert "requests for the script: 3 in 3 split loads" in out  # fetched by every load
+
+
+def test_cachemem_smoke() -> None:
+    table = rows(run_smoke("cachemem.py", 300), "Card page caches (smoke)")
+    assert float(table["RSS before the fetches (MB)"][0]) > 20
+    assert float(table["bytes received, gzipped (MB)"][0]) > 4  # 8 fetches of 2 MiB pages

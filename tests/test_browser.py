@@ -4,6 +4,8 @@ moves to a new run, deep links reopen a card, re-renders swap without a blank fr
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,29 @@ async def test_running_card_updates_in_place(roots: Any, start_app: Any, browser
     assert await page.get_attribute("#follow", "aria-pressed") == "true"
     assert await page.text_content("#connection") == "live"
     assert "?follow" in page.url and f"/run/DemoFlow/{run.run}/train/" in page.url
+
+
+async def test_an_update_stamped_ahead_holds_back_none_after_it(
+    roots: Any, start_app: Any, browser: Any
+) -> None:
+    """Issue 21, finding 6: updates are shown in the order they arrive. One stamped an hour
+    ahead (`created_on`: the writer's clock) is shown, and so is every correct one after it,
+    by the server and by the page alike."""
+    run, card = live_run(roots)
+    client = await start_app(make_config(roots))
+    page = await browser.new_page()
+    await page.goto(str(client.make_url("/")))
+    frame = await wait_card_frame(page, f"/{run.run}/")
+    bar = "document.querySelector('[data-component-id=bar]').textContent.includes('{}')"
+    card.update({"bar": demo.progress("bar", 10, 100, "epochs")})
+    await frame.wait_for_function(bar.format(10), timeout=UI_WAIT)
+    ahead = {**card.state, "bar": {**card.state["bar"], "value": 20, "label": "ahead"}}
+    demo.write_atomic(card.path_data, json.dumps(
+        {"reload_token": card.token, "data": ahead, "created_on": time.time() + 3600}).encode())
+    await frame.wait_for_function(bar.format("ahead"), timeout=UI_WAIT)
+    for value in (30, 40):  # stamped now, after the one from the future
+        card.update({"bar": demo.progress("bar", value, 100, "epochs")})
+        await frame.wait_for_function(bar.format(value), timeout=UI_WAIT)
 
 
 async def test_follow_moves_to_new_run_and_hand_pick_stops_it(

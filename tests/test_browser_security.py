@@ -265,6 +265,7 @@ TICKS = 30  # the attacker's 100 ms rounds to wait for: 3 s of attacks
 ATTACKER_CARD = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>attacker's card</title>
 <script>
+const ours = location.hash.includes("cardserver=");  // loaded by our page (read before it strips it)
 const send = (kind, data) => {
   try { top.postMessage({ stolen: JSON.stringify({ kind, data }) }, "*"); } catch (error) {}
 };
@@ -283,8 +284,8 @@ parent.postMessage({ cardserver: "hello", secret: "0".repeat(32) }, "*", [fake.p
 window.addEventListener("DOMContentLoaded", () => {
   const own = typeof window.__cardserverLink === "function" && window.__cardserverLink();
   if (own) { listen(own, "own channel"); own.start(); }
-  // Loaded by our page (its fragment holds its frame's secret), or put there by the attacker.
-  top.postMessage({ arrived: !location.hash.includes("cardserver=") ? "navigated" : "own" }, "*");
+  // Loaded by our page (its fragment held its frame's secret), or put there by the attacker.
+  top.postMessage({ arrived: ours ? "own" : "navigated" }, "*");
 });
 </script></head>
 <body><h1>attacker's card</h1><button id="open">open</button>
@@ -298,16 +299,16 @@ ATTACK_PAGE = """<!DOCTYPE html>
 <body><iframe id="target" src="@@TARGET@@" style="width:1200px;height:900px"></iframe>
 <script>
 window.stolen = [];
-window.navigated = 0;
+window.reached = 0;  // the most card frames seen in our page: none if it refused to be framed
 window.ticks = 0;
 window.addEventListener("message", (event) => {
   if (!event.data) return;
   if (typeof event.data.stolen === "string") window.stolen.push(event.data.stolen);
-  if (event.data.arrived === "navigated") window.navigated += 1;
 });
 setInterval(() => {
   window.ticks += 1;
   const target = document.getElementById("target").contentWindow;
+  window.reached = Math.max(window.reached, target.frames.length);
   for (let i = 0; i < target.frames.length; i++) {
     try { target.frames[i].location = @@CARD@@; } catch (error) {}
   }
@@ -443,18 +444,18 @@ async def updates_still_arrive(page: Any, leak: Leak, written: list[int]) -> Non
     assert await frame.evaluate("window.__marker") == "same page"
 
 
-async def collects_nothing(attacker: Any, expect_landed: bool) -> None:
+async def collects_nothing(attacker: Any, framed: bool) -> None:
     """The attacker's page collected none of the victims' data, once it has attacked for TICKS
-    rounds (and, where our page let itself be framed, once its card was put into one of our
-    frames; where it did not, no card of its got into one)."""
-    await attacker.wait_for_function(f"() => window.ticks >= {TICKS}", timeout=UI_WAIT * 2)
-    if expect_landed:
-        await attacker.wait_for_function("() => window.navigated > 0", timeout=UI_WAIT)
+    rounds, `framed`: with card frames of ours in reach (our page let itself be framed), or none
+    (it refused)."""
+    if framed:  # from when our page is in reach
+        await attacker.wait_for_function("() => window.reached > 0", timeout=UI_WAIT)
+    start = await attacker.evaluate("window.ticks")
+    await attacker.wait_for_function(f"(t) => window.ticks >= t + {TICKS}", arg=start, timeout=UI_WAIT)
     stolen: list[str] = await attacker.evaluate("window.stolen")
     leaked = [message for message in stolen if LEAK_SECRET in message]
     assert leaked == [], f"{len(leaked)} messages with victim data: {leaked[:3]}"
-    if not expect_landed:  # our page refused to be framed: no frame of ours to navigate
-        assert await attacker.evaluate("window.navigated") == 0
+    assert (await attacker.evaluate("window.reached") > 0) is framed
 
 
 @pytest.mark.parametrize("how", [
@@ -474,7 +475,7 @@ async def test_a_page_of_another_origin_gets_no_card_through_our_frames(
     async with live_victims(leak) as written:
         attacker = await context.new_page()
         await attacker.goto(f"http://{host}:{port}/{target}.html")
-        await collects_nothing(attacker, expect_landed="allowed" in how or target == "card")
+        await collects_nothing(attacker, framed="allowed" in how or target == "card")
         await updates_still_arrive(user, leak, written)
     await context.close()
 
@@ -493,7 +494,7 @@ async def test_a_popup_of_a_card_gets_no_other_card(leak: Leak, browser: Any) ->
         popup = await opened.value
         await popup.wait_for_load_state()
         assert popup.url.startswith(f"http://localhost:{leak.attacker}/")
-        await collects_nothing(popup, expect_landed=False)
+        await collects_nothing(popup, framed=False)
         await updates_still_arrive(user, leak, written)
     await context.close()
 

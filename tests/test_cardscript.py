@@ -6,17 +6,19 @@ a card rendered in one in Chromium, sandboxed."""
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 from conftest import make_config
 
+from bench.cachemem import grown
 from cardserver.config import Roots
 from cardserver.demo import markdown, start_run
 from cardserver.index import Card
 from cardserver.layout import CardKey, parse_card_path
-from cardserver.web.cards import SCRIPT_ENTRIES, SHELL_CLOSE, SHELL_OPEN, CardPages
+from cardserver.web.cards import CACHE_BYTES, SCRIPT_ENTRIES, SHELL_CLOSE, SHELL_OPEN, CardPages
 from cardserver.web.cardscript import split
 
 pytestmark = pytest.mark.timeout(240)
@@ -134,6 +136,38 @@ async def test_page_whose_script_was_let_go_is_built_again(metaflow_cards: Roots
     assert again.script == first.script and await pages.shell(first.script) is not None  # ... back
     whole = await pages.page(cards[0])
     assert apart.script + b";0" in whole.body  # the page itself is whole: it needs nothing else
+
+
+async def test_pages_kept_are_bounded_by_bytes(metaflow_cards: Roots) -> None:
+    """Issue 21, finding 4: 24 big cards in Metaflow's shape, each asked whole and apart (what a
+    card's no-cors fetches can do): the memory the caches hold stays within their byte budget,
+    and the cards asked last are still served from it."""
+    html = card_files(metaflow_cards)[1].read_bytes()
+    grown_pages = {n: grown(html, 4 << 20, n) for n in range(24)}
+    reads: list[str] = []
+
+    async def read(card: Card) -> bytes:
+        reads.append(card.key.name)
+        return grown_pages[int(card.key.name.rsplit("-", 1)[1])]
+
+    key = card_key(metaflow_cards, card_files(metaflow_cards)[1])
+    cards = [Card(CardKey(key.task, f"{key.name}-{n}"), version="1") for n in grown_pages]
+    pages = CardPages(read)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for card in cards:
+            assert (await pages.parts(card)).script is not None  # split: Metaflow's shape
+            await pages.page(card)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= CACHE_BYTES, f"{held / 2**20:.0f} MiB held, for a budget of {CACHE_BYTES / 2**20:.0f}"
+    assert pages.kept_bytes <= CACHE_BYTES
+    reads.clear()
+    await pages.page(cards[-1])
+    await pages.parts(cards[-1])
+    assert reads == []  # kept
 
 
 async def test_page_apart_from_its_bundle_for_a_warm_frame(metaflow_cards: Roots, start_app: Any) -> None:

@@ -63,9 +63,9 @@ def rendered(key: CardKey, mtime: float, version: str = "v1") -> CardWritten:
 
 
 def updated(
-    key: CardKey, mtime: float, token: str, created: float, data: dict[str, Any]
+    key: CardKey, mtime: float, token: str, created: float, data: dict[str, Any], read_at: float = 0.0
 ) -> DataWritten:
-    return DataWritten(key, False, mtime, DataUpdate(token, created, data))
+    return DataWritten(key, False, mtime, DataUpdate(token, created, data), read_at)
 
 
 def run_written(key: RunKey = RUN, created: float = 1000.0) -> RunWritten:
@@ -267,15 +267,38 @@ def test_data_updates_merge_per_component(index: Index) -> None:
     assert index.card(key).update.created_on == 11.0  # type: ignore[union-attr]
 
 
-def test_older_data_update_is_ignored(index: Index) -> None:
+def test_an_update_read_before_the_shown_one_is_ignored(index: Index) -> None:
+    """A slow read, overtaken by a later one, whatever its `created_on` says."""
     key = card(task("start", "1"))
-    index.apply([updated(key, 1001.0, "t1", 11.0, {"bar": 2, "text": "new"})])
-    changes = index.apply([updated(key, 1002.0, "t1", 10.0, {"bar": 1, "text": "old", "extra": 0})])
+    index.apply([updated(key, 1001.0, "t1", 11.0, {"bar": 2, "text": "new"}, read_at=5.0)])
+    changes = index.apply([updated(key, 1002.0, "t1", 12.0, {"bar": 1, "text": "old", "extra": 0},
+                                   read_at=4.0)])
     assert key not in changes.updates  # nothing new to tell anyone
     update = index.card(key).update  # type: ignore[union-attr]
     assert update is not None
     assert update.data == {"bar": 2, "text": "new"}
     assert update.created_on == 11.0
+
+
+def test_an_update_stamped_ahead_is_shown_and_holds_back_none_after_it(index: Index) -> None:
+    """Order by arrival: one update stamped an hour ahead (or a clock stepped back after it)
+    is shown, and the correct ones read after it are shown too."""
+    key = card(task("start", "1"))
+    index.apply([updated(key, 1001.0, "t1", 1001.0, {"bar": 1}, read_at=1.0)])
+    ahead = index.apply([updated(key, 1002.0, "t1", 1002.0 + 3600, {"bar": 2}, read_at=2.0)])
+    assert ahead.updates == {key}
+    later = index.apply([updated(key, 1003.0, "t1", 1003.0, {"bar": 3, "text": "later"}, read_at=3.0)])
+    assert later.updates == {key}
+    update = index.card(key).update  # type: ignore[union-attr]
+    assert update == DataUpdate("t1", 1003.0, {"bar": 3, "text": "later"})
+
+
+def test_created_on_only_breaks_a_tie(index: Index) -> None:
+    key = card(task("start", "1"))
+    index.apply([updated(key, 1001.0, "t1", 11.0, {"bar": 2}, read_at=5.0)])
+    changes = index.apply([updated(key, 1001.0, "t1", 10.0, {"bar": 1}, read_at=5.0)])
+    assert key not in changes.updates
+    assert index.card(key).update.data == {"bar": 2}  # type: ignore[union-attr]
 
 
 def test_new_reload_token_starts_fresh(index: Index) -> None:
@@ -428,6 +451,34 @@ def test_a_lone_failure_fails_the_run_once_no_retry_came() -> None:
     changes = index.apply([])
     assert run.status is Status.FAILED and RUN in changes.runs
     assert index.next_recheck() is None
+
+
+def test_a_file_time_in_the_future_does_not_hold_a_failed_run_as_running() -> None:
+    """One data file stamped an hour ahead: the run is quiet from when it was seen, so it
+    fails once the grace is over, not an hour later."""
+    now = [1_100.5]
+    index = Index(clock=lambda: now[0])
+    bad = task("start", "1")
+    index.apply([run_written(), started(bad, 1010.0), verdict(bad, 1100.0, False), done(bad, 1100.0),
+                 updated(card(bad), 1100.0 + 3600, "t1", 1100.0, {"bar": 1})])
+    run = index.run(RUN)
+    assert run is not None and run.status is Status.RUNNING  # a retry may be on its way
+    now[0] += GRACE_SECONDS
+    index.apply([])
+    assert run.status is Status.FAILED
+    assert index.next_recheck() is None
+
+
+def test_a_clock_stepped_back_does_not_hold_a_failed_run_as_running() -> None:
+    now = [1_100.5]
+    index = Index(clock=lambda: now[0])
+    bad = task("start", "1")
+    index.apply([run_written(), started(bad, 1010.0), verdict(bad, 1100.0, False), done(bad, 1100.0)])
+    now[0] = 1_100.5 - 3600  # an NTP step back, an hour
+    index.apply([])
+    now[0] += GRACE_SECONDS
+    index.apply([])
+    assert index.run(RUN).status is Status.FAILED  # type: ignore[union-attr]
 
 
 def test_a_run_silent_for_long_is_unknown_until_it_writes_again() -> None:

@@ -186,6 +186,57 @@ async def test_dropped_connections_are_retried(s3_server: S3Endpoint, proxy: tup
     assert len(faults.requests) == 3 and 1 <= reader.counts.retried <= 2
 
 
+def endless_root(s3_server: S3Endpoint, faults: FaultProxy) -> S3Root:
+    """A folder whose listings the proxy says are never over (IsTruncated, every page)."""
+    root = S3Root(s3_server.bucket, "endless")
+    put(s3_server, root.key("a", "x"), b"")
+    faults.endless = "prefix=endless"
+    return root
+
+
+async def test_a_listing_that_never_ends_stops_at_the_page_cap(
+    s3_server: S3Endpoint, proxy: tuple[FaultProxy, str]
+) -> None:
+    """An endpoint that always answers IsTruncated (issue 21, finding 5): the listing gives up
+    after `max_list_pages` requests with one line; the check before start-up sends one."""
+    faults, url = proxy
+    root = endless_root(s3_server, faults)
+    async with S3Reader(url, max_list_pages=7) as reader:
+        with pytest.raises(S3Error) as raised:
+            await reader.list_tree(root)
+        assert faults.kinds["LIST"] == 7
+        await reader.can_list(root)
+        assert faults.kinds["LIST"] == 8
+    where = f"s3://{s3_server.bucket}/endless/"
+    assert one_line(raised) == f"listing {where} is still truncated after 7 pages, the most read per listing"
+
+
+async def test_a_listing_that_takes_too_long_stops_at_its_timeout(
+    s3_server: S3Endpoint, proxy: tuple[FaultProxy, str]
+) -> None:
+    faults, url = proxy
+    root = endless_root(s3_server, faults)
+    started = time.monotonic()
+    async with S3Reader(url, max_list_pages=10**9, list_seconds=0.5) as reader:
+        with pytest.raises(S3Error) as raised:
+            await reader.list_folder(root)
+    assert 0.5 <= time.monotonic() - started < 5 and faults.kinds["LIST"] > 1
+    where = f"s3://{s3_server.bucket}/endless/"
+    assert one_line(raised) == f"listing {where} took over 0.5 s, the longest a listing may take"
+
+
+async def test_a_range_of_the_version_listed(s3_server: S3Endpoint) -> None:
+    """A ranged GET reads the bytes asked for of the object listed; once rewritten it is GONE."""
+    root = S3Root(s3_server.bucket, "ranged")
+    put(s3_server, root.key("log"), b"0123456789")
+    async with S3Reader(s3_server.url) as reader:
+        [listed] = await reader.list_tree(root)
+        fetched = await reader.get_range(s3_server.bucket, listed.key, 2, 5, listed.etag)
+        assert fetched.outcome is Got.NEW and fetched.body == b"234"
+        put(s3_server, listed.key, b"0123456789 and more")
+        assert (await reader.get_range(s3_server.bucket, listed.key, 2, 5, listed.etag)).outcome is Got.GONE
+
+
 def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aiobotocore", None)  # what Python sees when it is not installed
     with pytest.raises(S3Error) as raised:

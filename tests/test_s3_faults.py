@@ -36,6 +36,7 @@ from s3fixtures import S3Endpoint
 
 from bench.common import free_port, metaflow_s3_env, start_s3_proxy
 from bench.s3card import Proxy, S3Place, WrittenRun
+from cardserver.s3.client import MAX_LIST_PAGES
 
 pytestmark = pytest.mark.timeout(300)
 THROTTLE_SECONDS = float(os.environ.get("S3_THROTTLE_SECONDS", "6"))
@@ -61,9 +62,7 @@ class Faulty:
     secret: WrittenRun  # SecretFlow: the part of the prefix a test denies
 
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.server.url + "api/status", timeout=10) as answer:
-            found: dict[str, Any] = json.load(answer)
-            return found
+        return server_status(self.server)
 
     def logged(self) -> list[str]:
         """What the server printed since last asked."""
@@ -75,14 +74,24 @@ class Faulty:
                 return lines
 
     def wait_logged(self, text: str, timeout: float = WAIT) -> list[str]:
-        """The server's lines up to the first that holds `text`."""
-        lines, deadline = [], time.monotonic() + timeout
-        while not lines or text not in lines[-1]:
-            try:
-                lines.append(self.server.lines.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(f"the server never said {text!r}: {lines}") from None
-        return lines
+        return wait_logged(self.server, text, timeout)
+
+
+def server_status(server: ServerProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(server.url + "api/status", timeout=10) as answer:
+        found: dict[str, Any] = json.load(answer)
+        return found
+
+
+def wait_logged(server: ServerProcess, text: str, timeout: float = WAIT) -> list[str]:
+    """The server's lines up to the first that holds `text`."""
+    lines, deadline = [], time.monotonic() + timeout
+    while not lines or text not in lines[-1]:
+        try:
+            lines.append(server.lines.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            raise AssertionError(f"the server never said {text!r}: {lines}") from None
+    return lines
 
 
 def value(run: WrittenRun, number: int) -> bytes:
@@ -199,6 +208,33 @@ def test_a_fault_at_start_up_is_one_line_and_exit_2(
     assert done.stderr.startswith(said), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_listing_that_never_ends_is_a_fault_not_a_hang(
+    tmp_path: Path, s3_server: S3Endpoint, fault_proxy: Proxy
+) -> None:
+    """An endpoint that answers IsTruncated forever (issue 21, finding 5): `card server` still
+    says where it serves, and says the fault in one line and in its health; `card list` exits
+    2 with that line."""
+    env = {"USERNAME": "tester", **metaflow_s3_env(fault_proxy.server.url, f"s3://{s3_server.bucket}/endless")}
+    said = (f"S3: listing s3://{s3_server.bucket}/endless/mf.cards/ is still truncated after "
+            f"{MAX_LIST_PAGES} pages, the most read per listing; retrying")
+    fault_proxy.state(endless="prefix=endless")
+    try:
+        server = launch(["server"], tmp_path, env=env)
+        try:
+            assert f"serving s3://{s3_server.bucket}/endless/mf.cards" in server.startup[-1]
+            if not any(said in line for line in server.startup):  # said before the URL, or after
+                wait_logged(server, said)
+            watch = server_status(server)["watch"]
+            assert watch["ok"] is False and said.removeprefix("S3: ") in watch["problem"]
+        finally:
+            server.stop()
+        done = start_up(tmp_path, "list", env)
+    finally:
+        fault_proxy.state(endless="")
+    line = said.removeprefix("S3: ").removesuffix("; retrying")
+    assert done.returncode == 2 and done.stderr == f"card: {line}\n"
 
 
 # --- while serving ------------------------------------------------------------------------------

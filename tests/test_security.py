@@ -30,6 +30,7 @@ from cardserver.config import ConfigError, Limits, Roots
 from cardserver.demo import DemoCard, DemoRun, markdown, progress, start_run
 from cardserver.layout import LEGACY_STEP, CardFileKind, CardKey, TaskKey, card_path
 from cardserver.web.keys import SOCKETS
+from cardserver.web.security import costly_route
 
 TOKEN = "s3cret-token-for-tests"
 SECRET = "TOP-SECRET-OUTSIDE-THE-ROOT"
@@ -620,6 +621,73 @@ async def test_api_refuses_null_and_foreign_origins(
         assert same.status == 200, path
         plain = await client.get(path)
         assert plain.status == 200, path
+
+
+def costly_paths(cards: Cards) -> list[str]:
+    task = cards.a.key.task
+    return ["/api/flows", "/api/status", f"/api/runs/{cards.run.key}", f"/api/cards/{cards.a.key}",
+            f"/api/cards/{cards.a.key}/page", f"/api/tasks/{task}", f"/api/logs/{task}",
+            f"/card-html/{cards.a.key}", "/card-shell/" + "0" * 64]
+
+
+# What Chromium sends for each way a card (an opaque origin) asks (tests/test_browser_fetchsite.py).
+A_CARDS_ASKS = [("cors", "empty"), ("no-cors", "empty"), ("no-cors", "image"), ("no-cors", "script"),
+                ("navigate", "iframe")]
+
+
+def fetch_metadata(site: str, mode: str, dest: str) -> dict[str, str]:
+    return {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode, "Sec-Fetch-Dest": dest}
+
+
+async def test_what_another_site_asks_is_refused_on_every_costly_route_in_every_mode(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    client = await start_app(make_config(roots))
+    for path in costly_paths(cards):
+        for site in ("cross-site", "same-site"):  # same-site: another port of localhost
+            for mode, dest in A_CARDS_ASKS:
+                response = await client.get(path, headers=fetch_metadata(site, mode, dest))
+                assert response.status == 403, (path, site, mode, dest)
+                text = await response.text()
+                assert "SecFlow" not in text and "another site" in text
+
+
+async def test_our_pages_the_user_and_clients_that_are_no_browser_are_served(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    client = await start_app(make_config(roots))
+    ours = [fetch_metadata("same-origin", "cors", "empty"),
+            fetch_metadata("same-origin", "navigate", "iframe"),
+            fetch_metadata("none", "navigate", "document"),
+            {}]  # curl, the CLI, the notebook helpers
+    for path in costly_paths(cards):
+        for headers in ours:
+            response = await client.get(path, headers=headers)
+            assert response.status in (200, 404), (path, headers)  # 404: no such shell, no log yet
+            assert "another site" not in await response.text()
+
+
+async def test_a_link_followed_from_another_site_opens_pages_but_never_the_api(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    client = await start_app(make_config(roots))
+    followed = fetch_metadata("cross-site", "navigate", "document")
+    for path in ("/", f"/run/{cards.a.key}", f"/card/{cards.a.key}", f"/card-html/{cards.a.key}"):
+        assert (await client.get(path, headers=followed)).status == 200, path
+    # A notebook (another origin) frames a card's host page: that page is ours and cheap.
+    framed = fetch_metadata("cross-site", "navigate", "iframe")
+    assert (await client.get(f"/card/{cards.a.key}", headers=framed)).status == 200
+    assert (await client.get(f"/card-html/{cards.a.key}", headers=framed)).status == 403
+    assert (await client.get("/api/flows", headers=followed)).status == 403
+
+
+def test_costly_routes_are_found_below_the_base_url() -> None:
+    assert costly_route("/proxy/8423/api/flows", "/proxy/8423/") == "api/"
+    assert costly_route("/proxy/8423/card-html/F/1/s/2/c", "/proxy/8423/") == "card-html/"
+    assert costly_route("/proxy/8423/card-shell/abc", "/proxy/8423/") == "card-shell/"
+    assert costly_route("/proxy/8423/card/F/1/s/2/c", "/proxy/8423/") is None
+    assert costly_route("/api/flows", "/proxy/8423/") is None  # not ours: the router answers 404
+    assert costly_route("/proxy/8423/static/viewer.js", "/proxy/8423/") is None
 
 
 async def test_no_cors_headers_anywhere(roots: Roots, cards: Cards, start_app: Any) -> None:

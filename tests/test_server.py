@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from cardserver import demo
 from cardserver.config import Roots, WatchTiming
 from cardserver.demo import DemoCard, DemoRun, DemoTask
 from cardserver.layout import LEGACY_STEP, CardKey, TaskKey
+from cardserver.web.keys import SEEN_TRANSPORTS
 from cardserver.web.security import CARD_IFRAME_SANDBOX, VIEWER_CSP
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -611,6 +615,48 @@ async def test_card_page_is_gzipped_when_accepted(client: TestClient, shop: Shop
     assert "Accept-Encoding" in zipped.headers["Vary"]
     assert int(zipped.headers["Content-Length"]) < int(plain.headers["Content-Length"]) / 2
     assert await zipped.read() == await plain.read()  # the client inflates it back to the same page
+
+
+async def test_a_big_card_page_is_sent_a_chunk_at_a_time(start_app: Any, roots: Roots) -> None:
+    """Issue 21, finding 4: a client that does not read holds at most a chunk or so of its answer
+    in our buffers, never a copy of the whole page; unpacked, HEAD, or gzipped, the answer is the
+    same page, with its length and the usual headers."""
+    run = demo.start_run(roots.datastore, flow="BigFlow")
+    noise = base64.b64encode(os.urandom(12 * 1024 * 1024)).decode()  # does not compress
+    card = run.start_task("start").add_card(components=[demo.text("t", noise)])
+    client = await start_app(make_config(roots))
+    path = f"/card-html/{card_url(card)}"
+    plain = await client.get(path, headers={"Accept-Encoding": "identity"})
+    body = await plain.read()
+    assert noise.encode() in body and int(plain.headers["Content-Length"]) == len(body)
+    assert plain.headers["X-Content-Type-Options"] == "nosniff"
+    only_head = await client.head(path, headers={"Accept-Encoding": "identity"})
+    assert only_head.headers["Content-Length"] == str(len(body)) and await only_head.read() == b""
+
+    port = client.server.port
+    assert port is not None
+    _, writer = await asyncio.open_connection("127.0.0.1", port)  # reads 64 KiB, then pauses
+    try:
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept-Encoding: gzip\r\n\r\n"
+        writer.write(head.encode())
+        await writer.drain()
+        held = await buffered_once_stalled(client.app[SEEN_TRANSPORTS])
+    finally:
+        writer.close()
+    assert 0 < held <= 1024 * 1024, f"{held} bytes of a {len(body)}-byte page held for one client"
+
+
+async def buffered_once_stalled(transports: Any, timeout: float = 10.0) -> int:
+    """The most any of the server's transports holds unsent, once one has held the same for 0.2 s
+    (its client reads nothing: the answer has stopped where it will stay)."""
+    loop = asyncio.get_running_loop()
+    deadline, most, same = loop.time() + timeout, 0, 0
+    while loop.time() < deadline and same < 20:
+        now = max((t.get_write_buffer_size() for t in list(transports)), default=0)
+        same = same + 1 if now == most and now > 0 else 0
+        most = max(most, now)
+        await asyncio.sleep(0.01)  # nothing to await: the buffer has no event of its own
+    return most
 
 
 async def test_rerender_changes_the_etag(client: TestClient, roots: Roots) -> None:

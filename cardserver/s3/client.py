@@ -21,6 +21,11 @@ from .settings import S3Root
 INSTALL_HINT = "S3 datastores need the s3 extra: pip install 'cardserver[s3]'"
 # S3 Standard list prices, USD per 1,000 requests (docs/s3.md); a 304 is billed as a GET
 PRICE_PER_1000 = {"LIST": 0.005, "GET": 0.0004}
+# A listing reads at most this many pages (1,000 keys each on S3: a run of some 25,000 tasks)
+# and takes at most LIST_SECONDS, throttled retries included: an endpoint that answers
+# IsTruncated forever, or trickles pages, is a fault, not a loop that never ends
+MAX_LIST_PAGES = 200
+LIST_SECONDS = 120.0
 THROTTLED = {"SlowDown", "503", "ServiceUnavailable", "RequestLimitExceeded", "Throttling", "500",
              "InternalError"}
 T = TypeVar("T")
@@ -79,9 +84,9 @@ class Listing:
 
 
 class Got(Enum):
-    NEW = "new"  # body and etag hold the object
+    NEW = "new"  # body and etag hold the object (or the range asked for)
     UNCHANGED = "unchanged"  # the etag asked about is still current (304)
-    GONE = "gone"  # no such key: never written, or deleted since it was listed
+    GONE = "gone"  # no such key, or (a ranged GET) not the version listed: rewritten since
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +106,18 @@ def load_aiobotocore() -> Any:
 
 
 class S3Reader:
-    """`async with S3Reader(endpoint_url) as reader:` then `list_folder`, `list_tree`, `get`."""
+    """`async with S3Reader(endpoint_url) as reader:` then `list_folder`, `list_tree`, `get`,
+    `get_range`."""
 
     def __init__(self, endpoint_url: str | None = None, *, region: str | None = None,
-                 backoff: Backoff = Backoff(), connect_timeout: float = 5.0) -> None:
+                 backoff: Backoff = Backoff(), connect_timeout: float = 5.0,
+                 max_list_pages: int = MAX_LIST_PAGES, list_seconds: float = LIST_SECONDS) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
         self.backoff = backoff
         self.connect_timeout = connect_timeout
+        self.max_list_pages = max_list_pages
+        self.list_seconds = list_seconds
         self.counts = RequestCounts()
         self.throttled = 0  # requests backing off after throttling now
         # Told (True, code) when a first request is throttled, (False, code) when none is any more
@@ -131,14 +140,29 @@ class S3Reader:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    async def can_list(self, root: S3Root) -> None:
+        """One LIST of one key below `root`: S3Error when it cannot be listed at all."""
+        args = {"Bucket": root.bucket, "Prefix": root.folder, "MaxKeys": 1}
+        await self._send(Kind.LIST, root, root.folder, partial(self._client.list_objects_v2, **args))
+
     async def list_folder(self, root: S3Root, folder: str = "", delimiter: str | None = "/") -> Listing:
-        """Objects and sub-folders of `folder` (a prefix below `root`), every page of them."""
+        """Objects and sub-folders of `folder` (a prefix below `root`), every page of them, within
+        `max_list_pages` and `list_seconds`: S3Error beyond."""
         folders: list[str] = []
         objects: list[S3Object] = []
-        async for page in self._pages(root, folder, delimiter):
-            folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
-            objects += [S3Object(item["Key"], item["Size"], item["ETag"], item["LastModified"].timestamp())
-                        for item in page.get("Contents", [])]
+        deadline = asyncio.timeout(self.list_seconds)
+        try:
+            async with deadline:
+                async for page in self._pages(root, folder, delimiter):
+                    folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
+                    objects += [S3Object(item["Key"], item["Size"], item["ETag"],
+                                         item["LastModified"].timestamp())
+                                for item in page.get("Contents", [])]
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise S3Error(f"listing s3://{root.bucket}/{root.folder + folder} took over "
+                          f"{self.list_seconds:g} s, the longest a listing may take") from None
         return Listing(folders, objects)
 
     async def list_tree(self, root: S3Root, folder: str = "") -> list[S3Object]:
@@ -149,24 +173,36 @@ class S3Reader:
         args: dict[str, Any] = {"Bucket": root.bucket, "Prefix": root.folder + folder}
         if delimiter:
             args["Delimiter"] = delimiter
-        while True:
+        for _ in range(self.max_list_pages):
             page = await self._send(Kind.LIST, root, args["Prefix"],
                                     partial(self._client.list_objects_v2, **args))
             yield page
             if not page.get("IsTruncated"):
                 return
             args["ContinuationToken"] = page["NextContinuationToken"]
+        raise S3Error(f"listing s3://{root.bucket}/{args['Prefix']} is still truncated after "
+                      f"{self.max_list_pages} pages, the most read per listing")
 
     async def get(self, bucket: str, key: str, etag: str | None = None, max_bytes: int = 64 << 20) -> Fetched:
         """The object at `key`, or UNCHANGED when `etag` is still current, or GONE."""
         args: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if etag:
             args["IfNoneMatch"] = etag
+        return await self._get(args, max_bytes)
+
+    async def get_range(self, bucket: str, key: str, start: int, end: int, etag: str) -> Fetched:
+        """Bytes `start` to `end` (excluded) of the object at `key` while its ETag is `etag`;
+        GONE when it has none, or another (rewritten since it was listed)."""
+        args = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}", "IfMatch": etag}
+        return await self._get(args, end - start)
+
+    async def _get(self, args: dict[str, Any], max_bytes: int) -> Fetched:
+        bucket, key = args["Bucket"], args["Key"]
 
         async def read() -> Fetched:
             response = await self._client.get_object(**args)
             async with response["Body"] as stream:
-                if response["ContentLength"] > max_bytes:
+                if response["ContentLength"] > max_bytes:  # also an endpoint that ignores Range
                     raise S3Error(f"s3://{bucket}/{key} is {response['ContentLength']} bytes, "
                                   f"over the {max_bytes}-byte limit")
                 return Fetched(Got.NEW, await stream.read(), response["ETag"])
@@ -236,7 +272,7 @@ def _explain(code: str, error: Any, kind: Kind, root: S3Root, key: str, counts: 
     if kind is Kind.GET and code in ("304", "NotModified"):
         counts.not_modified += 1
         return _Answered(Fetched(Got.UNCHANGED))
-    if kind is Kind.GET and code in ("NoSuchKey", "404"):
+    if kind is Kind.GET and code in ("NoSuchKey", "404", "PreconditionFailed", "412", "InvalidRange", "416"):
         return _Answered(Fetched(Got.GONE))
     if code == "NoSuchBucket":
         return S3Error(f"S3 bucket {root.bucket!r} does not exist (at this endpoint)")

@@ -4,6 +4,7 @@ server starts, and `card list`'s whole datastore read into an index.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterable
 
 from ..config import Config
@@ -17,11 +18,12 @@ from .source import S3Source
 
 
 async def check_reachable(settings: S3Settings) -> None:
-    """One delimiter listing of the card root: raises S3Error with the one line to print (no
-    credentials, wrong endpoint, no bucket, access denied) before the server starts."""
+    """One LIST of the card root: raises S3Error with the one line to print (no credentials,
+    wrong endpoint, no bucket, access denied) before the server starts. One page, however many
+    there are: reading them all is the first read's job, whose faults the server's health says."""
     assert settings.cards is not None
     async with S3Reader(settings.endpoint_url) as reader:
-        await reader.list_folder(settings.cards)
+        await reader.can_list(settings.cards)
 
 
 class IndexSink:
@@ -53,9 +55,13 @@ async def read_index(config: Config, settings: S3Settings) -> Index:
     """The whole S3 datastore read once into an index (for `card list`); S3Error on a fault."""
     source = S3Source(config, settings)
     index = Index(grace=config.timing.status_grace_seconds)
+    said = logging.getLogger("cardserver")
+    level = said.level
+    said.setLevel(logging.ERROR)  # a fault is the one line raised, not a warning that it is retried
     try:
         await source.first_read(IndexSink(index))
     finally:
+        said.setLevel(level)
         await source.close()
     if source.last_error is not None:
         raise source.last_error

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,20 @@ from ..config import Limits
 from ..layout import TaskKey, log_file_name, task_dir
 from ..logs import Page
 from ..taskinfo import TaskFolder
+from . import logranges
 from .client import Fetched, Got, S3Error, S3Object, S3Reader
+from .logranges import RangeRead
 from .settings import S3Root
 from .taskfiles import READ_KINDS, TaskObject, attempt_of
-from .taskview import failed_log, latest_log, page_of, task_folder, traceback_doc
+from .taskview import failed_log, latest_log, task_folder, traceback_doc
 
 log = logging.getLogger("cardserver")
 
 INDEX_BYTES = 1 << 20  # an attempt's artifact index: names and hashes only
-LOG_BYTES = 32 << 20  # a log page is cut from at most this much of the log
+# Log pages and tracebacks read at once: each holds at most a few MB (logs.MAX_PAGE_BYTES read,
+# and its lines), so 100 requests at once cannot hold 100 windows
+LOG_READS_AT_ONCE = 4
+LogCut = Callable[[RangeRead, int], Awaitable[Page]]  # (ranged read, object size) -> a page
 
 
 class TaskDocs:
@@ -41,7 +47,7 @@ class TaskDocs:
 
     async def object(self, item: S3Object) -> TaskObject:
         """A task-folder object, with its JSON when status needs it."""
-        name = item.key.rsplit("/", 1)[-1]
+        name = name_of(item)
         parsed = attempt_of(name)
         if parsed is None or parsed[1] not in READ_KINDS:
             return TaskObject(name, item.modified)
@@ -83,6 +89,7 @@ class TaskReads:
         self.sysroot = docs.sysroot
         self.local = local  # the working folder's .metaflow: a local runtime's _meta
         self.limits = limits
+        self._log_reads = asyncio.Semaphore(LOG_READS_AT_ONCE)
 
     async def _objects(self, key: TaskKey) -> list[S3Object] | None:
         folder = "/".join(task_dir(key).parts) + "/"
@@ -107,37 +114,64 @@ class TaskReads:
             local = await asyncio.to_thread(taskinfo.read_task, self.local, key, self.limits.max_meta_bytes)
             if local is not None:
                 with_local_meta(found, local)
-        failed = failed_log(found)
-        if failed is not None:
-            stderr = self.sysroot.key(*task_dir(key).parts, log_file_name(failed, "stderr"))
-            body = await self._log_bytes(stderr)
-            if body is not None:
-                found.traceback = traceback_doc(failed, body)
+        found.traceback = await self._traceback(found, objects)
         return found
+
+    async def _traceback(self, found: TaskFolder, objects: list[S3Object]) -> dict[str, Any] | None:
+        """The traceback of the latest failed attempt, from the end of its stderr."""
+        failed = failed_log(found)
+        name = log_file_name(failed, "stderr") if failed is not None else None
+        stderr = next((item for item in objects if name_of(item) == name), None)
+        if failed is None or stderr is None:
+            return None
+        try:
+            tail = await self._ranged(stderr, logranges.traceback_tail)
+        except logranges.Changed:  # a failed attempt's stderr is final: a rewrite says nothing
+            return None
+        return traceback_doc(failed, tail) if tail is not None else None
 
     async def read_log(self, key: TaskKey, stream: str, attempt: int | None, lines: int,
                        before: int | None, since: int | None) -> tuple[int, Page] | None:
-        objects = await self._objects(key)
-        if objects is None:
-            return None
-        sizes = {item.key.rsplit("/", 1)[-1]: item.size for item in objects}
-        if attempt is None:
-            attempt = latest_log(sizes, stream)
-            if attempt is None:
-                return None
-        name = log_file_name(attempt, stream)
-        if name not in sizes:
-            return None
-        body = await self._log_bytes(self.sysroot.key(*task_dir(key).parts, name))
-        return None if body is None else (attempt, page_of(body, lines, before, since))
+        """A page of a log, in ranges of it; a log rewritten while read (a remote task uploads
+        its logs every few seconds) is listed again, once."""
+        def cut(read: RangeRead, size: int) -> Awaitable[Page]:
+            return logranges.page(read, size, lines, before, since)
 
-    async def _log_bytes(self, object_key: str) -> bytes | None:
+        for _ in range(2):
+            objects = await self._objects(key)
+            if objects is None:
+                return None
+            named = {name_of(item): item for item in objects}
+            number = latest_log(named, stream) if attempt is None else attempt
+            item = named.get(log_file_name(number, stream)) if number is not None else None
+            if number is None or item is None:
+                return None
+            try:
+                found = await self._ranged(item, cut)
+            except logranges.Changed:
+                continue
+            return None if found is None else (number, found)
+        return None
+
+    async def _ranged(self, item: S3Object, cut: LogCut) -> Page | None:
+        """A page cut from the object in ranged GETs of the version listed (None on a fault)."""
+
+        async def read(start: int, end: int) -> bytes:
+            got = await self.reader.get_range(self.sysroot.bucket, item.key, start, end, item.etag)
+            if got.outcome is not Got.NEW:
+                raise logranges.Changed(f"s3://{self.sysroot.bucket}/{item.key} changed since it was listed")
+            return got.body
+
         try:
-            got = await self.reader.get(self.sysroot.bucket, object_key, max_bytes=LOG_BYTES)
+            async with self._log_reads:
+                return await cut(read, item.size)
         except S3Error as error:
             log.warning("S3: %s", error)
             return None
-        return got.body if got.outcome is Got.NEW else None
+
+
+def name_of(item: S3Object) -> str:
+    return item.key.rsplit("/", 1)[-1]
 
 
 def with_local_meta(found: TaskFolder, local: TaskFolder) -> None:

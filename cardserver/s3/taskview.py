@@ -1,12 +1,11 @@
 """The task view's facts from an S3 task folder: attempts, verdicts, log sizes, a traceback.
-Pure: the source lists the folder and GETs the few objects named here; a log page is cut from
-an object's bytes with the same code that pages a local log (`logs.tail_of`, `logs.after_of`).
+Pure: the source lists the folder and GETs the few objects named here; log pages and the end of
+stderr come in ranges (`logranges`).
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,25 +52,17 @@ def failed_log(found: TaskFolder) -> int | None:
     return None
 
 
-def traceback_doc(number: int, tail: bytes) -> dict[str, Any] | None:
-    """The traceback at the end of a stderr log's last bytes, as the task view shows it."""
-    page = logs.tail_of(io.BytesIO(tail), len(tail), logs.MAX_PAGE_LINES, max_bytes=logs.TRACEBACK_TAIL_BYTES)
-    lines = logs.traceback_in(page)
+def traceback_doc(number: int, tail: logs.Page) -> dict[str, Any] | None:
+    """The traceback in the end of a stderr log (`logranges.traceback_tail`), as the task view
+    shows it."""
+    lines = logs.traceback_in(tail)
     if not lines:
         return None
     return {"attempt": number, "exception": lines[-1].text, "lines": [line.as_dict() for line in lines]}
 
 
-def latest_log(names: Mapping[str, int], stream: str) -> int | None:
-    """The latest attempt with a log of `stream`, from the folder's object names (with sizes)."""
+def latest_log(names: Iterable[str], stream: str) -> int | None:
+    """The latest attempt with a log of `stream`, from the folder's object names."""
     found = [number for name in names if (parsed := attempt_of(name)) and parsed[1] == f"runtime_{stream}.log"
              for number in (parsed[0],)]
     return max(found, default=None)
-
-
-def page_of(body: bytes, lines: int, before: int | None, since: int | None) -> logs.Page:
-    """A page of a log whose bytes are `body`: the lines after `since`, else the tail before `before`."""
-    handle = io.BytesIO(body)
-    if since is not None:
-        return logs.after_of(handle, len(body), since, lines)
-    return logs.tail_of(handle, len(body), lines, before)

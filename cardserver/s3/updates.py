@@ -141,6 +141,7 @@ class CardUpdates:
         if card is None:
             return
         object_key = self.cards.key(*card_path(key, CardFileKind.DATA, card.legacy).parts)
+        read_at = time.monotonic()
         got = await self.reader.get(self.cards.bucket, object_key, self._read_etags.get(key),
                                     max_bytes=self.limits.max_data_bytes)
         if got.outcome is not Got.NEW:
@@ -151,7 +152,7 @@ class CardUpdates:
             log.warning("S3: s3://%s/%s: %s", self.cards.bucket, object_key, update)
             return
         rendered = card.update is not None and card.update.token != update.token
-        self.source.sink.apply([DataWritten(key, card.legacy, time.time(), update)])
+        self.source.sink.apply([DataWritten(key, card.legacy, time.time(), update, read_at)])
         if rendered:  # a new reload token: the card was rendered again, list its run now
             self.rendered(key.run_key)
 

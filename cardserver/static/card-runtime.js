@@ -14,7 +14,6 @@
   const host = typeof window.__cardserverLink === "function" ? window.__cardserverLink() : null;
   if (!host) return; // not framed by a page of ours: nobody to talk to
   const MAX_HEIGHT = 100000;
-  let shown = 0; // created_on of the newest update applied
   let reported = -1;
 
   const tell = (kind, extra) => host.postMessage({ cardserver: kind, ...extra });
@@ -24,10 +23,8 @@
     if (!update || typeof update !== "object" || typeof update.token !== "string") return;
     const { data, created_on: created } = update;
     if (!data || typeof data !== "object") return;
-    if (typeof created === "number" && created < shown) return; // older than shown
     if (update.token !== token()) return;
     if (typeof window.metaflow_card_update !== "function") return;
-    if (typeof created === "number") shown = created;
     window.metaflow_card_update(data);
     tell("applied", { created_on: created });
     measure();

@@ -114,8 +114,7 @@ export class Frames {
   }
 
   update(message) {
-    if (!this.src) return;
-    if (this.latest && message.created_on < this.latest.created_on) return;
+    if (!this.src) return; // (in the order the server sent them: it orders them by arrival)
     this.latest = { token: message.token, created_on: message.created_on, data: message.data };
     // A card loaded ahead is given its first update (loading includes it), then holds.
     for (const frame of this.frames()) {

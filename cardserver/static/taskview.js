@@ -106,7 +106,7 @@ export class TaskView {
     this.parts.status.textContent = status;
     this.parts.status.dataset.status = status;
     this.drawTraceback(d.traceback);
-    this.drawAttempts(d.attempts || []);
+    this.drawAttempts(d.attempts || [], d.earlier_attempts || 0);
     this.drawMetadata(d.metadata || {});
     this.parts.attempt.replaceChildren(...(d.attempts || []).map((a) =>
       option(a.attempt, `attempt ${a.attempt + 1} · ${a.verdict}`, a.attempt === this.choice.attempt)));
@@ -125,7 +125,7 @@ export class TaskView {
     this.parts.tracebackLines.scrollTop = this.parts.tracebackLines.scrollHeight; // the user's frames are last
   }
 
-  drawAttempts(attempts) {
+  drawAttempts(attempts, earlier) {
     const rows = attempts.map((a) => {
       const row = document.createElement("tr");
       const verdict = document.createElement("span");
@@ -145,6 +145,13 @@ export class TaskView {
       row.dataset.verdict = a.verdict;
       return row;
     });
+    if (earlier > 0) {  // the server reads a task's newest attempts only
+      const note = cell(`${earlier} earlier attempt${earlier === 1 ? "" : "s"} not shown`);
+      note.colSpan = 7;
+      note.className = "earlier";
+      rows.unshift(document.createElement("tr"));
+      rows[0].append(note);
+    }
     this.parts.attempts.replaceChildren(...rows);
   }
 

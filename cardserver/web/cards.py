@@ -20,21 +20,29 @@ import asyncio
 import gzip
 import json
 import secrets
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
 
 from ..index import Card
 from ..layout import CardKey
 from ..source import Unavailable
 from .cardscript import Split, split
+from .kept import Kept
 
-CACHE_ENTRIES = 24  # whole pages, ~300 KB each compressed (the bundle inline): the cards in view
-PARTS_ENTRIES = 64  # pages apart from their bundle, ~40 KB each compressed: the cards near by
-SCRIPT_ENTRIES = 8  # one per Metaflow version whose cards are looked at
+MiB = 1024 * 1024
+# Each cache is bounded by count and by bytes, so what cards can make the server keep is at
+# most CACHE_BYTES in all, however big they are (a page over a cache's share is served, not kept).
+CACHE_ENTRIES, CACHE_BYTES_PAGES = 24, 32 * MiB  # whole pages, ~300 KB each compressed: those in view
+PARTS_ENTRIES, CACHE_BYTES_PARTS = 64, 16 * MiB  # pages apart from their bundle, ~40 KB compressed
+SCRIPT_ENTRIES, CACHE_BYTES_SCRIPTS = 8, 16 * MiB  # bundles met (~1 MB each): one per Metaflow version
+CACHE_BYTES_SHELLS = 16 * MiB  # their warm frames' pages, ~300 KB each compressed
+CACHE_BYTES = CACHE_BYTES_PAGES + CACHE_BYTES_PARTS + CACHE_BYTES_SCRIPTS + CACHE_BYTES_SHELLS
+# Pages read and built at once: each holds a card's bytes a few times over (up to the 64 MiB cap).
+BUILDS = 2
+CHUNK = 256 * 1024  # a page is sent this much at a time, each piece once the last is on its way
 # The bundle as a function in a warm frame; the card page it writes calls it (card-shell.js).
 SHELL_OPEN = b"<script>window.__cardserverBundle = function () {"
 SHELL_CLOSE = b"\n};</script>"
@@ -46,9 +54,11 @@ Slot = tuple[CardKey, str]  # a card's render: its key and version
 
 @dataclass(frozen=True, slots=True)
 class CardPage:
-    """A response kept compressed (browsers take gzip; anything else is rare, and unpacked)."""
+    """A response kept compressed (browsers take gzip; anything else is rare, and unpacked a
+    chunk at a time as it is sent)."""
 
     gzipped: bytes
+    size: int  # unpacked
     etag: str
     script: str | None = None  # parts only: the name (`<sha256>.js`) of the bundle left out
 
@@ -56,9 +66,23 @@ class CardPage:
     def body(self) -> bytes:
         return gzip.decompress(self.gzipped)
 
+    def chunks(self, gzipped: bool) -> Iterator[bytes | memoryview]:
+        """The response in pieces of at most CHUNK bytes, compressed or not."""
+        if gzipped:
+            whole = memoryview(self.gzipped)
+            yield from (whole[at : at + CHUNK] for at in range(0, len(whole), CHUNK))
+            return
+        unpack, left = zlib.decompressobj(wbits=31), self.gzipped  # (31: gzip's header and trailer)
+        while not unpack.eof:
+            chunk = unpack.decompress(left, CHUNK)
+            left = unpack.unconsumed_tail
+            if not (chunk or left):
+                return  # cut short: never, as we wrote it
+            yield chunk
+
 
 def compressed(body: bytes, etag: str, script: str | None = None) -> CardPage:
-    return CardPage(gzip.compress(body, compresslevel=6, mtime=0), etag, script)
+    return CardPage(gzip.compress(body, compresslevel=6, mtime=0), len(body), etag, script)
 
 
 def load_runtime() -> str:
@@ -102,16 +126,6 @@ def inject(html: bytes, snippet: bytes) -> bytes:
     return html + snippet if at < 0 else html[:at] + snippet + html[at:]
 
 
-K = TypeVar("K")
-
-
-def kept(cache: OrderedDict[K, Any], key: K, limit: int) -> None:
-    """`key` is the most recently used; the least recently used beyond `limit` go."""
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
-
-
 class CardPages:
     """Each card's page whole (`page`) and apart from its bundle (`parts`), each built when first
     asked and cached by render; the bundles met, and their warm frames' pages (`shell`)."""
@@ -121,10 +135,16 @@ class CardPages:
         self.runtime = load_runtime().encode()
         self.loader = shell_loader()
         self.instance = secrets.token_hex(4)  # per start: a new runtime
-        self._pages: OrderedDict[Slot, CardPage] = OrderedDict()
-        self._parts: OrderedDict[Slot, CardPage] = OrderedDict()
-        self._scripts: OrderedDict[str, bytes] = OrderedDict()  # name -> a bundle met
-        self._shells: OrderedDict[str, CardPage] = OrderedDict()  # name -> its warm frame's page
+        self._pages: Kept[Slot, CardPage] = Kept(CACHE_ENTRIES, CACHE_BYTES_PAGES, page_bytes)
+        self._parts: Kept[Slot, CardPage] = Kept(PARTS_ENTRIES, CACHE_BYTES_PARTS, page_bytes)
+        self._scripts: Kept[str, bytes] = Kept(SCRIPT_ENTRIES, CACHE_BYTES_SCRIPTS, len)  # by name
+        self._shells: Kept[str, CardPage] = Kept(SCRIPT_ENTRIES, CACHE_BYTES_SHELLS, page_bytes)
+        self._building = asyncio.Semaphore(BUILDS)
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes all the caches hold now (at most CACHE_BYTES)."""
+        return sum(c.bytes for c in (self._pages, self._parts, self._scripts, self._shells))
 
     def etag(self, card: Card) -> str:
         return f'"{card.version}-{self.instance}"'
@@ -133,21 +153,26 @@ class CardPages:
         """The card's page, whole, with the runtime (~30 ms for 1 MB: not on the event loop)."""
         slot = self._slot(card)
         found = self._pages.get(slot)
-        if found is None:
-            html = await self.read(card)
-            found = self._pages[slot] = await asyncio.to_thread(self._build_page, card, html)
-        kept(self._pages, slot, CACHE_ENTRIES)
+        if found is not None:
+            return found
+        async with self._building:
+            found = self._pages.get(slot)  # built while this one waited its turn
+            if found is None:
+                html = await self.read(card)
+                found = self._pages.put(slot, await asyncio.to_thread(self._build_page, card, html))
         return found
 
     async def parts(self, card: Card) -> CardPage:
         """The card's page apart from Metaflow's bundle, as JSON, for a warm frame."""
         slot = self._slot(card)
-        found = self._parts.get(slot)
-        if found is None or (found.script is not None and found.script not in self._scripts):
-            found = self._parts[slot] = await self._read_parts(card)  # (its shell needs its bundle)
-        kept(self._parts, slot, PARTS_ENTRIES)
+        found = self._usable_parts(slot)
+        if found is None:
+            async with self._building:
+                found = self._usable_parts(slot)  # built while this one waited its turn
+                if found is None:
+                    found = self._parts.put(slot, await self._read_parts(card))
         if found.script is not None:
-            kept(self._scripts, found.script, SCRIPT_ENTRIES)
+            self._scripts.get(found.script)  # its bundle: as recently used as its page
         return found
 
     async def shell(self, name: str) -> CardPage | None:
@@ -155,12 +180,16 @@ class CardPages:
         first asked: ~30 ms for 1 MB, not on the event loop)."""
         found = self._shells.get(name)
         script = self._scripts.get(name)
-        if found is None and script is None:
-            return None
         if found is None and script is not None:
             body, etag = shell_page(script, self.loader), f'"shell-{name}-{self.instance}"'
-            found = self._shells[name] = await asyncio.to_thread(compressed, body, etag)
-        kept(self._shells, name, SCRIPT_ENTRIES)
+            found = self._shells.put(name, await asyncio.to_thread(compressed, body, etag))
+        return found
+
+    def _usable_parts(self, slot: Slot) -> CardPage | None:
+        """The page apart, cached, unless its bundle was let go (its warm frame needs it)."""
+        found = self._parts.get(slot)
+        if found is not None and found.script is not None and found.script not in self._scripts:
+            return None
         return found
 
     def _slot(self, card: Card) -> Slot:
@@ -172,7 +201,7 @@ class CardPages:
         html = await self.read(card)
         parts, bundle = await asyncio.to_thread(self._build_parts, card, html)
         if bundle is not None:
-            self._scripts[bundle[0]] = bundle[1]
+            self._scripts.put(*bundle)
         return parts
 
     def _build_page(self, card: Card, html: bytes) -> CardPage:
@@ -180,7 +209,13 @@ class CardPages:
 
     def _build_parts(self, card: Card, html: bytes) -> tuple[CardPage, tuple[str, bytes] | None]:
         apart = split(html)
+        if apart is not None and not self._scripts.fits(len(apart.script)):
+            apart = None  # a bundle too big to keep has no warm frame: the page loads whole
         after = b"" if apart is None else inject(apart.after, self.runtime)  # its last `</body>`
         text, name = page_parts(apart, after, str(card.version))
         bundle = None if apart is None or name is None else (apart.name, apart.script)
         return compressed(text, self.etag(card), name), bundle
+
+
+def page_bytes(page: CardPage) -> int:
+    return len(page.gzipped)

@@ -29,6 +29,7 @@ from .security import (
     CARD_IFRAME_SANDBOX,
     CARD_ROUTE,
     CARD_SHELL_ROUTE,
+    harden,
     json_error,
     page_headers,
     plain_error,
@@ -170,7 +171,7 @@ async def card_response(
         page = await build(found)
     except Unavailable as problem:
         return error(problem.status, str(problem))
-    return encoded(request, page, headers, kind)
+    return await encoded(request, page, headers, kind)
 
 
 async def card_shell(request: web.Request) -> web.StreamResponse:
@@ -179,17 +180,27 @@ async def card_shell(request: web.Request) -> web.StreamResponse:
     if shell_page is None:
         return plain_error(404, "card script not found")
     headers = {**card_headers(shell_page.etag), "Cache-Control": "max-age=31536000, immutable"}
-    return encoded(request, shell_page, headers, "text/html")
+    return await encoded(request, shell_page, headers, "text/html")
 
 
-def encoded(request: web.Request, page: CardPage, headers: dict[str, str], kind: str) -> web.Response:
-    """The page gzipped when the client takes it (compressed once, when built)."""
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+async def encoded(
+    request: web.Request, page: CardPage, headers: dict[str, str], kind: str
+) -> web.StreamResponse:
+    """The page gzipped when the client takes it (compressed once, when built), sent a chunk
+    at a time: a client that reads slowly, or takes it unpacked, holds up its own answer, never
+    a copy of the whole page in memory."""
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    if gzipped:
         headers["Content-Encoding"] = "gzip"
-        body = page.gzipped
-    else:
-        body = page.body
-    return web.Response(body=body, headers=headers, content_type=kind, charset="utf-8")
+    response = harden(web.StreamResponse(headers=headers))  # (sent before the middleware sees it)
+    response.content_type, response.charset = kind, "utf-8"
+    response.content_length = len(page.gzipped) if gzipped else page.size
+    await response.prepare(request)
+    if request.method != "HEAD":
+        for chunk in page.chunks(gzipped):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 def parts_headers(etag: str) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 Localhost is not a trust boundary: any web page the user opens can send requests to
 127.0.0.1, and DNS rebinding can make them look same-origin. So we check the Host header,
-require a token whenever we listen beyond loopback, refuse foreign Origins on the API and the
-websocket, and serve card HTML (untrusted code) into an opaque-origin sandbox.
+require a token whenever we listen beyond loopback, refuse foreign Origins on the websocket,
+refuse what another site's page asks of the API and the card pages we build (by the browser's
+fetch metadata), and serve card HTML (untrusted code) into an opaque-origin sandbox.
 
 Card HTML never opens a connection of its own. The card URL `card/F/R/S/T/C` is a trusted
 page of ours (same origin as the server) that holds the websocket and frames the sandboxed
@@ -230,6 +231,41 @@ def own_code(request: web.Request, base_url: str) -> bool:
     )
 
 
+# Routes that read files or build a page on each request. `api/` also holds what only our pages
+# may read (a card's page apart, a task's details).
+COSTLY_ROUTES = ("api/", f"{CARD_HTML_ROUTE}/", f"{CARD_SHELL_ROUTE}/")
+OUR_SITE = ("same-origin", "none")  # asked by a page of ours, or by the user (address bar, bookmark)
+
+
+def costly_route(path: str, base_url: str) -> str | None:
+    """Which of `COSTLY_ROUTES` the path is under, if any."""
+    rest = path[len(base_url):] if path.startswith(base_url) else None
+    return next((route for route in COSTLY_ROUTES if rest is not None and rest.startswith(route)), None)
+
+
+def another_site_asks(request: web.Request, origin: str, page: bool) -> bool:
+    """A browser sent this for a page of another site; a card's opaque origin is one. The browser
+    itself, never a script, sets `Sec-Fetch-Site`, whatever the way of asking (a fetch in any mode,
+    an image, a script, a frame): a card's requests say `cross-site`. A browser too old to send it
+    still names a foreign or null `Origin` on a CORS fetch. Clients that are no browser (curl, the
+    CLI, the notebook helpers) send neither. `page`: a page a link may open from anywhere, so a
+    top-level navigation from another site is a user following a link."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is None:
+        return origin in ("opaque", "foreign")
+    if site in OUR_SITE:
+        return False
+    followed = request.headers.get("Sec-Fetch-Mode") == "navigate" and (
+        request.headers.get("Sec-Fetch-Dest") == "document")
+    return not (page and followed)
+
+
+def refuse_another_site(request: web.Request) -> web.Response:
+    asked = request.headers.get("Sec-Fetch-Site") or f"origin {request.headers.get('Origin')!r}"
+    text = f"refused: asked by another site's page ({asked}); a card reads nothing of the server"
+    return json_error(403, text) if wants_json(request) else plain_error(403, text)
+
+
 def plain_error(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n", content_type="text/plain")
 
@@ -285,9 +321,10 @@ def make_middleware(
             state = True
         if state is not True:
             return refuse(request, state)
-        # A card page (Origin null) or a foreign page gets nothing from the API, not even a 200.
-        if request.path.startswith(f"{base_url}api/") and origin in ("opaque", "foreign"):
-            return json_error(403, f"API request from origin {request.headers.get('Origin')!r} refused")
+        # A card (an opaque origin) or another site's page makes us do no costly work: no 200.
+        costly = costly_route(request.path, base_url)
+        if costly is not None and another_site_asks(request, origin, page=costly != "api/"):
+            return refuse_another_site(request)
         if "token" in request.query and guard.token and request.method == "GET":
             # A card's script can read its own URL: swap the token for that page's link.
             if target is not None and guard.token_ok(request.query["token"]):
