@@ -7,7 +7,7 @@ viewer does), each page new to the frame (a new URL), as a first visit is, four 
 - `inline`: the page as Metaflow wrote it (the ~1 MB bundle inline);
 - `split`: the page split by `cardscript.split`, its bundle from one `card-js/<sha256>.js` URL
   (what the viewer did before warm frames; a proxy refuses that request, which has no cookie);
-- `warm, new`: a new warm frame (`cards.shell_page` with the real `card-shell.js` loader, at one
+- `warm, new`: a new warm frame (`cards.shell_page` with the real loader (`cards.shell_loader`), at one
   URL per bundle), then the page apart from its bundle (`cards.page_parts`, fetched) posted to
   it, as the viewer opens a card loaded ahead;
 - `warm, ready`: the same, into a warm frame made ready before the clock starts, as the viewer
@@ -39,7 +39,7 @@ from aiohttp import web
 
 from bench.common import CHROMIUM, CHROMIUM_FLAGS, free_port, percentile, report, run_options, table, verdict
 from bench.manycards import many_cards
-from cardserver.web.cards import inject_first, inline_script, load_style, page_parts, shell_page
+from cardserver.web.cards import inject_first, load_style, page_parts, shell_loader, shell_page
 from cardserver.web.cardscript import split
 
 CSP = "sandbox allow-scripts"
@@ -60,21 +60,23 @@ LOAD = """async (src) => {
   return took;
 }"""
 
-# A warm frame at `shell`, made and waited for until it says it is warm (and its load is over).
+# A warm frame at `shell`, made and waited for until it says it is warm (its hello, with the
+# secret of its URL and the port the page is posted over) and its load is over.
 WARM = """(shell) => new Promise((resolve) => {
   const frame = document.createElement("iframe");
   frame.setAttribute("sandbox", "allow-scripts");
   frame.style.cssText = "width: 1000px; height: 2000px; border: 0";
-  let warm = false, loaded = false;
-  const done = () => { if (warm && loaded) { window.__warm = frame; resolve(); } };
+  const secret = "0123456789abcdef0123456789abcdef";
+  let port = null, loaded = false;
+  const done = () => { if (port && loaded) { window.__warm = { frame, port }; resolve(); } };
   window.addEventListener("message", function listen(event) {
-    if (event.source !== frame.contentWindow || !event.data || event.data.cardserver !== "warm") return;
+    if (event.source !== frame.contentWindow || !event.data || event.data.secret !== secret) return;
     window.removeEventListener("message", listen);
-    warm = true;
+    port = event.ports[0];
     done();
   });
   frame.addEventListener("load", () => { loaded = true; done(); }, { once: true });
-  frame.src = shell;
+  frame.src = `${shell}#cardserver=${secret}`;
   document.body.append(frame);
 })"""
 
@@ -82,9 +84,9 @@ WARM = """(shell) => new Promise((resolve) => {
 WRITE = """async (parts) => {
   const started = performance.now();
   const page = await (await fetch(parts)).json();
-  const frame = window.__warm;
+  const { frame, port } = window.__warm;
   const loaded = new Promise((resolve) => frame.addEventListener("load", resolve, { once: true }));
-  frame.contentWindow.postMessage({ cardserver: "page", before: page.before, after: page.after }, "*");
+  port.postMessage({ cardserver: "page", before: page.before, after: page.after });
   await loaded;
   await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
   const took = performance.now() - started;
@@ -109,7 +111,7 @@ def pages(datastore: Path, style: bytes) -> dict[str, list[bytes]]:
 
 def make_app(served: dict[str, list[bytes]], scripts: dict[str, bytes],
              fetched: list[str]) -> web.Application:
-    loader = inline_script("card-shell.js")
+    loader = shell_loader()
     shells = {name: shell_page(script, loader) for name, script in scripts.items()}
     parts = []
     for html in served["inline"]:

@@ -82,7 +82,7 @@ def build_config(
         token=token,
         allow_hosts=frozenset(h.lower() for h in allow_hosts),
         allow_any_host=allow_any_host,
-        allow_origins=frozenset(allow_origins),
+        allow_origins=frozenset(cfg.check_origin(o) for o in allow_origins),
         force_polling=poll,
         s3=s3,
     )
@@ -177,7 +177,8 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--allow-any-host", is_flag=True,
                      help="Accept any Host header; only with a token (behind a proxy)."),
         click.option("--allow-origin", "allow_origins", multiple=True,
-                     help="Also accept websockets from this exact origin (repeatable)."),
+                     help="Also accept websockets from this exact origin, and let its pages "
+                     "frame the viewer (repeatable)."),
         click.option("--poll", is_flag=True, help="Poll the disk instead of OS file events "
                      "(network file systems)."),
         click.option("-v", "--verbose", is_flag=True, help="Log every skipped file and client."),

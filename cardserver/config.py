@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,17 @@ def find_roots(root: Path | None, cwd: Path, env: Mapping[str, str]) -> Roots:
     cards_env = env.get("METAFLOW_CARD_LOCALROOT")
     cards = Path(cards_env).expanduser().resolve() if cards_env else datastore / CARDS_DIR
     return Roots(datastore, cards)
+
+
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]+)?/?", re.IGNORECASE)
+
+
+def check_origin(origin: str) -> str:
+    """An `--allow-origin` is an origin (`scheme://host[:port]`): it is also a CSP source, so
+    nothing in it may end one."""
+    if not ORIGIN.fullmatch(origin):
+        raise ConfigError(f"--allow-origin takes an origin such as http://localhost:8888, not {origin!r}")
+    return origin
 
 
 def normalize_base_url(base_url: str | None) -> str:

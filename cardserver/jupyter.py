@@ -97,7 +97,8 @@ def card(
 def viewer(server: str = DEFAULT_SERVER, public: str | None = None,
            max_height: int | None = None) -> Inline:
     """The whole viewer, following the newest run. It is our own page: it needs no sandbox
-    (it frames each card sandboxed itself)."""
+    (it frames each card sandboxed itself). It lets only its own origin, and the server's
+    `--allow-origin` ones, frame it: a notebook on another origin needs its origin allowed."""
     return Inline(sized(with_slash(public or server), max_height), max_height)
 
 

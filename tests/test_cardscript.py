@@ -232,7 +232,7 @@ async def test_page_apart_from_its_bundle_for_a_warm_frame(metaflow_cards: Roots
     assert shell.headers["Content-Security-Policy"].startswith("sandbox allow-scripts")
     body = await shell.read()
     assert SHELL_OPEN + script.script + SHELL_CLOSE in body
-    assert b'cardserver: "warm"' in body  # the loader, inline
+    assert b'cardserver: "hello"' in body and b"__cardserverBundle()" in body  # the loader, inline
     assert (await client.get("/card-shell/" + "0" * 64 + ".js", headers=cookie)).status == 404
     # Only the viewer: nothing without the token, and no card page (Origin null) reads a page.
     client.session.cookie_jar.clear()

@@ -147,7 +147,7 @@ async def test_card_framed_by_another_origin_stays_live(roots: Any, start_app: A
     assert await host.evaluate("document.scrollingElement.scrollHeight <= innerHeight + 1")
 
 
-async def notebook_page(aiohttp_client: Any, browser: Any, *outputs: Inline) -> Any:
+async def notebook_page(aiohttp_client: Any, browser: Any, *outputs: Inline, port: int = 0) -> Any:
     """A notebook-like page on another origin (localhost, not 127.0.0.1) showing `outputs`."""
 
     async def notebook(request: web.Request) -> web.Response:
@@ -156,7 +156,7 @@ async def notebook_page(aiohttp_client: Any, browser: Any, *outputs: Inline) -> 
 
     other = web.Application()
     other.router.add_get("/", notebook)
-    host = await aiohttp_client(other)
+    host = await aiohttp_client(other, server_kwargs={"port": port} if port else {})
     page = await browser.new_page(viewport={"width": 900, "height": 700})
     await page.goto(f"http://localhost:{host.server.port}/")
     return page
@@ -198,9 +198,10 @@ async def test_viewer_frame_grows_to_its_card(
     roots: Any, start_app: Any, aiohttp_client: Any, browser: Any
 ) -> None:
     plain, _ = live(roots)
-    client = await start_app(make_config(roots))
+    port = free_port()  # the notebook's: the viewer lets only an allowed origin frame it
+    client = await start_app(make_config(roots, allow_origins=frozenset({f"http://localhost:{port}"})))
     page = await notebook_page(aiohttp_client, browser,
-                               viewer(server=str(client.make_url("/")), max_height=2000))
+                               viewer(server=str(client.make_url("/")), max_height=2000), port=port)
     shell = await (await page.wait_for_selector("iframe")).content_frame()
     handle = await shell.wait_for_selector("#frames iframe:not(.incoming):not(.kept)", timeout=UI_WAIT)
     frame = await handle.content_frame()

@@ -756,9 +756,63 @@ async def test_viewer_pages_carry_their_own_csp_and_sandbox_the_card_frame(
         assert "allow-scripts" in found.group(1).split()
         assert "allow-same-origin" not in found.group(1)
     frames = await (await client.get("/static/frames.js")).text()
-    assert 'setAttribute("sandbox", this.sandbox)' in frames
+    link = await (await client.get("/static/framelink.js")).text()  # where every card frame is made
+    assert "cardFrame(url, this.sandbox)" in frames and 'setAttribute("sandbox", sandbox)' in link
     assert "container.dataset.sandbox" in frames
-    assert "allow-same-origin\"" not in frames and "allow-same-origin'" not in frames
+    for code in (frames, link):
+        assert "allow-same-origin\"" not in code and "allow-same-origin'" not in code
+
+
+def frame_ancestors(response: aiohttp.ClientResponse) -> str | None:
+    """The `frame-ancestors` sources of a response's CSP (None: any page may frame it)."""
+    for directive in response.headers.get("Content-Security-Policy", "").split(";"):
+        name, _, sources = directive.strip().partition(" ")
+        if name == "frame-ancestors":
+            return sources
+    return None
+
+
+async def test_only_its_own_origin_frames_the_viewer_and_anyone_a_card_host_page(
+    roots: Roots, cards: Cards, start_app: Any
+) -> None:
+    """The viewer shows every card: no other origin's page may frame it (a page that frames
+    ours may navigate the card frames inside). A card's host page is made to be embedded."""
+    client = await start_app(make_config(roots))
+    t = cards.a.key.task
+    viewer = ("/", "/flow/SecFlow", f"/run/{cards.run.key}", f"/run/{cards.a.key}",
+              f"/run/{t.flow}/{t.run}/{t.step}/{t.task}")  # the task deep link
+    for path in viewer:
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert frame_ancestors(response) == "'self'", path
+        assert response.headers["X-Frame-Options"] == "SAMEORIGIN", path  # for older browsers
+    for path in (f"/card/{cards.a.key}", f"/card-html/{cards.a.key}"):
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert frame_ancestors(response) is None and "X-Frame-Options" not in response.headers, path
+
+
+async def test_allowed_origins_may_frame_the_viewer(roots: Roots, cards: Cards, start_app: Any) -> None:
+    """`--allow-origin` (a notebook, a workspace) may frame the viewer too; exactly that origin.
+    `X-Frame-Options` cannot name it, and browsers that know `frame-ancestors` ignore it."""
+    origins = frozenset({"http://localhost:8888", "https://hub.example.org/"})
+    client = await start_app(make_config(roots, allow_origins=origins))
+    response = await client.get(f"/run/{cards.a.key}")
+    assert frame_ancestors(response) == "'self' http://localhost:8888 https://hub.example.org"
+    assert "X-Frame-Options" not in response.headers
+
+
+def test_allow_origin_takes_an_origin_only(tmp_path: Path) -> None:
+    """An allowed origin is written into the viewer's CSP: nothing in it may end its source."""
+    for bad in ("http://a.example; script-src *", "http://a.example http://b.example", "*",
+                "null", "http://a.example/notebooks", "localhost:8888", "'self'"):
+        with pytest.raises(ConfigError, match="--allow-origin takes an origin"):
+            cli.build_config(tmp_path, None, None, allow_origins=(bad,), cwd=tmp_path, env={})
+    good = ("http://localhost:8888", "https://hub.example.org/", "http://[::1]:8080")
+    config = cli.build_config(tmp_path, None, None, allow_origins=good, cwd=tmp_path, env={})
+    assert config.allow_origins == frozenset(good)
+    result = CliRunner().invoke(cli.card, ["server", "--root", str(tmp_path), "--allow-origin", "*"])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
 
 
 async def test_refusals_and_errors_are_nosniff_too(roots: Roots, cards: Cards, start_app: Any) -> None:

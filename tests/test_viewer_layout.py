@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import make_config
+from conftest import free_port, make_config
 
 from cardserver import demo
 
@@ -105,13 +105,15 @@ async def test_theme_follows_the_system(roots: Any, start_app: Any, browser: Any
 
 async def test_viewer_works_inside_another_origins_frame(roots: Any, start_app: Any,
                                                          aiohttp_client: Any, browser: Any) -> None:
-    """A workspace panel frames the whole viewer: it loads, connects and follows."""
+    """A workspace panel frames the whole viewer: it loads, connects and follows (the panel's
+    origin allowed: the viewer lets no other origin frame it)."""
     from aiohttp import web
 
     from cardserver.jupyter import viewer
 
     cards = three_cards(roots)
-    client = await start_app(make_config(roots))
+    port = free_port()
+    client = await start_app(make_config(roots, allow_origins=frozenset({f"http://localhost:{port}"})))
     frame_html = viewer(server=str(client.make_url("/")))._repr_html_()
 
     async def workspace(request: web.Request) -> web.Response:
@@ -119,7 +121,7 @@ async def test_viewer_works_inside_another_origins_frame(roots: Any, start_app: 
 
     host = web.Application()
     host.router.add_get("/", workspace)
-    outer = await aiohttp_client(host)
+    outer = await aiohttp_client(host, server_kwargs={"port": port})
     page = await browser.new_page()
     await page.goto(f"http://localhost:{outer.server.port}/")
     inner = await (await page.wait_for_selector("iframe")).content_frame()

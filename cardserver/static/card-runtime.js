@@ -1,7 +1,8 @@
 // Injected into every card's HTML, which runs sandboxed in an opaque origin. It opens no
 // connection: the trusted page framing the card (the viewer, or the card's host page) holds
-// the socket and posts each update here. Both ways are checked: we take messages only from
-// our parent window, in the expected shape, and tell it only our height and render token.
+// the socket and posts each update here, over the channel card-link.js opened with it (and
+// only with it: a document it did not load into this frame has none). Both ways are checked:
+// we take messages in the expected shape, and tell it only our height and render token.
 // Contract (Metaflow's card HTML):
 //   METAFLOW_RELOAD_TOKEN       which render this page is; "final" is the task's last render
 //   metaflow_card_update(data)  merges a data update into the page in place
@@ -10,11 +11,12 @@
   "use strict";
   if (window.__cardserverRuntime || window.parent === window) return;
   window.__cardserverRuntime = true;
-  const host = window.parent;
+  const host = typeof window.__cardserverLink === "function" ? window.__cardserverLink() : null;
+  if (!host) return; // not framed by a page of ours: nobody to talk to
   const MAX_HEIGHT = 100000;
   let reported = -1;
 
-  const tell = (kind, extra) => host.postMessage({ cardserver: kind, ...extra }, "*");
+  const tell = (kind, extra) => host.postMessage({ cardserver: kind, ...extra });
   const token = () => String(window.METAFLOW_RELOAD_TOKEN ?? "");
 
   function apply(update) {
@@ -38,13 +40,12 @@
     tell("height", { height });
   }
 
-  window.addEventListener("message", (event) => {
-    if (event.source !== host) return;
+  host.onmessage = (event) => {
     const message = event.data;
     if (!message || typeof message !== "object") return;
     if (message.cardserver === "update") apply(message.update);
     else if (message.cardserver === "measure") { reported = -1; measure(); } // shown again
-  });
+  };
 
   function ready() {
     const watcher = new ResizeObserver(measure);

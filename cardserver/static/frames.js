@@ -2,8 +2,11 @@
 // socket: the viewer, or the card's own host page. Double-buffered, so that switching cards
 // or a card's re-render never shows a blank page. Feed it the card topic's messages: `card`
 // (a new version loads the new HTML behind the old and swaps on load) and `update` (posted
-// to the card's runtime). From the card we accept only `ready`, `height` and `applied`, only
-// from the frame we made, and nothing it says can make us show or follow another card.
+// to the card's runtime). We talk only to the document we loaded into a frame, over its
+// channel (framelink.js); a frame that loads another document is dropped and the card loaded
+// again in a new frame (RELOAD_LIMIT times in a row at most, where none of ours got as far as
+// `ready`). From the card we accept only
+// `ready`, `height` and `applied`, and nothing it says can make us show or follow another card.
 // The viewer keeps some cards loaded but hidden (`hide`): such a card only holds on to its
 // newest update, so it costs nothing meanwhile (a card loaded ahead is given the first one as
 // part of loading). Shown again (`reveal`), a card behind gets that update first and is made
@@ -12,8 +15,11 @@
 // In the viewer, Metaflow's cards open in warm frames (shells.js); a card wanted now takes
 // the one kept ready.
 
+import { cardFrame, linkOf, removeFrame } from "./framelink.js";
+
 const MAX_HEIGHT = 100000;
 const REVEAL_WAIT_MS = 150;
+const RELOAD_LIMIT = 3; // a card whose frames load other documents before ours is left out
 
 export class Frames {
   constructor(container, { onHeight = () => {}, onReady = () => {}, onApplied = () => {},
@@ -25,6 +31,7 @@ export class Frames {
     this.page = null; // the card's page apart from its bundle, which a warm frame takes
     this.now = false; // wanted now: may take the warm frame kept ready
     this.loads = 0; // the newest load; an older one that finishes late is dropped
+    this.reloads = 0; // frames of this card dropped since one of ours said it was ready
     this.pending = false; // getting a warm frame: no frame yet
     this.hidden = false;
     this.seen = false; // shown at least once (else loaded ahead, not yet seen)
@@ -52,7 +59,7 @@ export class Frames {
     const behind = this.behind(this.current);
     for (const frame of this.frames()) {
       this.post(frame);
-      if (frame.contentWindow) frame.contentWindow.postMessage({ cardserver: "measure" }, "*");
+      linkOf(frame).post({ cardserver: "measure" });
     }
     const visible = () => {
       if (this.hidden || this.waiting !== waiting) return;
@@ -77,7 +84,7 @@ export class Frames {
 
   remove() {
     window.removeEventListener("message", this.listener);
-    for (const frame of this.frames()) frame.remove();
+    for (const frame of this.frames()) removeFrame(frame);
     this.current = this.incoming = null;
     this.loads += 1;
     this.pending = false;
@@ -96,6 +103,7 @@ export class Frames {
     this.page = page;
     this.now = now;
     this.latest = null;
+    this.reloads = 0;
     this.load();
   }
 
@@ -115,9 +123,8 @@ export class Frames {
   }
 
   post(frame) {
-    if (frame && this.latest && frame.contentWindow) {
+    if (frame && this.latest && linkOf(frame).post({ cardserver: "update", update: this.latest })) {
       frame.dataset.posted = String(this.latest.created_on);
-      frame.contentWindow.postMessage({ cardserver: "update", update: this.latest }, "*");
     }
   }
 
@@ -125,14 +132,14 @@ export class Frames {
     const load = ++this.loads;
     const now = this.now || !this.hidden;
     this.now = false; // a card loaded ahead takes the ready frame only if wanted when shown
-    if (this.incoming) this.incoming.remove();
+    if (this.incoming) removeFrame(this.incoming);
     this.incoming = null;
     this.pending = false;
     const url = this.versioned(this.src);
     if (!this.shells || !this.page) return this.attach(this.frame(url), url);
     this.pending = true;
     this.shells.open(this.versioned(this.page), { now }).then((shell) => {
-      if (load !== this.loads) return shell && shell.remove(); // given a card we let go of
+      if (load !== this.loads) return shell && removeFrame(shell); // given a card we let go of
       this.pending = false;
       this.attach(shell || this.frame(url), url);
     });
@@ -145,11 +152,7 @@ export class Frames {
   }
 
   frame(url) {
-    const frame = document.createElement("iframe");
-    frame.setAttribute("sandbox", this.sandbox);
-    frame.setAttribute("title", "card");
-    frame.src = url;
-    return frame;
+    return cardFrame(url, this.sandbox);
   }
 
   // `frame` loads the card (`url`, which a warm frame's own address is not): behind the shown
@@ -159,10 +162,13 @@ export class Frames {
     frame.dataset.card = url;
     if (this.current && this.current.style.height) frame.style.height = this.current.style.height;
     this.incoming = frame;
+    const link = linkOf(frame);
+    link.onMessage = (data) => this.fromCard(frame, data);
+    link.onForeign = () => this.foreign(frame);
     frame.addEventListener("load", () => {
       if (this.incoming !== frame) return;
       frame.classList.remove("incoming");
-      if (this.current) this.current.remove();
+      if (this.current) removeFrame(this.current);
       this.current = frame;
       this.incoming = null;
       if (!this.hidden) this.seen = true;
@@ -172,15 +178,30 @@ export class Frames {
     if (!frame.isConnected) this.container.append(frame);
   }
 
+  // `frame` loaded a document we did not load into it: it is not this card any more.
+  foreign(frame) {
+    removeFrame(frame);
+    const shown = this.current === frame;
+    if (shown) this.current = null;
+    if (this.incoming === frame) this.incoming = null;
+    else if (!shown) return; // one we had let go of already
+    if (!this.incoming && this.reloads++ < RELOAD_LIMIT) this.load(); // (else a newer render loads)
+  }
+
   frameOf(source) {
     return this.frames().find((frame) => source === frame.contentWindow) || null;
   }
 
+  // A window message: only a hello (the channel of the document we loaded) is heard.
   message(event) {
     const frame = this.frameOf(event.source);
-    const data = event.data;
-    if (!frame || event.origin !== "null" || !data || typeof data !== "object") return;
+    if (frame) linkOf(frame).hello(event);
+  }
+
+  // A message over the channel of `frame`'s document.
+  fromCard(frame, data) {
     if (data.cardserver === "ready") {
+      this.reloads = 0;
       frame.dataset.token = String(data.token);
       this.post(frame); // even hidden: a card loaded ahead is shown with its newest update
       if (frame === (this.incoming || this.current)) this.on.onReady(String(data.token));

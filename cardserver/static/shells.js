@@ -9,6 +9,11 @@
 // skips the navigation and the parse: a first visit takes half the time (bench/switching.py).
 // Each frame takes one card only: a card never runs in a document another card has run in.
 // A page not in Metaflow's shape, or a warm frame that fails, and the card loads from its URL.
+// A warm frame is warm when its document says hello with the frame's secret (framelink.js):
+// the page is posted over that document's channel, never to the frame, so a frame navigated
+// elsewhere meanwhile is given nothing (and, having loaded another document, is dropped).
+
+import { cardFrame, linkOf, removeFrame } from "./framelink.js";
 
 const WARM_LIMIT_MS = 10000; // a frame that has not said it is warm by then is dropped
 const WARM_GRACE_MS = 1000; // after its own load: a frame that loaded an error is not warm
@@ -23,6 +28,11 @@ export class Shells {
     this.ready = null; // the frame kept ready: { frame, script }
     this.waiting = new Map(); // window of a frame not warm yet -> its state
     window.addEventListener("message", (event) => this.message(event));
+    // A frame kept ready that loads another document is not warm any more.
+    this.lost = (frame) => {
+      if (this.ready && this.ready.frame === frame) this.ready = null;
+      removeFrame(frame);
+    };
   }
 
   // A frame that has been given the card's page; null when the card is to load from its URL.
@@ -38,15 +48,17 @@ export class Shells {
     } else {
       frame = await this.start(page.script).warmed;
     }
-    if (!frame) return null;
-    frame.contentWindow.postMessage({ cardserver: "page", before: page.before, after: page.after }, "*");
+    const link = linkOf(frame);
+    if (!frame || !link || link.foreign) return null;
+    link.documents += 1; // the page written into it loads as its second document
+    link.post({ cardserver: "page", before: page.before, after: page.after });
     return frame;
   }
 
   // Keep one frame ready for the bundle last met (call when nothing else loads).
   keepReady() {
     if (!this.script || this.warming || (this.ready && this.ready.script === this.script)) return;
-    if (this.ready) this.ready.frame.remove();
+    if (this.ready) removeFrame(this.ready.frame);
     this.ready = null;
     const warming = this.warming = this.start(this.script);
     warming.warmed.then((frame) => {
@@ -59,24 +71,22 @@ export class Shells {
   // A new frame for `script`, hidden; `warmed` gives it once warm (and its own load is over,
   // so that its next `load` is the card's), or null if it never is (then it is removed).
   start(script) {
-    const frame = document.createElement("iframe");
-    frame.setAttribute("sandbox", this.sandbox);
-    frame.setAttribute("title", "card");
+    const frame = cardFrame(new URL(`card-shell/${encodeURIComponent(script)}`, this.root), this.sandbox);
     frame.className = "shell kept incoming"; // hidden like a kept card; loading until warm
-    frame.src = new URL(`card-shell/${encodeURIComponent(script)}`, this.root).href;
-    const state = { loaded: false, warm: false };
+    const state = { loaded: false, warm: false, link: linkOf(frame) };
     const warmed = new Promise((resolve) => { state.resolve = resolve; });
     const end = (ok) => {
       if (state.done) return;
       state.done = true;
       clearTimeout(state.timer);
       this.waiting.delete(state.window);
-      if (!ok) frame.remove();
+      if (!ok) removeFrame(frame);
       else frame.classList.remove("incoming");
       state.resolve(ok ? frame : null);
     };
     state.settle = () => { if (state.loaded && state.warm) end(true); };
     state.timer = setTimeout(() => end(false), WARM_LIMIT_MS);
+    state.link.onForeign = () => (state.done ? this.lost(frame) : end(false));
     frame.addEventListener("load", () => {
       state.loaded = true;
       state.settle();
@@ -92,7 +102,7 @@ export class Shells {
 
   message(event) {
     const state = this.waiting.get(event.source);
-    if (!state || event.origin !== "null" || !event.data || event.data.cardserver !== "warm") return;
+    if (!state || !state.link.hello(event)) return;
     state.warm = true;
     state.settle();
   }

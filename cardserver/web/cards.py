@@ -13,7 +13,8 @@ of us would refuse a sandboxed page: it carries no cookie).
 
 The HTML is untrusted: it is served with a CSP `sandbox` so it runs in an opaque origin even
 when opened directly. It opens no connection: the trusted page that frames it (the viewer or
-the card's host page) posts each update to the runtime, which applies it.
+the card's host page) posts each update to the runtime, which applies it, over the channel
+that the document it loaded opened with it (card-link.js, injected first into both pages).
 """
 
 from __future__ import annotations
@@ -89,7 +90,12 @@ def compressed(body: bytes, etag: str, script: str | None = None) -> CardPage:
 
 
 def load_runtime() -> str:
-    return inline_script("card-runtime.js")
+    return inline_script("card-link.js") + inline_script("card-runtime.js")
+
+
+def shell_loader() -> str:
+    """What a warm frame's page runs before its bundle (card-shell.js, over card-link.js)."""
+    return inline_script("card-link.js") + inline_script("card-shell.js")
 
 
 def load_style() -> str:
@@ -151,7 +157,7 @@ class CardPages:
         self.read = read
         self.runtime = load_runtime().encode()
         self.style = load_style().encode()
-        self.loader = inline_script("card-shell.js")
+        self.loader = shell_loader()
         self.instance = secrets.token_hex(4)  # per start: a new runtime
         self._pages: Kept[Slot, CardPage] = Kept(CACHE_ENTRIES, CACHE_BYTES_PAGES, page_bytes)
         self._parts: Kept[Slot, CardPage] = Kept(PARTS_ENTRIES, CACHE_BYTES_PARTS, page_bytes)

@@ -29,9 +29,9 @@ from .security import (
     CARD_IFRAME_SANDBOX,
     CARD_ROUTE,
     CARD_SHELL_ROUTE,
-    VIEWER_CSP,
     harden,
     json_error,
+    page_headers,
     plain_error,
 )
 
@@ -72,8 +72,9 @@ def shell(request: web.Request, view: View) -> web.Response:
     return our_page(request, "viewer.html", asdict(view))
 
 
-def our_page(request: web.Request, template: str, data: object) -> web.Response:
-    """One of our own (trusted) pages: its data as JSON, its strict CSP, always revalidated."""
+def our_page(request: web.Request, template: str, data: object, embeddable: bool = False) -> web.Response:
+    """One of our own (trusted) pages: its data as JSON, its strict CSP, always revalidated;
+    framed only by itself and the allowed origins unless `embeddable` (security.page_headers)."""
     html = request.app[TEMPLATES].get_template(template).render(
         root=root_from(request.path, request.app[CONFIG].base_url),
         data=Markup(script_json(data)),
@@ -81,7 +82,7 @@ def our_page(request: web.Request, template: str, data: object) -> web.Response:
         version=__version__,
     )
     response = web.Response(text=html, content_type="text/html")
-    response.headers["Content-Security-Policy"] = VIEWER_CSP
+    response.headers.update(page_headers(request.app[GUARD], embeddable))
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -134,7 +135,7 @@ async def card_host(request: web.Request) -> web.StreamResponse:
         "version": found.version,
         "title": f"{found.key.task.step}/{found.key.task.task} · {found.key.name}",
     }
-    return our_page(request, "card.html", host)
+    return our_page(request, "card.html", host, embeddable=True)  # a notebook's frame, anywhere
 
 
 async def card_html(request: web.Request) -> web.StreamResponse:

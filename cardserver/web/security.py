@@ -11,6 +11,11 @@ page of ours (same origin as the server) that holds the websocket and frames the
 card HTML, served apart at `card-html/F/R/S/T/C`. Neither document ever holds the token: a
 card URL asked with `?token=` is redirected to its signed link (`?cap=`), which opens that one
 page and nothing else.
+
+Who may frame our pages: the viewer, which shows every card, only itself and the origins the
+user allows (`--allow-origin`, a notebook or a workspace); a card's host page anyone, as it is
+made to be embedded. Neither hands a card's data to anything but the document it loaded into
+that card's frame (static/framelink.js): docs/security.md.
 """
 
 from __future__ import annotations
@@ -63,19 +68,22 @@ class Guard:
     cookie_name: str
     cookie_path: str
     session_nonce: bytes  # new every start: a session cookie dies with the server that set it
+    frame_ancestors: str  # CSP sources that may frame the viewer: itself and each allowed origin
 
     @classmethod
     def from_config(cls, config: Config) -> Guard:
         hosts = {h.lower().strip("[]") for h in (*LOOPBACK_HOSTS, config.host, *config.allow_hosts)}
+        origins = frozenset(o.rstrip("/").lower() for o in config.allow_origins)
         return cls(
             allowed_hosts=frozenset(hosts),
             allow_any_host=config.allow_any_host,
-            allowed_origins=frozenset(o.rstrip("/").lower() for o in config.allow_origins),
+            allowed_origins=origins,
             token=config.token,
             secret=derive_secret(config.token),
             cookie_name=f"cardserver-{config.port}",
             cookie_path=config.base_url,
             session_nonce=secrets.token_bytes(16),
+            frame_ancestors=" ".join(["'self'", *sorted(origins)]),
         )
 
     # --- Host ------------------------------------------------------------------------------
@@ -159,6 +167,19 @@ class Guard:
         return isinstance(offered, str) and hmac.compare_digest(
             offered.encode(), self.capability(topic).encode()
         )
+
+
+def page_headers(guard: Guard, embeddable: bool) -> dict[str, str]:
+    """The headers of a page of ours: its CSP, and who may frame it. The viewer: itself and the
+    allowed origins (`X-Frame-Options` too, for browsers without `frame-ancestors`, when no
+    origin is allowed: it cannot name one). A card's host page (`embeddable`): anyone, so no
+    `frame-ancestors` at all (even `*` would refuse a notebook output's own scheme)."""
+    if embeddable:
+        return {"Content-Security-Policy": VIEWER_CSP}
+    headers = {"Content-Security-Policy": f"{VIEWER_CSP}; frame-ancestors {guard.frame_ancestors}"}
+    if not guard.allowed_origins:
+        headers["X-Frame-Options"] = "SAMEORIGIN"
+    return headers
 
 
 def derive_secret(token: str | None) -> bytes:
