@@ -175,6 +175,7 @@ def started_at(facts: TaskFacts) -> float | None:
     return min(starts) if starts else facts.created
 
 
+CLOCK_SLACK = 1.0  # seconds a write time may be ahead of our clock and still be taken as it is
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -378,9 +379,11 @@ class Index:
         for task in run.tasks.values():
             task.status = task_status(task.facts)
             states.append(task.state())
-        # A time ahead of the clock (a file stamped in the future, or the clock stepped back)
+        # A time well ahead of the clock (a file stamped in the future, or the clock stepped back)
         # counts as now: quiet from now on, it never holds the run as running past the grace.
-        run.newest_write = min(run.newest_write, now)
+        # Stamps a little ahead (writers' clocks and millisecond stamps) are kept as written.
+        if run.newest_write > now + CLOCK_SLACK:
+            run.newest_write = now
         verdict = run_status(states, min(run.newest_write or run.started or now, now), now, self.grace)
         if verdict.recheck_at is not None:
             self._rechecks[key] = verdict.recheck_at

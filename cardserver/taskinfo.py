@@ -229,9 +229,14 @@ def failed_traceback(folder: Path, attempts: dict[int, AttemptFiles], root: Path
         found = logs.traceback_of(folder / log_file_name(number, "stderr"), root)
     except OSError:
         return None
-    if not found:
+    return traceback_doc(number, found)
+
+
+def traceback_doc(number: int, lines: list[logs.LogLine] | None) -> dict[str, Any] | None:
+    """A traceback's lines (from the end of attempt `number`'s stderr), as the task view shows it."""
+    if not lines:
         return None
-    return {"attempt": number, "exception": found[-1].text, "lines": [line.as_dict() for line in found]}
+    return {"attempt": number, "exception": lines[-1].text, "lines": [line.as_dict() for line in lines]}
 
 
 # --- what the API and the task topic show -------------------------------------------------

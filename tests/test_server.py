@@ -22,6 +22,7 @@ from cardserver import demo
 from cardserver.config import Roots, WatchTiming
 from cardserver.demo import DemoCard, DemoRun, DemoTask
 from cardserver.layout import LEGACY_STEP, CardKey, TaskKey
+from cardserver.web.cards import load_style
 from cardserver.web.keys import SEEN_TRANSPORTS
 from cardserver.web.security import CARD_IFRAME_SANDBOX, VIEWER_CSP
 
@@ -584,9 +585,12 @@ async def test_card_page_injects_the_runtime_before_the_last_body(client: TestCl
     at = body.index(INJECTED)
     assert body.rfind(b"</body>") > at > body.find(b"</body>")
     assert b'var __probe = "</body>";' in body
+    style = load_style().encode()
+    assert body.count(style) == 1 and body.index(style) == body.index(b"<head>") + len(b"<head>")
+    unstyled = body.replace(style, b"", 1)  # our chart style, first in the head (docs/cards.md)
     head, _, _ = original.rpartition(b"</body>")
-    assert body.startswith(head)  # the card itself is untouched up to the injection
-    assert body.endswith(original[len(head):])
+    assert unstyled.startswith(head)  # the card itself is untouched up to the injection
+    assert unstyled.endswith(original[len(head):])
     assert b"WebSocket" not in body  # the card opens no connection: its host feeds it
 
 

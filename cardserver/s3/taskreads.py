@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .. import disk, taskinfo
+from .. import disk, logs, taskinfo
 from ..config import Limits
 from ..layout import TaskKey, log_file_name, task_dir
 from ..logs import Page
@@ -21,7 +21,7 @@ from .client import Fetched, Got, S3Error, S3Object, S3Reader
 from .logranges import RangeRead
 from .settings import S3Root
 from .taskfiles import READ_KINDS, TaskObject, attempt_of
-from .taskview import failed_log, latest_log, task_folder, traceback_doc
+from .taskview import latest_log, task_folder
 
 log = logging.getLogger("cardserver")
 
@@ -119,7 +119,7 @@ class TaskReads:
 
     async def _traceback(self, found: TaskFolder, objects: list[S3Object]) -> dict[str, Any] | None:
         """The traceback of the latest failed attempt, from the end of its stderr."""
-        failed = failed_log(found)
+        failed = taskinfo.failed_log(found.attempts)
         name = log_file_name(failed, "stderr") if failed is not None else None
         stderr = next((item for item in objects if name_of(item) == name), None)
         if failed is None or stderr is None:
@@ -128,7 +128,7 @@ class TaskReads:
             tail = await self._ranged(stderr, logranges.traceback_tail)
         except logranges.Changed:  # a failed attempt's stderr is final: a rewrite says nothing
             return None
-        return traceback_doc(failed, tail) if tail is not None else None
+        return taskinfo.traceback_doc(failed, logs.traceback_in(tail)) if tail is not None else None
 
     async def read_log(self, key: TaskKey, stream: str, attempt: int | None, lines: int,
                        before: int | None, since: int | None) -> tuple[int, Page] | None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from .. import logs
-from ..taskinfo import AttemptFiles, TaskFolder, verdict
+from ..taskinfo import AttemptFiles, TaskFolder
 from .taskfiles import TaskObject, attempt_of, task_ok
 
 
@@ -41,24 +39,6 @@ def task_folder(objects: Iterable[tuple[TaskObject, int]]) -> TaskFolder:
         elif kind == "runtime" and item.doc is not None:
             files.verdict = dict(item.doc)
     return found
-
-
-def failed_log(found: TaskFolder) -> int | None:
-    """The latest failed attempt with a stderr log: where a traceback is looked for."""
-    for number in sorted(found.attempts, reverse=True):
-        files = found.attempts[number]
-        if verdict(files, latest=False) == "failed" and "runtime_stderr.log" in files.stats:
-            return number
-    return None
-
-
-def traceback_doc(number: int, tail: logs.Page) -> dict[str, Any] | None:
-    """The traceback in the end of a stderr log (`logranges.traceback_tail`), as the task view
-    shows it."""
-    lines = logs.traceback_in(tail)
-    if not lines:
-        return None
-    return {"attempt": number, "exception": lines[-1].text, "lines": [line.as_dict() for line in lines]}
 
 
 def latest_log(names: Iterable[str], stream: str) -> int | None:
